@@ -1,0 +1,35 @@
+# Two commands on a fresh machine (Python 3.11 + pip + Java):
+#   make repro   set up .venv and run the whole pipeline (`dvc repro` on params.yaml)
+#   make test    set up .venv and run the test suite (slow end-to-end tests included)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export DVC_NO_ANALYTICS := 1
+
+.PHONY: setup repro test test-fast mlflow-ui clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first and by exact version: anything looser would pull a multi-GB CUDA build on a CPU machine
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+repro: setup
+	$(BIN)/dvc repro
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+mlflow-ui: setup
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --port 5000
+
+clean:
+	rm -rf $(VENV) checkpoints lightning_logs
