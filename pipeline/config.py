@@ -1,0 +1,208 @@
+"""Typed, strict configuration built from `params.yaml`.
+
+Every stage validates the whole file once at start: unknown keys and invalid values are
+collected into a single `ConfigError` that lists every bad field, so a user fixes them all
+in one go instead of meeting them one stage at a time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.errors import ConfigError
+
+
+class StrictModel(BaseModel):
+    # extra="forbid" turns a typo in params.yaml into an error instead of a silently ignored knob.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SyntheticDataConfig(StrictModel):
+    n_train: int = Field(6000, ge=1)
+    n_val: int = Field(500, ge=1)
+    n_test: int = Field(500, ge=1)
+    image_size: int = Field(64, ge=32, le=1024)
+    min_objects: int = Field(1, ge=1, le=9)
+    max_objects: int = Field(4, ge=1, le=9)
+    questions_per_image: int = Field(3, ge=3)
+
+    @model_validator(mode="after")
+    def _objects_range(self) -> SyntheticDataConfig:
+        if self.min_objects > self.max_objects:
+            raise ValueError(f"min_objects ({self.min_objects}) must be <= max_objects ({self.max_objects})")
+        return self
+
+
+class PromptConfig(StrictModel):
+    """Text that follows the image tokens, per task. `{question}` is filled in for VQA."""
+
+    caption: str = "caption :"
+    description: str = "describe :"
+    vqa: str = "question : {question} answer :"
+
+    @model_validator(mode="after")
+    def _vqa_has_question(self) -> PromptConfig:
+        if "{question}" not in self.vqa:
+            raise ValueError("prompts.vqa must contain the placeholder {question}")
+        return self
+
+
+class DataConfig(StrictModel):
+    # "synthetic": prepare generates the data set; "files": prepare reads real data from the paths below.
+    source: Literal["synthetic", "files"] = "synthetic"
+    out_dir: str = "data/prepared"
+    synthetic: SyntheticDataConfig = SyntheticDataConfig()
+    karpathy_json: str | None = None
+    image_root: str | None = None
+    vqa_dir: str | None = None
+    descriptions_json: str | None = None
+    tokenizer_min_frequency: int = Field(1, ge=1)
+    prompts: PromptConfig = PromptConfig()
+
+    @model_validator(mode="after")
+    def _files_need_paths(self) -> DataConfig:
+        if self.source == "files":
+            missing = [k for k in ("karpathy_json", "image_root") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"source 'files' needs {', '.join(missing)} (paths to the real data)")
+        return self
+
+
+class TinyLlavaConfig(StrictModel):
+    """Sizes of the `tiny-llava` preset: a real `LlavaForConditionalGeneration`, trained from scratch."""
+
+    text_model: Literal["llama", "mistral", "qwen2"] = "llama"
+    num_layers: int = Field(12, ge=2)
+    hidden_size: int = Field(256, ge=16)
+    intermediate_size: int = Field(688, ge=16)
+    num_heads: int = Field(4, ge=1)
+    num_kv_heads: int = Field(4, ge=1)
+    max_positions: int = Field(512, ge=64)
+    vision_layers: int = Field(2, ge=1)
+    vision_hidden_size: int = Field(128, ge=16)
+    vision_intermediate_size: int = Field(256, ge=16)
+    vision_heads: int = Field(4, ge=1)
+    patch_size: int = Field(16, ge=2)
+    image_size: int = Field(64, ge=8)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TinyLlavaConfig:
+        problems = []
+        if self.image_size % self.patch_size:
+            problems.append(f"image_size ({self.image_size}) must be divisible by patch_size ({self.patch_size})")
+        if self.hidden_size % self.num_heads:
+            problems.append(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
+        if self.num_heads % self.num_kv_heads:
+            problems.append(f"num_heads ({self.num_heads}) must be divisible by num_kv_heads ({self.num_kv_heads})")
+        if self.vision_hidden_size % self.vision_heads:
+            problems.append(
+                f"vision_hidden_size ({self.vision_hidden_size}) must be divisible by vision_heads ({self.vision_heads})"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class ModelConfig(StrictModel):
+    preset: str = "tiny-llava"
+    pretrained_path: str | None = None
+    tiny: TinyLlavaConfig = TinyLlavaConfig()
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value: str) -> str:
+        from pipeline.models.presets import PRESETS  # local import: keeps `import pipeline.config` light
+
+        if value not in PRESETS:
+            raise ValueError(f"unknown preset {value!r}; choose one of {sorted(PRESETS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _pretrained_needs_path(self) -> ModelConfig:
+        from pipeline.models.presets import PRESETS
+
+        if PRESETS[self.preset].needs_pretrained_path and self.pretrained_path is None:
+            raise ValueError(f"preset {self.preset!r} loads weights: set model.pretrained_path to a local directory")
+        return self
+
+
+class TaskWeights(StrictModel):
+    caption: float = Field(0.6, ge=0)
+    description: float = Field(0.15, ge=0)
+    vqa: float = Field(0.25, ge=0)
+
+    @model_validator(mode="after")
+    def _some_task(self) -> TaskWeights:
+        if self.caption + self.description + self.vqa <= 0:
+            raise ValueError("at least one task weight must be > 0")
+        return self
+
+
+class FinetuneConfig(StrictModel):
+    max_steps: int = Field(600, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    min_lr_ratio: float = Field(0.05, ge=0, le=1)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(30, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    task_weights: TaskWeights = TaskWeights()
+    val_every_steps: int = Field(200, ge=1)
+    val_batches: int = Field(4, ge=1)
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "cpu"
+    devices: int | Literal["auto"] = 1
+    strategy: str = "auto"
+    precision: Literal["32-true", "16-mixed", "bf16-mixed", "bf16-true", "64-true"] = "32-true"
+    num_workers: int = Field(0, ge=0)
+    num_threads: int = Field(0, ge=0)  # 0: leave torch's default
+    eval_samples: int = Field(500, ge=1)  # test images captioned for the end-of-stage CIDEr check
+    eval_batch_size: int = Field(100, ge=1)
+    eval_max_new_tokens: int = Field(32, ge=1)
+
+
+class TrackingConfig(StrictModel):
+    experiment: str = "fastvlm-ssd"
+
+
+class Params(StrictModel):
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+
+def _format_errors(error: ValidationError, source: str) -> str:
+    lines = [f"{source} has {error.error_count()} invalid field(s):"]
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  - {where}: unknown key (typo? remove it or check the spelling)")
+        else:
+            lines.append(f"  - {where}: {item['msg']} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def parse_params(raw: dict[str, Any], source: str = "params") -> Params:
+    """Validate a params dict; raise one `ConfigError` listing every bad field."""
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"parameter file not found: {path} (run from the repository root)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections (data, model, finetune, ...)")
+    return parse_params(raw, source=str(path))

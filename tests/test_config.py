@@ -1,0 +1,69 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import Params, load_params, parse_params
+from pipeline.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_repository_params_are_valid_and_complete():
+    params = load_params(ROOT / "params.yaml")
+    assert params.model.preset == "tiny-llava"
+    # params.yaml spells out every field, so the file is the single place to read the defaults
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert Params.model_validate(raw).model_dump() == Params().model_dump()
+
+
+def test_every_bad_field_is_listed_at_once():
+    raw = {
+        "finetune": {"lr": -1, "batch_size": 0, "bogus": 1},
+        "model": {"tiny": {"hidden_size": 250, "num_heads": 4}},
+        "data": {"synthetic": {"min_objects": 5, "max_objects": 2}},
+        "typo_section": {},
+    }
+    with pytest.raises(ConfigError) as info:
+        parse_params(raw, source="params.yaml")
+    message = str(info.value)
+    for field in ("finetune.lr", "finetune.batch_size", "finetune.bogus", "model.tiny", "data.synthetic", "typo_section"):
+        assert field in message, field
+    assert "unknown key" in message
+    assert "divisible" in message and "min_objects" in message
+
+
+def test_unknown_preset_names_the_choices():
+    with pytest.raises(ConfigError, match="tiny-llava"):
+        parse_params({"model": {"preset": "gpt-5"}})
+
+
+def test_pretrained_preset_needs_a_path():
+    with pytest.raises(ConfigError, match="pretrained_path"):
+        parse_params({"model": {"preset": "llava"}})
+
+
+def test_real_data_needs_paths():
+    with pytest.raises(ConfigError, match="karpathy_json"):
+        parse_params({"data": {"source": "files"}})
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("finetune: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(bad)
+
+
+def test_dvc_yaml_params_exist_in_params_yaml():
+    """A param named in dvc.yaml but missing from params.yaml fails the stage at run time."""
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for name, stage in dvc["stages"].items():
+        for param in stage.get("params", []):
+            node = raw
+            for part in param.split("."):
+                assert isinstance(node, dict) and part in node, f"stage {name}: {param} not in params.yaml"
+                node = node[part]
