@@ -1,0 +1,113 @@
+"""Torch datasets, collation and the task-grouped batch sampler."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from pipeline.data.examples import Example
+from pipeline.data.pixels import PixelStore
+from pipeline.data.prompts import PromptBuilder
+
+IGNORE_INDEX = -100  # positions the cross-entropy skips: image tokens, the prompt, padding
+
+
+class ExampleDataset(Dataset):
+    def __init__(self, examples: Sequence[Example], pixels: PixelStore, builder: PromptBuilder) -> None:
+        self.examples = list(examples)
+        self.pixels = pixels
+        self.builder = builder
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict:
+        example = self.examples[index]
+        return {
+            "pixel_values": self.pixels[example.image_index],
+            "prompt": self.builder.prompt_ids(example.task, example.question),
+            "target": self.builder.target_ids(example.text),
+            "index": index,
+        }
+
+
+def collate_for_training(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded prompt+target; labels only on the target tokens (paper eq. 1)."""
+    sequences = [item["prompt"] + item["target"] for item in items]
+    width = max(map(len, sequences))
+    input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(items), width), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(items), width), dtype=torch.long)
+    for row, (item, sequence) in enumerate(zip(items, sequences)):
+        input_ids[row, : len(sequence)] = torch.tensor(sequence)
+        attention_mask[row, : len(sequence)] = 1
+        labels[row, len(item["prompt"]) : len(sequence)] = torch.tensor(item["target"])
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": labels,
+        "pixel_values": torch.stack([item["pixel_values"] for item in items]),
+    }
+
+
+def collate_prompts(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Left-padded prompts for batched generation (new tokens are appended on the right)."""
+    width = max(len(item["prompt"]) for item in items)
+    input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(items), width), dtype=torch.long)
+    for row, item in enumerate(items):
+        prompt = item["prompt"]
+        input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
+        attention_mask[row, width - len(prompt) :] = 1
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "pixel_values": torch.stack([item["pixel_values"] for item in items]),
+    }
+
+
+class TaskBatchSampler(Sampler[list[int]]):
+    """Batches that each hold one task, the task drawn by weight.
+
+    Grouping by task keeps short captions out of batches padded to a 100-token description,
+    which on CPU roughly halves the cost of a step. Each rank of a distributed run draws its own
+    disjoint stream (seeded by rank), so DDP needs no DistributedSampler.
+    """
+
+    def __init__(
+        self,
+        task_of_example: Sequence[str],
+        weights: dict[str, float],
+        batch_size: int,
+        num_batches: int,
+        seed: int = 0,
+        rank: int = 0,
+    ) -> None:
+        self.by_task: dict[str, list[int]] = {}
+        for index, task in enumerate(task_of_example):
+            self.by_task.setdefault(task, []).append(index)
+        self.tasks = [t for t in self.by_task if weights.get(t, 0) > 0]
+        if not self.tasks:
+            raise ValueError(f"no examples for any task with weight > 0 (weights {weights})")
+        self.weights = [weights[t] for t in self.tasks]
+        self.batch_size = batch_size
+        self.num_batches = num_batches
+        self.seed = seed
+        self.rank = rank
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = random.Random(f"{self.seed}-{self.rank}-{self.epoch}")
+        for _ in range(self.num_batches):
+            task = rng.choices(self.tasks, self.weights)[0]
+            pool = self.by_task[task]
+            yield rng.sample(pool, min(self.batch_size, len(pool)))

@@ -1,0 +1,65 @@
+import torch
+
+from pipeline.config import PromptConfig
+from pipeline.data.datasets import IGNORE_INDEX, TaskBatchSampler, collate_for_training, collate_prompts
+from pipeline.data.prompts import PromptBuilder
+
+
+class WordTokenizer:
+    """Just enough of a tokenizer for the prompt builder: one id per known word."""
+
+    bos_token_id, eos_token_id, pad_token_id = 1, 2, 0
+
+    def __init__(self):
+        self.vocab = {}
+
+    def encode(self, text, add_special_tokens=False):
+        return [self.vocab.setdefault(w, 10 + len(self.vocab)) for w in text.split()]
+
+
+def test_prompt_layout_is_bos_images_prompt_and_target_ends_with_eos():
+    builder = PromptBuilder(WordTokenizer(), PromptConfig(), image_token_id=4, num_image_tokens=3)
+    prompt = builder.prompt_ids("vqa", "what colour ?")
+    assert prompt[:4] == [1, 4, 4, 4]
+    assert len(prompt) == 4 + len("question : what colour ? answer :".split())
+    target = builder.target_ids("red")
+    assert target[-1] == 2 and len(target) == 2
+
+
+def test_training_labels_cover_only_target_tokens():
+    items = [
+        {"prompt": [1, 4, 10], "target": [20, 2], "pixel_values": torch.zeros(3, 2, 2)},
+        {"prompt": [1, 4, 11, 12], "target": [21, 22, 2], "pixel_values": torch.ones(3, 2, 2)},
+    ]
+    batch = collate_for_training(items, pad_id=0)
+    assert batch["input_ids"].tolist() == [[1, 4, 10, 20, 2, 0, 0], [1, 4, 11, 12, 21, 22, 2]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 1, 0, 0], [1] * 7]
+    assert batch["labels"].tolist() == [
+        [IGNORE_INDEX] * 3 + [20, 2] + [IGNORE_INDEX] * 2,
+        [IGNORE_INDEX] * 4 + [21, 22, 2],
+    ]
+    assert batch["pixel_values"].shape == (2, 3, 2, 2)
+
+
+def test_generation_prompts_are_left_padded():
+    items = [{"prompt": [1, 4], "pixel_values": torch.zeros(3, 2, 2)}, {"prompt": [1, 4, 9], "pixel_values": torch.zeros(3, 2, 2)}]
+    batch = collate_prompts(items, pad_id=0)
+    assert batch["input_ids"].tolist() == [[0, 1, 4], [1, 4, 9]]
+    assert batch["attention_mask"].tolist() == [[0, 1, 1], [1, 1, 1]]
+
+
+def test_task_batches_are_single_task_weighted_and_rank_disjoint():
+    tasks = ["caption"] * 600 + ["vqa"] * 300 + ["description"] * 100
+    weights = {"caption": 0.5, "vqa": 0.5, "description": 0.0}
+    sampler = TaskBatchSampler(tasks, weights, batch_size=8, num_batches=400, seed=1)
+    batches = list(sampler)
+    assert len(batches) == 400 and all(len(b) == 8 for b in batches)
+    kinds = [{tasks[i] for i in b} for b in batches]
+    assert all(len(k) == 1 for k in kinds)  # one task per batch
+    share_vqa = sum(k == {"vqa"} for k in kinds) / len(kinds)
+    assert 0.4 < share_vqa < 0.6 and not any(k == {"description"} for k in kinds)
+    assert batches == list(TaskBatchSampler(tasks, weights, 8, 400, seed=1))  # deterministic
+    other_rank = list(TaskBatchSampler(tasks, weights, 8, 400, seed=1, rank=1))
+    assert other_rank != batches
+    sampler.set_epoch(1)
+    assert list(sampler) != batches
