@@ -1,0 +1,65 @@
+import pytest
+import torch
+from transformers import DynamicCache
+
+from pipeline.errors import ModelLoadError
+from pipeline.models.adapter import adapter_for
+from tests.conftest import make_tiny_llava, make_vlm_inputs
+
+
+def test_full_stack_reproduces_model_logits(text_model):
+    model = make_tiny_llava(text_model, dtype=torch.float64)
+    adapter = adapter_for(model)
+    ids, pixels = make_vlm_inputs(dtype=torch.float64)
+    with torch.no_grad():
+        expected = model(input_ids=ids, pixel_values=pixels).logits
+        hidden = adapter.run_layers(adapter.prefix(ids, pixel_values=pixels), 0, adapter.num_layers)
+        got = adapter.logits(hidden)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)
+
+
+def test_split_stack_with_shared_cache_matches_incremental_decoding(text_model):
+    """Shallow layers over more tokens than deep layers, then catching up: what SSD verification does."""
+    model = make_tiny_llava(text_model, dtype=torch.float64)
+    adapter = adapter_for(model)
+    ids, pixels = make_vlm_inputs(batch=1, dtype=torch.float64)
+    n, L = 2, adapter.num_layers
+    with torch.no_grad():
+        reference = model(input_ids=ids, pixel_values=pixels).logits
+        cache = DynamicCache(config=model.config.text_config)
+        embeds = adapter.prefix(ids, pixel_values=pixels)
+        prompt = 6
+        # Whole model over the prompt, then two tokens through the shallow layers only...
+        h = adapter.run_layers(embeds[:, :prompt], 0, L, cache)
+        shallow = adapter.run_layers(embeds[:, prompt : prompt + 2], 0, n, cache)
+        assert cache.get_seq_length(0) == prompt + 2 and cache.get_seq_length(n) == prompt
+        # ...then the deep layers catch up over the cached layer-n states plus one fresh token.
+        deep = adapter.run_layers(shallow, n, L, cache)
+        rest = adapter.run_layers(embeds[:, prompt + 2 :], 0, L, cache)
+        got = adapter.logits(torch.cat([h, deep, rest], dim=1))
+    torch.testing.assert_close(got, reference, rtol=0, atol=1e-10)
+
+
+def test_collect_hidden_returns_every_layer_output():
+    model = make_tiny_llava()
+    adapter = adapter_for(model)
+    ids, pixels = make_vlm_inputs()
+    with torch.no_grad():
+        out = model(input_ids=ids, pixel_values=pixels, output_hidden_states=True)
+        last, per_layer = adapter.run_layers(adapter.prefix(ids, pixel_values=pixels), 0, 4, collect_hidden=True)
+    assert len(per_layer) == 4
+    # HF's hidden_states[i+1] is layer i's output, except the last which HF reports after the final norm
+    for i in range(3):
+        torch.testing.assert_close(per_layer[i], out.hidden_states[i + 1])
+    torch.testing.assert_close(last, per_layer[-1])
+
+
+def test_layer_range_is_checked():
+    adapter = adapter_for(make_tiny_llava())
+    with pytest.raises(ValueError, match="outside"):
+        adapter.run_layers(torch.zeros(1, 1, 32), 3, 9)
+
+
+def test_unsupported_model_is_named():
+    with pytest.raises(ModelLoadError, match="Linear"):
+        adapter_for(torch.nn.Linear(2, 2))
