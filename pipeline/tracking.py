@@ -1,0 +1,139 @@
+"""The one place that talks to MLflow.
+
+Every stage, Lightning logger and Ray trial must write to the *same* store. MLflow's default
+(`sqlite:///mlflow.db`) is relative to the current directory, which differs between DVC stages and
+Ray trial workers, so we resolve one absolute URI here and hand it to everyone.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import TrackingError
+
+ENV_URI = "MLFLOW_TRACKING_URI"
+
+
+def repo_root() -> Path:
+    """The repository root: the nearest parent holding dvc.yaml (falls back to the current directory)."""
+    here = Path.cwd().resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / "dvc.yaml").exists():
+            return candidate
+    return here
+
+
+def tracking_uri() -> str:
+    """`MLFLOW_TRACKING_URI` when set, else an absolute SQLite store at the repository root."""
+    uri = os.environ.get(ENV_URI)
+    if uri:
+        return uri
+    return f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail within seconds, naming the server, if a remote tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 - user-configured URI
+            if response.status != 200:
+                raise TrackingError(f"MLflow tracking server {uri} answered {response.status} on /health")
+    except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
+        raise TrackingError(
+            f"MLflow tracking server {uri} (from ${ENV_URI}) is not reachable: {exc}. "
+            f"Start it (`mlflow server --backend-store-uri sqlite:///mlflow.db --port 5000`) "
+            f"or unset {ENV_URI} to use the local SQLite store."
+        ) from None
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo_root(), capture_output=True, text=True, timeout=10, check=True
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def is_rank_zero() -> bool:
+    """True except in the non-zero ranks of a distributed launch (which re-run the stage script)."""
+    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+
+
+def ensure_experiment(name: str) -> str:
+    """Create the experiment once; with the local store, artifacts go beside mlflow.db, not under the cwd."""
+    import mlflow
+
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        experiment_id = found.experiment_id
+    else:
+        location = None
+        if tracking_uri().startswith("sqlite:"):
+            location = (repo_root() / "mlartifacts").as_uri()
+        experiment_id = mlflow.create_experiment(name, artifact_location=location)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+@contextmanager
+def stage_run(stage: str, experiment: str, params: Mapping[str, Any], run_name: str | None = None) -> Iterator[Any]:
+    """One MLflow run for a DVC stage, tagged with the git commit and the stage name.
+
+    Yields the active run on rank zero and `None` elsewhere, so callers need no MLflow import.
+    """
+    if not is_rank_zero():
+        yield None
+        return
+    import mlflow
+
+    uri = tracking_uri()
+    check_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    ensure_experiment(experiment)
+    with mlflow.start_run(run_name=run_name or stage) as run:
+        mlflow.set_tags({"dvc_stage": stage, "git_commit": git_commit(), "mlflow.source.git.commit": git_commit()})
+        mlflow.log_params({k: str(v)[:6000] for k, v in flatten(params).items()})
+        yield run
+
+
+def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
+    import mlflow
+
+    if is_rank_zero() and mlflow.active_run() is not None:
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+
+def log_artifact(path: str | Path) -> None:
+    import mlflow
+
+    if is_rank_zero() and mlflow.active_run() is not None:
+        mlflow.log_artifact(str(path))
+
+
+def active_run_id() -> str | None:
+    import mlflow
+
+    run = mlflow.active_run()
+    return run.info.run_id if run is not None else None

@@ -1,0 +1,152 @@
+"""End to end: `dvc repro` on a tiny configuration in a throwaway copy of the repository.
+
+Checks what the README promises: the stages run, a second repro is a no-op, a param change
+re-runs only what depends on it, `dvc exp run -S` and `dvc metrics show` work, and the MLflow
+store (read through a real `mlflow server`) holds the fine-tune run with its params and loss curve.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "data": {"synthetic": {"n_train": 48, "n_val": 12, "n_test": 12}},
+    "model": {"tiny": {"num_layers": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "num_kv_heads": 2,
+                       "vision_layers": 1, "vision_hidden_size": 32, "vision_intermediate_size": 64, "vision_heads": 2}},
+    "finetune": {"max_steps": 6, "batch_size": 8, "val_every_steps": 3, "val_batches": 1, "warmup_steps": 1,
+                 "eval_samples": 12, "eval_batch_size": 12, "eval_max_new_tokens": 8},
+}
+
+
+def _merge(base: dict, update: dict) -> dict:
+    for key, value in update.items():
+        base[key] = _merge(base.get(key, {}), value) if isinstance(value, dict) else value
+    return base
+
+
+def _run(args: list[str], cwd: Path, env: dict) -> str:
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    work = tmp_path_factory.mktemp("repo")
+    for name in ("pipeline", "stages", "dvc.yaml", "params.yaml", "pyproject.toml", ".dvc", ".gitignore"):
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, work / name, ignore=shutil.ignore_patterns("__pycache__", "tmp", "cache"))
+        else:
+            shutil.copy(source, work / name)
+    params = _merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(work), "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    git = ["git", "-c", "user.email=t@t.invalid", "-c", "user.name=t"]
+    _run(["git", "init", "-q"], work, env)
+    _run([*git, "add", "-A"], work, env)
+    _run([*git, "commit", "-qm", "init"], work, env)
+    first = _run([str(BIN / "dvc"), "repro"], work, env)
+    return work, env, first
+
+
+def test_repro_runs_both_stages_and_writes_outputs(workspace):
+    work, _, log = workspace
+    assert "Running stage 'prepare'" in log and "Running stage 'finetune'" in log
+    assert (work / "models/finetuned/config.json").exists()
+    assert (work / "models/finetuned/tokenizer.json").exists()
+    metrics = json.loads((work / "metrics/finetune.json").read_text())
+    for key in ("val_loss", "test_cider", "test_blank_cider", "steps"):
+        assert key in metrics
+    assert metrics["steps"] == 6
+    assert (work / "metrics/finetune_loss.csv").read_text().startswith("step,train_loss")
+
+
+def test_second_repro_is_a_no_op_and_param_change_reruns_only_dependants(workspace):
+    work, env, _ = workspace
+    again = _run([str(BIN / "dvc"), "repro"], work, env)
+    assert "Running stage" not in again
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["finetune"]["max_steps"] = 4
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    changed = _run([str(BIN / "dvc"), "repro"], work, env)
+    assert "Running stage 'finetune'" in changed and "Running stage 'prepare'" not in changed
+    assert json.loads((work / "metrics/finetune.json").read_text())["steps"] == 4
+
+
+def test_dvc_exp_run_and_metrics_show(workspace):
+    work, env, _ = workspace
+    git = ["git", "-c", "user.email=t@t.invalid", "-c", "user.name=t"]
+    _run([*git, "add", "-A"], work, env)
+    _run([*git, "commit", "-qm", "state"], work, env)
+    out = _run([str(BIN / "dvc"), "exp", "run", "-S", "finetune.max_steps=3"], work, env)
+    assert "Running stage 'finetune'" in out
+    shown = _run([str(BIN / "dvc"), "metrics", "show"], work, env)
+    assert "metrics/finetune.json" in shown and "test_cider" in shown
+    exps = _run([str(BIN / "dvc"), "exp", "show", "--no-pager", "--csv"], work, env)
+    assert "finetune.max_steps" in exps
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, body: dict) -> dict:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)
+
+
+def test_mlflow_server_shows_the_finetune_run_with_params_and_loss_curve(workspace):
+    work, env, _ = workspace
+    port = _free_port()
+    server = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{work / 'mlflow.db'}",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow server did not start")
+        with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=fastvlm-ssd") as r:
+            experiment = json.load(r)["experiment"]
+        runs = _post(f"{base}/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
+        finetune = [r for r in runs if any(t["key"] == "dvc_stage" and t["value"] == "finetune" for t in r["data"]["tags"])]
+        assert finetune, "no finetune run in the store"
+        run = finetune[-1]
+        params = {p["key"]: p["value"] for p in run["data"]["params"]}
+        assert "finetune.lr" in params and "model.tiny.num_layers" in params
+        with urllib.request.urlopen(
+            f"{base}/api/2.0/mlflow/metrics/get-history?run_id={run['info']['run_id']}&metric_key=train/loss"
+        ) as r:
+            history = json.load(r)["metrics"]
+        assert len(history) >= 2  # a curve, not a point
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)

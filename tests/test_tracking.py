@@ -1,0 +1,43 @@
+import time
+
+import pytest
+
+from pipeline import tracking
+from pipeline.errors import TrackingError
+
+
+def test_default_uri_is_absolute_sqlite_at_repo_root(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")  # a Ray trial or stage running in a sub-directory
+    assert tracking.tracking_uri() == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+
+
+def test_environment_overrides(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
+    assert tracking.tracking_uri() == "http://tracking.example:5000"
+
+
+def test_unreachable_server_fails_fast_naming_it():
+    started = time.perf_counter()
+    with pytest.raises(TrackingError, match="127.0.0.1:9") as info:
+        tracking.check_reachable("http://127.0.0.1:9", timeout_s=2)
+    assert time.perf_counter() - started < 5
+    assert "MLFLOW_TRACKING_URI" in str(info.value)
+
+
+def test_stage_run_logs_params_tags_and_metrics(monkeypatch, tmp_path):
+    import mlflow
+
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with tracking.stage_run("demo", "exp", {"finetune": {"lr": 0.1}}) as run:
+        tracking.log_metrics({"loss": 1.5}, step=3)
+    client = mlflow.MlflowClient(tracking.tracking_uri())
+    stored = client.get_run(run.info.run_id)
+    assert stored.data.params["finetune.lr"] == "0.1"
+    assert stored.data.tags["dvc_stage"] == "demo" and "git_commit" in stored.data.tags
+    assert stored.data.metrics["loss"] == 1.5
+    assert (tmp_path / "mlflow.db").exists()
