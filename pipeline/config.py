@@ -86,8 +86,8 @@ class TinyLlavaConfig(StrictModel):
     vision_hidden_size: int = Field(128, ge=16)
     vision_intermediate_size: int = Field(256, ge=16)
     vision_heads: int = Field(4, ge=1)
-    patch_size: int = Field(16, ge=2)
-    image_size: int = Field(64, ge=8)
+    patch_size: int = Field(32, ge=2)
+    image_size: int = Field(96, ge=8)
 
     @model_validator(mode="after")
     def _heads_divide(self) -> TinyLlavaConfig:
@@ -150,6 +150,9 @@ class FinetuneConfig(StrictModel):
     weight_decay: float = Field(0.01, ge=0)
     warmup_steps: int = Field(30, ge=0)
     grad_clip: float = Field(1.0, gt=0)
+    # LLaVA-1.5 keeps its CLIP tower frozen in every training stage; from scratch, a frozen random tower
+    # still carries the pixels (random features), whereas a trainable one collapses (see README)
+    train_vision_tower: bool = False
     task_weights: TaskWeights = TaskWeights()
     val_every_steps: int = Field(200, ge=1)
     val_batches: int = Field(4, ge=1)

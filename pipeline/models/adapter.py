@@ -38,6 +38,11 @@ class BackboneAdapter(ABC):
     def embed(self, input_ids: torch.LongTensor) -> torch.Tensor:
         """Token embeddings of text ids (no image features)."""
 
+    @property
+    def vision_encoder(self) -> nn.Module | None:
+        """The image encoder without the projector into the language model (None for text-only models)."""
+        return None
+
     @abstractmethod
     def prefix(self, input_ids: torch.LongTensor, **model_inputs: torch.Tensor) -> torch.Tensor:
         """The embeddings the decoder sees for a prompt: image features spliced in at the image tokens."""
@@ -101,6 +106,11 @@ class LlavaAdapter(BackboneAdapter):
 
     def embed(self, input_ids: torch.LongTensor) -> torch.Tensor:
         return self.text.embed_tokens(input_ids)
+
+    @property
+    def vision_encoder(self) -> nn.Module | None:
+        """The image encoder (CLIP tower), without the projector into the language model."""
+        return self.model.model.vision_tower
 
     def prefix(self, input_ids: torch.LongTensor, pixel_values: torch.Tensor | None = None, **_: torch.Tensor) -> torch.Tensor:
         embeds = self.embed(input_ids)
@@ -213,6 +223,10 @@ class CausalLMAdapter(LlavaAdapter):
     @property
     def image_token_id(self) -> int:
         raise AttributeError(f"{type(self.model).__name__} is a text-only model: it has no image token")
+
+    @property
+    def vision_encoder(self) -> None:
+        return None
 
     def prefix(self, input_ids: torch.LongTensor, pixel_values: torch.Tensor | None = None, **_: torch.Tensor) -> torch.Tensor:
         if pixel_values is not None:

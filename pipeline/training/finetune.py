@@ -19,6 +19,7 @@ from pipeline.config import FinetuneConfig
 from pipeline.data.datasets import IGNORE_INDEX
 from pipeline.data.examples import SplitData
 from pipeline.data.prompts import PromptBuilder
+from pipeline.models.adapter import adapter_for
 from pipeline.training.datamodule import VLMDataModule
 
 
@@ -144,7 +145,8 @@ def fit_finetune(
         val_check_interval=cfg.val_every_steps,
         check_val_every_n_epoch=None,
         num_sanity_val_steps=0,
-        log_every_n_steps=10,
+        # Short runs (tests, smoke configs) must still log a loss curve
+        log_every_n_steps=max(1, min(10, cfg.max_steps // 5)),
         logger=logger,
         use_distributed_sampler=False,  # TaskBatchSampler is rank-aware itself
         enable_model_summary=False,
@@ -154,6 +156,9 @@ def fit_finetune(
             *(callbacks or []),
         ],
     )
+    vision = adapter_for(model).vision_encoder
+    if vision is not None:
+        vision.requires_grad_(cfg.train_vision_tower)
     module = FinetuneModule(model, cfg)
     data = VLMDataModule(splits, builder, image_processor, cfg, seed)
     started = time.perf_counter()

@@ -1,0 +1,76 @@
+"""fit_finetune on a tiny model and data set: it learns, and it resumes only its own checkpoints."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.config import FinetuneConfig, ModelConfig, PromptConfig, TinyLlavaConfig
+from pipeline.data.examples import MANIFEST, load_prepared
+from pipeline.data.prompts import PromptBuilder
+from pipeline.data.synthetic import generate_synthetic_dataset
+from pipeline.data.tokenizer import train_word_tokenizer
+from pipeline.io import atomic_write_json
+from pipeline.models.loading import build_backbone
+from pipeline.training.finetune import fit_finetune
+
+TINY = TinyLlavaConfig(num_layers=2, hidden_size=32, intermediate_size=64, num_heads=2, num_kv_heads=2,
+                       vision_layers=1, vision_hidden_size=32, vision_intermediate_size=64, vision_heads=2)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    generate_synthetic_dataset(root, n_train=24, n_val=8, n_test=4, seed=0)
+    atomic_write_json(root / MANIFEST, {"karpathy_json": "dataset_coco.json", "image_root": "images",
+                                        "descriptions_json": "descriptions.json", "vqa": []})
+    splits = load_prepared(root)
+    texts = [c for r in splits["train"].images for c in r.captions] + ["caption :", "describe :"]
+    tokenizer = train_word_tokenizer(texts, root / "tok")
+    return splits, tokenizer
+
+
+def _fit(setup, tmp: Path, steps: int, fingerprint: str, **overrides):
+    splits, tokenizer = setup
+    backbone = build_backbone(ModelConfig(tiny=TINY), tokenizer, seed=0)
+    builder = PromptBuilder(tokenizer, PromptConfig(), backbone.adapter.image_token_id, backbone.adapter.num_image_tokens)
+    cfg = FinetuneConfig(max_steps=steps, batch_size=8, val_every_steps=2, val_batches=1, warmup_steps=1,
+                         lr=3e-3, task_weights={"caption": 1.0, "description": 0.0, "vqa": 0.0}, **overrides)
+    result = fit_finetune(backbone.model, builder, backbone.image_processor, splits, cfg, seed=0,
+                          checkpoint_dir=tmp / "ckpt", fingerprint=fingerprint)
+    return result, backbone
+
+
+def test_training_lowers_the_loss(setup, tmp_path):
+    result, _ = _fit(setup, tmp_path, steps=12, fingerprint="a")
+    losses = [r["train_loss"] for r in result.loss_curve if "train_loss" in r]
+    assert len(losses) == 12 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+    assert result.metrics["steps"] == 12 and result.metrics["resumed"] == 0
+
+
+def test_resumes_its_own_checkpoint_and_ignores_a_foreign_one(setup, tmp_path):
+    _fit(setup, tmp_path, steps=50, fingerprint="a")  # checkpoints at step 50
+    resumed, _ = _fit(setup, tmp_path, steps=52, fingerprint="a")
+    assert resumed.metrics["resumed"] == 1 and resumed.metrics["steps"] == 52
+    assert len([r for r in resumed.loss_curve if "train_loss" in r]) == 2  # only the two new steps ran
+    fresh, _ = _fit(setup, tmp_path, steps=3, fingerprint="b")
+    assert fresh.metrics["resumed"] == 0 and fresh.metrics["steps"] == 3
+
+
+def _vision_state(backbone) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in backbone.adapter.vision_encoder.state_dict().items()}
+
+
+@pytest.mark.parametrize("train_vision_tower", [False, True])
+def test_vision_tower_is_frozen_unless_asked_to_train(setup, tmp_path, train_vision_tower):
+    splits, tokenizer = setup
+    before = _vision_state(build_backbone(ModelConfig(tiny=TINY), tokenizer, seed=0))
+    _, backbone = _fit(setup, tmp_path, steps=3, fingerprint="v", train_vision_tower=train_vision_tower)
+    after = _vision_state(backbone)
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    if train_vision_tower:
+        assert changed, "the vision tower did not train"
+    else:
+        assert not changed, f"frozen vision tower changed: {changed[:3]}"
+        # the projector into the language model still trains
+        assert any(p.requires_grad for p in backbone.model.model.multi_modal_projector.parameters())
