@@ -1,0 +1,151 @@
+"""The methods SSD is compared with, run by the same machinery so they are measured alike.
+
+- `AutoregressiveDecoder`: the full model, one token per forward pass, with a KV cache — the reference.
+- `DraftOnlyDecoder`: the draft alone, no verification (what the draft would say by itself; lossy).
+- `DraftAndVerifyDecoder`: Draft & Verify (Zhang et al. 2023): the draft skips intermediate layers
+  and stops on low confidence; the full model verifies.
+- LayerSkip-style self-speculation is `SelfSpeculativeDecoder(model, n, head=None)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from pipeline.decoding.cache import new_cache
+from pipeline.decoding.drafters import Drafter, EarlyExitDrafter, SkipLayerDrafter
+from pipeline.decoding.engine import check_draft_layers, pick, prefill, speculative_generate
+from pipeline.decoding.inputs import GenerationRequest, prepare_request
+from pipeline.decoding.policies import ConfidenceStop, DraftPolicy, as_policy
+from pipeline.decoding.sampling import SamplingConfig
+from pipeline.decoding.stats import DecodingStats, GenerationOutput
+from pipeline.models.adapter import adapter_for
+
+
+class _Decoder:
+    """Shared `generate` signature: the same inputs and output as `SelfSpeculativeDecoder.generate`."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.adapter = adapter_for(model)
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        input_ids: torch.LongTensor,
+        max_new_tokens: int = 64,
+        eos_token_id: int | Iterable[int] | None = None,
+        *,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        generator: torch.Generator | None = None,
+        **model_inputs: torch.Tensor,
+    ) -> GenerationOutput:
+        sampling = SamplingConfig(temperature, top_k, top_p)
+        request = prepare_request(self.model, input_ids, max_new_tokens, eos_token_id, sampling, generator, model_inputs)
+        return self._generate(request)
+
+    def _generate(self, request: GenerationRequest) -> GenerationOutput:
+        raise NotImplementedError
+
+
+def _token_by_token(adapter, request: GenerationRequest, drafter: Drafter | None) -> GenerationOutput:
+    """Plain decoding: each token through the full stack (`drafter=None`) or through the draft only."""
+    stats = DecodingStats()
+    if request.max_new_tokens == 0:
+        return GenerationOutput(request.sequences([]), stats)
+    total = adapter.num_layers
+    split = total if drafter is None else drafter.shared_layers
+    sampling, generator, eos = request.sampling, request.generator, request.eos_token_ids
+    cache = new_cache(adapter.model)
+    prompt = request.prompt_length
+    positions = torch.arange(prompt + request.max_new_tokens, device=request.device).unsqueeze(0)
+    if drafter is None:
+        _, logits = prefill(adapter, request, cache, positions, total)
+    else:
+        # The draft alone from the first token on: the prompt too goes through the draft's layers only
+        drafter.reset()
+        where = positions[:, :prompt]
+        embeds = adapter.prefix(request.input_ids, **request.model_inputs)
+        shallow = adapter.run_layers(embeds, 0, split, cache, position_ids=where)
+        logits = adapter.logits(drafter.draft_hidden(shallow, cache, where)[:, -1])
+    token = pick(logits, sampling, generator)
+    committed = [token]
+    # The hot loop: no mask or position rebuilding, no per-step allocation beyond the layers' own
+    for step in range(1, request.max_new_tokens):
+        if eos and int(token) in eos:
+            break
+        where = positions[:, prompt + step - 1 : prompt + step]
+        hidden = adapter.run_layers(adapter.embed(token.view(1, 1)), 0, split, cache, position_ids=where)
+        if drafter is not None:
+            hidden = drafter.draft_hidden(hidden, cache, where)
+        token = pick(adapter.logits(hidden[:, -1]), sampling, generator)
+        committed.append(token)
+    stats.new_tokens = len(committed)
+    return GenerationOutput(request.sequences(committed), stats)
+
+
+class AutoregressiveDecoder(_Decoder):
+    """The full model, one token per step, KV-cached: the reference every speedup is measured against."""
+
+    def _generate(self, request: GenerationRequest) -> GenerationOutput:
+        return _token_by_token(self.adapter, request, None)
+
+
+class DraftOnlyDecoder(_Decoder):
+    """The draft's own output, never verified: `draft_layers` (+ `head`) as SSD drafts, or `skip_layers` as D&V does."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        draft_layers: int | None = None,
+        head: nn.Module | None = None,
+        *,
+        skip_layers: Iterable[int] | None = None,
+    ) -> None:
+        super().__init__(model)
+        if (draft_layers is None) == (skip_layers is None):
+            raise ValueError("give exactly one of draft_layers (early-exit draft) and skip_layers (layer-skipping draft)")
+        if skip_layers is not None:
+            if head is not None:
+                raise ValueError("a head goes with an early-exit draft (draft_layers), not with skip_layers")
+            self.drafter: Drafter = SkipLayerDrafter(self.adapter, skip_layers)
+        else:
+            self.drafter = EarlyExitDrafter(self.adapter, check_draft_layers(self.adapter, draft_layers), head)
+
+    def _generate(self, request: GenerationRequest) -> GenerationOutput:
+        return _token_by_token(self.adapter, request, self.drafter)
+
+
+def default_skip_layers(num_layers: int) -> list[int]:
+    """Every other layer of the upper half, a common Draft & Verify starting point (≈ 25 % of the layers)."""
+    return list(range(num_layers // 2, num_layers - 1, 2))
+
+
+class DraftAndVerifyDecoder(_Decoder):
+    """Draft & Verify: the draft skips `skip_layers`; drafting stops on low top-1 probability.
+
+    Layers before the first skipped one are shared with verification, like SSD's first n layers; the
+    draft's KV entries in later layers are dropped before verification recomputes them.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        skip_layers: Iterable[int] | None = None,
+        draft_len: int | DraftPolicy | None = None,
+    ) -> None:
+        super().__init__(model)
+        skip = default_skip_layers(self.adapter.num_layers) if skip_layers is None else list(skip_layers)
+        self.drafter = SkipLayerDrafter(self.adapter, skip)
+        self.policy = ConfidenceStop(0.6, 8) if draft_len is None else as_policy(draft_len)
+
+    @property
+    def skip_layers(self) -> tuple[int, ...]:
+        return self.drafter.skip_layers
+
+    def _generate(self, request: GenerationRequest) -> GenerationOutput:
+        return speculative_generate(self.adapter, self.drafter, self.policy, request)

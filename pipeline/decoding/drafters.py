@@ -1,0 +1,106 @@
+"""Draft models that live inside the full model: which layers a draft token goes through.
+
+Every drafter runs layers 0..n-1 exactly as the full model does (`shared_layers = n`): those layers' KV
+entries for drafted tokens stay valid for verification, which then only runs layers n..L-1. What a
+drafter does after layer n differs:
+
+- `EarlyExitDrafter` (SSD / LayerSkip): nothing, or an imitation head; it writes no KV past layer n.
+- `SkipLayerDrafter` (Draft & Verify): the remaining non-skipped layers, with the shared cache. Those
+  layers see other inputs than in the full model, so their draft KV entries are dropped before
+  verification recomputes them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from transformers import Cache
+
+from pipeline.decoding.cache import crop_to
+from pipeline.decoding.heads import is_stateful
+from pipeline.models.adapter import BackboneAdapter
+
+
+class Drafter(ABC):
+    def __init__(self, adapter: BackboneAdapter, shared_layers: int) -> None:
+        self.adapter = adapter
+        self.shared_layers = shared_layers
+
+    def reset(self) -> None:
+        """Forget per-generation state."""
+
+    def observe_prompt(self, hidden: torch.Tensor) -> None:
+        """The prompt's layer-n states, once per generation (for drafters that keep state)."""
+
+    @abstractmethod
+    def draft_hidden(self, hidden: torch.Tensor, cache: Cache, position_ids: torch.LongTensor) -> torch.Tensor:
+        """Layer-n states of new tokens → the states the final norm and LM head turn into draft logits."""
+
+    def before_verify(self, cache: Cache, length: int) -> None:
+        """Drop any KV entries past layer n the draft wrote (the cache held `length` tokens before drafting)."""
+
+    def after_verify(self, kept: int, unseen: torch.Tensor | None) -> None:
+        """Verification kept `kept` positions; `unseen` is the layer-n state of a kept position the draft never saw."""
+
+
+class EarlyExitDrafter(Drafter):
+    """Layers 0..n-1, then `head` (or nothing) before the final norm and LM head."""
+
+    def __init__(self, adapter: BackboneAdapter, draft_layers: int, head: nn.Module | None = None) -> None:
+        super().__init__(adapter, draft_layers)
+        self.head = head
+        self.stateful = is_stateful(head)
+
+    def reset(self) -> None:
+        if self.stateful:
+            self.head.reset()
+
+    def observe_prompt(self, hidden: torch.Tensor) -> None:
+        if self.stateful:
+            self.head(hidden)
+
+    def draft_hidden(self, hidden: torch.Tensor, cache: Cache, position_ids: torch.LongTensor) -> torch.Tensor:
+        return hidden if self.head is None else self.head(hidden)
+
+    def after_verify(self, kept: int, unseen: torch.Tensor | None) -> None:
+        if not self.stateful:
+            return
+        if unseen is None:
+            self.head.crop(kept)
+        else:
+            self.head(unseen)
+
+
+class SkipLayerDrafter(Drafter):
+    """Draft & Verify's draft: the full stack with `skip_layers` left out; layers before the first skip are shared."""
+
+    def __init__(self, adapter: BackboneAdapter, skip_layers: Iterable[int]) -> None:
+        skip = sorted(set(skip_layers))
+        total = adapter.num_layers
+        if not skip:
+            raise ValueError("skip_layers is empty: Draft & Verify needs at least one layer to skip")
+        if skip[0] < 0 or skip[-1] >= total:
+            raise ValueError(f"skip_layers {skip} must lie in 0..{total - 1} (the model has {total} layers)")
+        if len(skip) == total:
+            raise ValueError("skip_layers skips every layer: the draft would be the embeddings alone")
+        super().__init__(adapter, skip[0])
+        self.skip_layers = tuple(skip)
+        # Contiguous runs of kept layers after the first skipped one: one `run_layers` call each
+        kept = [i for i in range(skip[0], total) if i not in set(skip)]
+        self.segments: list[tuple[int, int]] = []
+        for index in kept:
+            if self.segments and self.segments[-1][1] == index:
+                self.segments[-1] = (self.segments[-1][0], index + 1)
+            else:
+                self.segments.append((index, index + 1))
+
+    def draft_hidden(self, hidden: torch.Tensor, cache: Cache, position_ids: torch.LongTensor) -> torch.Tensor:
+        for start, end in self.segments:
+            hidden = self.adapter.run_layers(hidden, start, end, cache, position_ids=position_ids)
+        return hidden
+
+    def before_verify(self, cache: Cache, length: int) -> None:
+        crop_to(cache, length, range(self.shared_layers, self.adapter.num_layers))

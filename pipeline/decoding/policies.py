@@ -1,0 +1,137 @@
+"""Draft-length policies: how many tokens to draft before each verification.
+
+Every policy implements one small interface, so the decode loop never knows which one it runs:
+
+- `propose(generated)` — the most tokens to draft this round, given how many tokens were generated so far;
+- `keep_drafting(position, confidence)` — after drafting the `position`-th token of a round whose top-1
+  draft probability is `confidence`, whether to draft another (only asked when `needs_confidence`: reading a
+  probability back from the device costs a synchronisation the loop skips otherwise);
+- `update(drafted, accepted)` — the verification outcome of the round;
+- `reset()` — forget per-generation state before a new `generate` call.
+
+Policies are cheap plain objects; a decoder resets its policy at the start of every `generate`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+
+class DraftPolicy(ABC):
+    needs_confidence: bool = False
+
+    def reset(self) -> None:
+        """Forget per-generation state (called at the start of every `generate`)."""
+
+    @abstractmethod
+    def propose(self, generated: int) -> int:
+        """Upper bound on the number of tokens to draft this round (≥ 1)."""
+
+    def keep_drafting(self, position: int, confidence: float) -> bool:
+        """Whether to draft past the `position`-th token of this round (1-based), given its top-1 probability."""
+        return True
+
+    def update(self, drafted: int, accepted: int) -> None:
+        """The round drafted `drafted` tokens, of which verification accepted the first `accepted`."""
+
+
+def _check_length(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer ≥ 1, got {value!r}")
+    return value
+
+
+class FixedDraftLength(DraftPolicy):
+    """Always draft `d` tokens (LayerSkip, and the paper's fixed-d runs)."""
+
+    def __init__(self, d: int) -> None:
+        self.d = _check_length("draft_len", d)
+
+    def propose(self, generated: int) -> int:
+        return self.d
+
+    def __repr__(self) -> str:
+        return f"FixedDraftLength({self.d})"
+
+
+class GrowingDraftLength(DraftPolicy):
+    """A draft length that grows with the number of tokens generated so far: d = clip(d_min + ⌊t / step⌋, d_min, d_max).
+
+    FastVLM (arXiv 2510.22641, eq. 5) lets the number of draft tokens grow with the context generated so
+    far, bounded by d_min..d_max: later tokens of a caption are easier to predict from what precedes them.
+    The exact form of eq. 5 could not be retrieved here, so this is a documented stand-in with the same
+    properties (monotone in t, starts at d_min, saturates at d_max): one more draft token every `step`
+    generated tokens.
+    """
+
+    def __init__(self, d_min: int = 2, d_max: int = 8, step: int = 8) -> None:
+        self.d_min = _check_length("d_min", d_min)
+        self.d_max = _check_length("d_max", d_max)
+        self.step = _check_length("step", step)
+        if d_max < d_min:
+            raise ValueError(f"d_max ({d_max}) must be ≥ d_min ({d_min})")
+
+    def propose(self, generated: int) -> int:
+        return max(self.d_min, min(self.d_max, self.d_min + generated // self.step))
+
+    def __repr__(self) -> str:
+        return f"GrowingDraftLength(d_min={self.d_min}, d_max={self.d_max}, step={self.step})"
+
+
+class ConfidenceStop(DraftPolicy):
+    """Stop drafting after a token whose top-1 draft probability is below `threshold` (Draft & Verify).
+
+    The low-confidence token itself is kept (it may still be right); `base` bounds the round's length.
+    """
+
+    needs_confidence = True
+
+    def __init__(self, threshold: float = 0.6, base: int | DraftPolicy = 8) -> None:
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be a probability in [0, 1], got {threshold!r}")
+        self.threshold = threshold
+        self.base = as_policy(base)
+
+    def reset(self) -> None:
+        self.base.reset()
+
+    def propose(self, generated: int) -> int:
+        return self.base.propose(generated)
+
+    def keep_drafting(self, position: int, confidence: float) -> bool:
+        return confidence >= self.threshold and (not self.base.needs_confidence or self.base.keep_drafting(position, confidence))
+
+    def update(self, drafted: int, accepted: int) -> None:
+        self.base.update(drafted, accepted)
+
+    def __repr__(self) -> str:
+        return f"ConfidenceStop(threshold={self.threshold}, base={self.base!r})"
+
+
+class HeuristicDraftLength(DraftPolicy):
+    """Hugging Face's "heuristic" schedule: +2 after a fully accepted round, −1 otherwise, never below 1."""
+
+    def __init__(self, initial: int = 5) -> None:
+        self.initial = _check_length("initial", initial)
+        self.current = initial
+
+    def reset(self) -> None:
+        self.current = self.initial
+
+    def propose(self, generated: int) -> int:
+        return self.current
+
+    def update(self, drafted: int, accepted: int) -> None:
+        self.current = self.current + 2 if accepted == drafted else max(1, self.current - 1)
+
+    def __repr__(self) -> str:
+        return f"HeuristicDraftLength(initial={self.initial})"
+
+
+def as_policy(draft_len: int | DraftPolicy) -> DraftPolicy:
+    """An int means a fixed draft length; a policy object is used as is."""
+    if isinstance(draft_len, DraftPolicy):
+        return draft_len
+    if isinstance(draft_len, int) and not isinstance(draft_len, bool):
+        return FixedDraftLength(draft_len)
+    raise TypeError(f"draft_len must be an int ≥ 1 or a DraftPolicy, got {type(draft_len).__name__}")

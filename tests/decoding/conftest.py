@@ -1,0 +1,13 @@
+"""The decoding tests run tiny models: one intra-op thread is fastest for them, and it keeps them fast
+when other processes load the machine (a second spinning OpenMP thread then stalls on every small op)."""
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)

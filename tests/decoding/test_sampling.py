@@ -1,0 +1,81 @@
+"""Speculative sampling is distributed as the full model: SSD samples vs. the exact distribution by enumeration."""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from pipeline.decoding import SelfSpeculativeDecoder
+from pipeline.decoding.sampling import SamplingConfig
+
+VOCAB = 5
+GENERATED = 3  # tokens whose joint distribution is checked: the prefill's and a full draft round's
+SAMPLES = 3000
+
+
+def peaky_model() -> LlamaForCausalLM:
+    """Random init with a sharpened LM head, so that the early-exit draft and the full model disagree clearly."""
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config).double().eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(12.0)
+    return model
+
+
+def exact_joint(model, prompt: torch.Tensor, sampling: SamplingConfig) -> dict[tuple[int, ...], float]:
+    """P(first GENERATED tokens) under the full model's warped sampling distribution, by enumeration."""
+    continuations = torch.tensor(list(itertools.product(range(VOCAB), repeat=GENERATED)))
+    ids = torch.cat([prompt.expand(len(continuations), -1), continuations], dim=1)
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[:, prompt.shape[1] - 1 : -1]
+    probs = sampling.probabilities(logits).gather(-1, continuations.unsqueeze(-1)).squeeze(-1)
+    joint = probs.prod(dim=-1)
+    return {tuple(c.tolist()): float(p) for c, p in zip(continuations, joint)}
+
+
+def chi_square_p_value(counts: dict, expected: dict, samples: int) -> float:
+    """Pearson's test, pooling outcomes with fewer than 5 expected samples into one bin."""
+    from scipy.stats import chi2
+
+    statistic, bins, pooled_obs, pooled_exp = 0.0, 0, 0.0, 0.0
+    for outcome, p in expected.items():
+        e, o = p * samples, counts.get(outcome, 0)
+        if e < 5:
+            pooled_obs, pooled_exp = pooled_obs + o, pooled_exp + e
+            continue
+        statistic += (o - e) ** 2 / e
+        bins += 1
+    if pooled_exp > 0:
+        statistic += (pooled_obs - pooled_exp) ** 2 / pooled_exp
+        bins += 1
+    return float(chi2.sf(statistic, bins - 1))
+
+
+def test_ssd_sampling_matches_the_full_model_distribution():
+    model = peaky_model()
+    prompt = torch.tensor([[1, 3, 4]])
+    sampling = SamplingConfig(temperature=0.9, top_p=0.97)
+    expected = exact_joint(model, prompt, sampling)
+    # Draft 2 tokens in the first round (budget 4 → at most 2 drafts + 1): rejections, residual draws and
+    # bonus tokens all shape the first three tokens.
+    decoder = SelfSpeculativeDecoder(model, draft_layers=1, draft_len=2)
+    generator = torch.Generator().manual_seed(0)
+    counts: dict[tuple[int, ...], int] = {}
+    drafted = accepted = 0
+    for _ in range(SAMPLES):
+        out = decoder.generate(prompt, max_new_tokens=GENERATED + 1, eos_token_id=[], temperature=0.9, top_p=0.97, generator=generator)
+        outcome = tuple(out.sequences[0, prompt.shape[1] : prompt.shape[1] + GENERATED].tolist())
+        counts[outcome] = counts.get(outcome, 0) + 1
+        drafted += out.stats.drafted
+        accepted += out.stats.accepted
+    # The check has teeth only if drafts are both accepted and rejected often
+    assert 0.2 < accepted / drafted < 0.9
+    tv = 0.5 * sum(abs(counts.get(k, 0) / SAMPLES - p) for k, p in expected.items())
+    assert chi_square_p_value(counts, expected, SAMPLES) > 1e-3, tv
+    assert tv < 0.06
