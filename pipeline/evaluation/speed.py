@@ -1,0 +1,105 @@
+"""Decoding speed, measured the way DESIGN.md says: per-token latency of each method on the same
+prompts in the same process, after warm-up, median over repeats, with the device synchronised.
+
+A *method* is any callable `prompt -> (new_tokens, stats | None)`; this module neither knows nor cares
+whether it is `model.generate` or one of our decoders, so every method is timed by the same code.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from pipeline.decoding.stats import DecodingStats
+
+# A method decodes one prompt: returns the new token ids (1-D) and its draft/verify counts (None for
+# methods that do not report them, like `model.generate`).
+Method = Callable[[dict], tuple[torch.Tensor, DecodingStats | None]]
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class MethodTiming:
+    """One method over all prompts: outputs and counts from the first repeat, wall times from every repeat."""
+
+    name: str
+    outputs: list[list[int]] = field(default_factory=list)  # new tokens per prompt
+    stats: DecodingStats = field(default_factory=DecodingStats)
+    has_stats: bool = False
+    seconds: list[list[float]] = field(default_factory=list)  # [repeat][prompt]
+
+    def new_tokens(self, indices: Sequence[int] | None = None) -> int:
+        indices = range(len(self.outputs)) if indices is None else indices
+        return sum(len(self.outputs[i]) for i in indices)
+
+    def latency(self, indices: Sequence[int] | None = None) -> float:
+        """Median over repeats of (wall seconds / new tokens) on the chosen prompts: seconds per token."""
+        indices = list(range(len(self.outputs)) if indices is None else indices)
+        tokens = max(1, self.new_tokens(indices))
+        return statistics.median(sum(run[i] for i in indices) / tokens for run in self.seconds)
+
+
+def time_methods(
+    methods: dict[str, Method],
+    prompts: Sequence[dict],
+    *,
+    repeats: int = 3,
+    warmup_prompts: int = 2,
+    device: torch.device = torch.device("cpu"),
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, MethodTiming]:
+    """Time every method on every prompt, `repeats` times.
+
+    Repeats are the outer loop and methods the inner one, so slow drift of the machine (thermal, other
+    load) spreads over all methods alike instead of penalising whichever ran last.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be ≥ 1, got {repeats}")
+    if not prompts:
+        raise ValueError("no prompts to time")
+    timings = {name: MethodTiming(name) for name in methods}
+    for name, method in methods.items():  # warm-up: first-call allocations, lazy inits, kernel selection
+        for prompt in prompts[:warmup_prompts]:
+            method(prompt)
+    for repeat in range(repeats):
+        for name, method in methods.items():
+            timing = timings[name]
+            row: list[float] = []
+            for prompt in prompts:
+                synchronize(device)
+                start = time.perf_counter()
+                tokens, stats = method(prompt)
+                synchronize(device)
+                row.append(time.perf_counter() - start)
+                if repeat == 0:
+                    timing.outputs.append(tokens.view(-1).tolist())
+                    if stats is not None:
+                        timing.stats = timing.stats.merge(stats)
+                        timing.has_stats = True
+            timing.seconds.append(row)
+            if progress is not None:
+                progress(f"repeat {repeat + 1}/{repeats} {name}: {timing.latency() * 1e3:.2f} ms/token")
+    return timings
+
+
+def identical_share(outputs: Sequence[Sequence[int]], reference: Sequence[Sequence[int]]) -> float:
+    """Share of prompts whose output equals the reference token for token."""
+    if len(outputs) != len(reference):
+        raise ValueError(f"{len(outputs)} outputs against {len(reference)} references")
+    return sum(list(a) == list(b) for a, b in zip(outputs, reference)) / max(1, len(reference))
+
+
+def expected_speedup(acceptance: float, cost_ratio: float, draft_len: float) -> float:
+    """Leviathan et al. (2023): (1 − α^(γ+1)) / ((1 − α)(γc + 1)) for acceptance α, draft cost c, draft length γ."""
+    if not 0.0 <= acceptance <= 1.0:
+        raise ValueError(f"acceptance must be in [0, 1], got {acceptance}")
+    gain = draft_len + 1 if acceptance == 1.0 else (1 - acceptance ** (draft_len + 1)) / (1 - acceptance)
+    return gain / (draft_len * cost_ratio + 1)

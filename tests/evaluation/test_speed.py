@@ -1,0 +1,62 @@
+"""The speed-measurement helpers: timing bookkeeping, identity share and the Leviathan et al. formula."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from pipeline.decoding.stats import DecodingStats
+from pipeline.evaluation.speed import expected_speedup, identical_share, time_methods
+
+
+def test_expected_speedup_known_values():
+    # α = 0: every round yields only the verifier's token and pays γ draft steps
+    assert expected_speedup(0.0, 0.25, 4) == pytest.approx(1 / (4 * 0.25 + 1))
+    # α = 1: γ + 1 tokens per round
+    assert expected_speedup(1.0, 0.25, 4) == pytest.approx(5 / 2)
+    # α = 0.5, c = 0.5, γ = 3: (1 − 0.5⁴) / (0.5 · 2.5) = 0.75
+    assert expected_speedup(0.5, 0.5, 3) == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="acceptance"):
+        expected_speedup(1.5, 0.1, 3)
+
+
+def test_identical_share_counts_exact_matches():
+    assert identical_share([[1, 2], [3], [4, 5]], [[1, 2], [3, 9], [4, 5]]) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError):
+        identical_share([[1]], [[1], [2]])
+
+
+def test_time_methods_times_every_method_on_every_prompt_and_keeps_first_outputs():
+    calls = {"slow": 0, "fast": 0}
+
+    def slow(prompt):
+        calls["slow"] += 1
+        time.sleep(0.004)
+        return torch.arange(prompt["n"]), None
+
+    def fast(prompt):
+        calls["fast"] += 1
+        stats = DecodingStats()
+        stats.record_round(3, 2)
+        return torch.arange(prompt["n"]), stats
+
+    prompts = [{"n": 2}, {"n": 3}, {"n": 5}]
+    timings = time_methods({"slow": slow, "fast": fast}, prompts, repeats=3, warmup_prompts=1)
+    assert calls == {"slow": 1 + 9, "fast": 1 + 9}  # warm-up on one prompt, then 3 repeats × 3 prompts
+    for t in timings.values():
+        assert t.outputs == [[0, 1], [0, 1, 2], [0, 1, 2, 3, 4]] and len(t.seconds) == 3
+        assert t.new_tokens() == 10
+    assert timings["slow"].latency() > 0.004 * 3 / 10 * 0.9
+    assert timings["fast"].latency() < timings["slow"].latency()
+    assert timings["fast"].has_stats and timings["fast"].stats.verify_calls == 3  # first repeat only
+    assert not timings["slow"].has_stats
+    assert timings["slow"].latency([0]) > timings["slow"].latency([2])  # fewer tokens over the same sleep
+
+
+def test_time_methods_rejects_nonsense():
+    with pytest.raises(ValueError, match="repeats"):
+        time_methods({"m": lambda p: (torch.zeros(1), None)}, [{}], repeats=0)
+    with pytest.raises(ValueError, match="prompts"):
+        time_methods({"m": lambda p: (torch.zeros(1), None)}, [], repeats=1)
