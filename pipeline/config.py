@@ -167,6 +167,71 @@ class FinetuneConfig(StrictModel):
     eval_max_new_tokens: int = Field(32, ge=1)
 
 
+class LayerChoiceConfig(StrictModel):
+    """Paper A.4: reward(i) = mean max-softmax confidence of the early exit at layer i − μ·i·c."""
+
+    mu: float = Field(0.5, ge=0)
+    layer_cost: float | None = Field(None, gt=0)  # c; None: 1/L (each layer a 1/L share of a forward pass)
+    max_layer_fraction: float = Field(0.5, gt=0, lt=1)  # candidates i ≤ fraction · L
+    val_examples: int = Field(192, ge=1)  # validation examples (task-balanced) the confidence is averaged over
+    batch_size: int = Field(32, ge=1)
+
+
+class ImitationArchitecture(StrictModel):
+    num_linear: Literal[1, 2] = 2
+    activation: Literal["gelu", "relu", "silu", "tanh"] = "gelu"
+    dropout: float = Field(0.0, ge=0, lt=1)
+    attention: bool = False
+    num_heads: int = Field(4, ge=1)
+    layer_norm: bool = True
+    residual: bool = True
+
+
+class LossWeights(StrictModel):
+    ce: float = Field(1.0, ge=0)
+    cs: float = Field(1.0, ge=0)
+    kd: float = Field(1.0, ge=0)
+
+
+class MixedSchedule(StrictModel):
+    joint_epochs: float = Field(0.5, ge=0)  # k: epochs backbone + imitation train together, then backbone frozen
+    backbone_lr: float = Field(2e-4, gt=0)
+
+
+class ImitationConfig(StrictModel):
+    draft_layers: int | Literal["auto"] = "auto"  # auto: the select_layer stage's choice
+    architecture: ImitationArchitecture = ImitationArchitecture()
+    fusion: Literal["average", "concat", "attention"] = "average"
+    fusion_layers: int = Field(4, ge=1)
+    variants: list[Literal["ce", "ce+cs", "ce+cs+kd"]] = ["ce", "ce+cs", "ce+cs+kd"]
+    weights: LossWeights = LossWeights()  # λ of each term where its variant uses it
+    temperature: float = Field(2.0, gt=0)
+    mixed: MixedSchedule = MixedSchedule()
+    max_steps: int = Field(150, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    min_lr_ratio: float = Field(0.05, ge=0, le=1)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(10, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    task_weights: TaskWeights = TaskWeights(caption=0.6, description=0.3, vqa=0.1)  # drafting is long-form text
+    val_every_steps: int = Field(75, ge=1)
+    val_batches: int = Field(2, ge=1)
+    val_decode_prompts: int = Field(16, ge=0)  # validation prompts decoded by SSD to log acceptance
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "cpu"
+    devices: int | Literal["auto"] = 1
+    strategy: str = "auto"
+    precision: Literal["32-true", "16-mixed", "bf16-mixed", "bf16-true", "64-true"] = "32-true"
+    num_workers: int = Field(0, ge=0)
+
+    @field_validator("variants")
+    @classmethod
+    def _some_variant(cls, value: list[str]) -> list[str]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError("variants must list at least one of ce, ce+cs, ce+cs+kd, each once")
+        return value
+
+
 class TrackingConfig(StrictModel):
     experiment: str = "fastvlm-ssd"
 
@@ -176,6 +241,8 @@ class Params(StrictModel):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     finetune: FinetuneConfig = FinetuneConfig()
+    layer_choice: LayerChoiceConfig = LayerChoiceConfig()
+    imitation: ImitationConfig = ImitationConfig()
     tracking: TrackingConfig = TrackingConfig()
 
 

@@ -31,6 +31,9 @@ TINY = {
                        "vision_layers": 1, "vision_hidden_size": 32, "vision_intermediate_size": 64, "vision_heads": 2}},
     "finetune": {"max_steps": 6, "batch_size": 8, "val_every_steps": 3, "val_batches": 1, "warmup_steps": 1,
                  "eval_samples": 12, "eval_batch_size": 12, "eval_max_new_tokens": 8},
+    "layer_choice": {"val_examples": 12, "batch_size": 12},
+    "imitation": {"max_steps": 4, "batch_size": 8, "val_every_steps": 2, "val_batches": 1, "val_decode_prompts": 2,
+                  "warmup_steps": 1, "variants": ["ce", "ce+cs+kd"]},
 }
 
 
@@ -77,6 +80,14 @@ def test_repro_runs_both_stages_and_writes_outputs(workspace):
         assert key in metrics
     assert metrics["steps"] == 6
     assert (work / "metrics/finetune_loss.csv").read_text().startswith("step,train_loss")
+    choice = json.loads((work / "metrics/layer_choice.json").read_text())
+    assert choice["chosen_n"] == 1 and (work / "reports/figures/layer_reward.png").stat().st_size > 0
+    imitation = json.loads((work / "metrics/imitation.json").read_text())
+    assert imitation["draft_layers"] == 1 and imitation["frozen_backbone_unchanged"] is True
+    for variant in ("ce", "ce+cs+kd", "mixed"):
+        assert (work / "models/imitation" / variant / "model.safetensors").exists()
+        assert 0 <= imitation[variant]["val_acceptance_rate"] <= 1
+    assert (work / "models/mixed_backbone/config.json").exists()
 
 
 def test_second_repro_is_a_no_op_and_param_change_reruns_only_dependants(workspace):
@@ -88,6 +99,7 @@ def test_second_repro_is_a_no_op_and_param_change_reruns_only_dependants(workspa
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     changed = _run([str(BIN / "dvc"), "repro"], work, env)
     assert "Running stage 'finetune'" in changed and "Running stage 'prepare'" not in changed
+    assert "Running stage 'select_layer'" in changed and "Running stage 'train_imitation'" in changed
     assert json.loads((work / "metrics/finetune.json").read_text())["steps"] == 4
 
 
@@ -147,6 +159,11 @@ def test_mlflow_server_shows_the_finetune_run_with_params_and_loss_curve(workspa
         ) as r:
             history = json.load(r)["metrics"]
         assert len(history) >= 2  # a curve, not a point
+        # train_imitation: one child run per variant under the stage run, with its own agreement metric
+        tags = lambda r: {t["key"]: t["value"] for t in r["data"].get("tags", [])}  # noqa: E731
+        children = [r for r in runs if tags(r).get("dvc_stage") == "train_imitation" and "mlflow.parentRunId" in tags(r)]
+        assert {tags(r)["variant"] for r in children} >= {"ce", "ce+cs+kd", "mixed"}
+        assert all(any(m["key"] == "val_agreement" for m in r["data"].get("metrics", [])) for r in children)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)

@@ -111,3 +111,18 @@ class TaskBatchSampler(Sampler[list[int]]):
             task = rng.choices(self.tasks, self.weights)[0]
             pool = self.by_task[task]
             yield rng.sample(pool, min(self.batch_size, len(pool)))
+
+
+def balanced_batches(split, builder: PromptBuilder, pixels: PixelStore, total: int, batch_size: int) -> list[dict[str, torch.Tensor]]:
+    """A fixed, task-balanced set of about `total` examples of `split` (a `SplitData`), collated for scoring."""
+    from pipeline.data.prompts import TASKS
+
+    tasks = [task for task in TASKS if split.examples(task)]
+    per_task = max(1, total // max(1, len(tasks)))
+    examples = [e for task in tasks for e in split.examples(task)[:per_task]]
+    dataset = ExampleDataset(examples, pixels, builder)
+    pad = builder.tokenizer.pad_token_id
+    return [
+        collate_for_training([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))], pad)
+        for start in range(0, len(dataset), batch_size)
+    ]

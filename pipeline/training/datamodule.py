@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import lightning as L
 from torch.utils.data import DataLoader
 
-from pipeline.config import FinetuneConfig
+from pipeline.config import TaskWeights
 from pipeline.data.datasets import ExampleDataset, TaskBatchSampler, collate_for_training
 from pipeline.data.examples import Example, SplitData
 from pipeline.data.pixels import PixelStore
 from pipeline.data.prompts import TASKS, PromptBuilder
+
+
+class BatchingConfig(Protocol):
+    """What the data module reads from a stage's config (FinetuneConfig, ImitationConfig, ...)."""
+
+    batch_size: int
+    task_weights: TaskWeights
+    val_batches: int
+    num_workers: int
 
 
 def split_examples(split: SplitData, weights: dict[str, float]) -> list[Example]:
@@ -24,7 +34,7 @@ class VLMDataModule(L.LightningDataModule):
         splits: dict[str, SplitData],
         builder: PromptBuilder,
         image_processor,
-        cfg: FinetuneConfig,
+        cfg: BatchingConfig,
         seed: int,
     ) -> None:
         super().__init__()

@@ -6,11 +6,7 @@ import pytest
 import torch
 
 from pipeline.config import FinetuneConfig, ModelConfig, PromptConfig, TinyLlavaConfig
-from pipeline.data.examples import MANIFEST, load_prepared
 from pipeline.data.prompts import PromptBuilder
-from pipeline.data.synthetic import generate_synthetic_dataset
-from pipeline.data.tokenizer import train_word_tokenizer
-from pipeline.io import atomic_write_json
 from pipeline.models.loading import build_backbone
 from pipeline.training.finetune import fit_finetune
 
@@ -18,16 +14,9 @@ TINY = TinyLlavaConfig(num_layers=2, hidden_size=32, intermediate_size=64, num_h
                        vision_layers=1, vision_hidden_size=32, vision_intermediate_size=64, vision_heads=2)
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    generate_synthetic_dataset(root, n_train=24, n_val=8, n_test=4, seed=0)
-    atomic_write_json(root / MANIFEST, {"karpathy_json": "dataset_coco.json", "image_root": "images",
-                                        "descriptions_json": "descriptions.json", "vqa": []})
-    splits = load_prepared(root)
-    texts = [c for r in splits["train"].images for c in r.captions] + ["caption :", "describe :"]
-    tokenizer = train_word_tokenizer(texts, root / "tok")
-    return splits, tokenizer
+@pytest.fixture
+def setup(tiny_data):
+    return tiny_data
 
 
 def _fit(setup, tmp: Path, steps: int, fingerprint: str, **overrides):

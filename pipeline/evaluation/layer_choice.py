@@ -1,0 +1,53 @@
+"""Choosing the draft depth `n` (paper A.4): confidence of the early exit minus the cost of depth.
+
+For each candidate layer i, the confidence is the mean max-softmax probability of the early-exit
+logits `lm_head(final_norm(h_i))` over the scored (target) tokens of the validation batches; the reward
+is `confidence(i) − μ · i · c`, with `c` the cost of one layer as a share of a forward pass. The chosen
+`n` maximises the reward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+from pipeline.data.datasets import IGNORE_INDEX
+
+
+@dataclass
+class LayerChoice:
+    layers: list[int]
+    confidence: list[float]
+    reward: list[float]
+    chosen: int
+
+    def to_dict(self) -> dict:
+        return {"chosen_n": self.chosen, "layers": self.layers, "confidence": self.confidence, "reward": self.reward}
+
+
+@torch.no_grad()
+def early_exit_confidence(adapter, batches: Iterable[dict], max_layer: int) -> list[float]:
+    """Mean top-1 probability of the early exit after layers 1..max_layer, over target tokens."""
+    sums = torch.zeros(max_layer, dtype=torch.float64)
+    count = 0
+    for batch in batches:
+        scored = batch["labels"][:, 1:] != IGNORE_INDEX  # positions whose next token is a target token
+        embeds = adapter.prefix(batch["input_ids"], pixel_values=batch.get("pixel_values"))
+        _, states = adapter.run_layers(embeds, 0, max_layer, attention_mask=batch["attention_mask"], collect_hidden=True)
+        for i, state in enumerate(states):
+            probs = adapter.logits(state[:, :-1][scored]).float().softmax(dim=-1)
+            sums[i] += probs.amax(dim=-1).double().sum()
+        count += int(scored.sum())
+    if count == 0:
+        raise ValueError("no scored tokens in the validation batches")
+    return (sums / count).tolist()
+
+
+def choose_layer(confidence: list[float], mu: float, layer_cost: float) -> LayerChoice:
+    """`confidence[k]` belongs to layer k + 1; reward = confidence − μ·i·c; ties go to the shallower layer."""
+    layers = list(range(1, len(confidence) + 1))
+    reward = [conf - mu * i * layer_cost for i, conf in zip(layers, confidence)]
+    best = max(range(len(reward)), key=lambda k: (reward[k], -k))
+    return LayerChoice(layers, list(confidence), reward, layers[best])

@@ -1,0 +1,182 @@
+"""The imitation network: layer-`n` hidden states → an imitation of the deep layers' representation.
+
+Its output goes through the backbone's own final norm and LM head (it owns neither), so the draft is
+`lm_head(final_norm(imitation(h_n)))`. The architecture comes from `ImitationNetworkConfig`; the default is the
+paper's NAS result: two linear layers of the hidden size and a layer norm. An optional single causal
+self-attention layer gives the draft context beyond the current position; it then keeps its own KV cache
+while decoding and implements the decoder's `StatefulHead` protocol (`reset`, `crop`).
+
+The module is saved as `config.json` + `model.safetensors` and loads without any training code.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from pipeline.errors import ModelLoadError
+from pipeline.io import atomic_directory
+
+ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh}
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class ImitationNetworkConfig:
+    hidden_size: int
+    num_linear: Literal[1, 2] = 2
+    activation: str = "gelu"
+    dropout: float = 0.0
+    attention: bool = False
+    num_heads: int = 4
+    layer_norm: bool = True
+    residual: bool = True  # output = h_n + f(h_n): starts as the early-exit draft and learns the difference
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.num_linear not in (1, 2):
+            problems.append(f"num_linear must be 1 or 2, got {self.num_linear!r}")
+        if self.activation not in ACTIVATIONS:
+            problems.append(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            problems.append(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.attention and self.hidden_size % self.num_heads:
+            problems.append(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if problems:
+            raise ValueError("invalid imitation network config: " + "; ".join(problems))
+
+
+class _CausalSelfAttention(nn.Module):
+    """One causal multi-head attention layer with a KV cache for decoding one position at a time.
+
+    Training calls it on whole sequences (causal mask, no cache); decoding calls it on the prompt, then on
+    one new position per call, appending to its cache; `crop(length)` rolls the cache back.
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
+        self.out = nn.Linear(hidden_size, hidden_size)
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
+        self.use_cache = False
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, hidden = x.shape
+        return x.view(batch, length, self.num_heads, hidden // self.num_heads).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = (self._split(t) for t in self.qkv(x).chunk(3, dim=-1))
+        past = 0
+        if self.use_cache:
+            if self.keys is not None:
+                past = self.keys.shape[2]
+                k = torch.cat([self.keys, k], dim=2)
+                v = torch.cat([self.values, v], dim=2)
+            self.keys, self.values = k, v
+        length, total = q.shape[2], k.shape[2]
+        if length == 1:
+            attended = nn.functional.scaled_dot_product_attention(q, k, v)
+        else:
+            # query i (absolute position past + i) sees keys 0..past + i
+            mask = torch.ones(length, total, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            attended = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        batch, _, _, head_dim = attended.shape
+        return self.out(attended.transpose(1, 2).reshape(batch, length, self.num_heads * head_dim))
+
+
+class ImitationNetwork(nn.Module):
+    def __init__(self, config: ImitationNetworkConfig) -> None:
+        super().__init__()
+        self.config = config
+        hidden = config.hidden_size
+        self.attention = _CausalSelfAttention(hidden, config.num_heads) if config.attention else None
+        layers: list[nn.Module] = [nn.Linear(hidden, hidden)]
+        if config.num_linear == 2:
+            layers += [ACTIVATIONS[config.activation](), nn.Dropout(config.dropout), nn.Linear(hidden, hidden)]
+        self.mlp = nn.Sequential(*layers)
+        self.norm = nn.LayerNorm(hidden) if config.layer_norm else nn.Identity()
+        if config.residual:
+            # Start exactly at the early-exit draft (f = 0): training can only improve on it
+            nn.init.zeros_(self.mlp[-1].weight)
+            nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        # Pre-norm residual form: with `residual` the output is h_n + f(h_n), so the zero-initialised
+        # network starts as exactly the early-exit draft; without it, norm(f(h_n)) as in the paper's sketch.
+        if not self.config.residual:
+            x = hidden if self.attention is None else self.attention(hidden)
+            return self.norm(self.mlp(x))
+        x = self.norm(hidden)
+        if self.attention is not None:
+            x = x + self.attention(x)
+        return hidden + self.mlp(x)
+
+    # --- the decoder's StatefulHead protocol (only meaningful with attention) -------------------------
+    def reset(self) -> None:
+        if self.attention is not None:
+            self.attention.keys = self.attention.values = None
+            self.attention.use_cache = True
+
+    def crop(self, length: int) -> None:
+        if self.attention is not None and self.attention.keys is not None:
+            self.attention.keys = self.attention.keys[:, :, :length]
+            self.attention.values = self.attention.values[:, :, :length]
+
+    def train(self, mode: bool = True) -> ImitationNetwork:
+        # Whole sequences in training: no decode cache
+        if self.attention is not None and mode:
+            self.attention.use_cache = False
+            self.attention.keys = self.attention.values = None
+        return super().train(mode)
+
+
+def as_draft_head(network: ImitationNetwork) -> nn.Module:
+    """The network as the decoder's `head`: stateful (reset/crop) only when it has attention."""
+    return network if network.attention is not None else _StatelessHead(network)
+
+
+class _StatelessHead(nn.Module):
+    """Hides reset/crop from the decoder for attention-free networks: no state, no prompt pass needed."""
+
+    def __init__(self, network: ImitationNetwork) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.network(hidden)
+
+
+def save_imitation(network: ImitationNetwork, path: str | Path, extra: dict | None = None) -> None:
+    """`config.json` (architecture + `extra`, e.g. the draft layer n) and `model.safetensors`, atomically."""
+    with atomic_directory(path) as tmp:
+        (tmp / CONFIG_FILE).write_text(json.dumps({"architecture": asdict(network.config), **(extra or {})}, indent=1))
+        save_file({k: v.detach().contiguous() for k, v in network.state_dict().items()}, str(tmp / WEIGHTS_FILE))
+
+
+def load_imitation(path: str | Path) -> tuple[ImitationNetwork, dict]:
+    """The network and the rest of its config file (e.g. `draft_layers`)."""
+    path = Path(path)
+    config_file, weights_file = path / CONFIG_FILE, path / WEIGHTS_FILE
+    if not config_file.exists() or not weights_file.exists():
+        raise ModelLoadError(f"{path} is not a saved imitation network (needs {CONFIG_FILE} and {WEIGHTS_FILE}); run train_imitation")
+    try:
+        saved = json.loads(config_file.read_text())
+        config = ImitationNetworkConfig(**saved.pop("architecture"))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ModelLoadError(f"{config_file} is not a valid imitation network config: {exc}") from None
+    network = ImitationNetwork(config)
+    state = load_file(str(weights_file))
+    missing, unexpected = network.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ModelLoadError(f"{weights_file} does not match its config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    network.eval()
+    return network, saved

@@ -1,0 +1,267 @@
+"""Training the imitation network (paper eqs. 2–4) on a frozen backbone, or on the mixed schedule.
+
+- *frozen*: the backbone never changes (no gradients, not in the optimizer, run under `no_grad`); only
+  the imitation network (and a trainable fusion) learn.
+- *mixed*: for the first `joint_epochs` epochs the backbone trains too, with its own cross-entropy
+  (eq. 1) plus the draft losses flowing into its first `n` layers; then it is frozen and only the
+  imitation network trains on.
+
+Validation logs, per check: each loss term, the draft's top-1 agreement with the full model's greedy
+token (with and without the imitation network), and — by decoding validation prompts with the
+self-speculative decoder — the end-to-end acceptance rate and mean accepted length.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import MLFlowLogger
+from torch import nn
+from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+from pipeline.config import ImitationConfig
+from pipeline.data.examples import SplitData
+from pipeline.data.pixels import PixelStore
+from pipeline.data.prompts import PromptBuilder
+from pipeline.decoding import SelfSpeculativeDecoder
+from pipeline.models.adapter import adapter_for
+from pipeline.models.imitation import as_draft_head
+from pipeline.training import imitation_losses as losses
+from pipeline.training.datamodule import VLMDataModule
+
+
+@dataclass
+class DraftPass:
+    """One forward pass of backbone + draft over a batch."""
+
+    imitation: torch.Tensor  # imitation network output at layer n
+    draft_logits: torch.Tensor
+    early_exit_logits: torch.Tensor  # layer n straight to the final norm + LM head (no imitation)
+    full_logits: torch.Tensor
+    target: torch.Tensor  # fused last-layer states (cosine target)
+
+
+def draft_pass(adapter, head: nn.Module, fusion: nn.Module, batch: dict, draft_layers: int, fusion_layers: int, backbone_grad: bool) -> DraftPass:
+    mask = batch["attention_mask"]
+    with torch.set_grad_enabled(backbone_grad and torch.is_grad_enabled()):
+        embeds = adapter.prefix(batch["input_ids"], pixel_values=batch.get("pixel_values"))
+        shallow = adapter.run_layers(embeds, 0, draft_layers, attention_mask=mask)
+        deep, states = adapter.run_layers(shallow, draft_layers, adapter.num_layers, attention_mask=mask, collect_hidden=True)
+        full_logits = adapter.logits(deep)
+    imitation = head(shallow)
+    return DraftPass(
+        imitation=imitation,
+        draft_logits=adapter.logits(imitation),
+        early_exit_logits=adapter.logits(shallow.detach()),
+        full_logits=full_logits,
+        target=fusion(states[-fusion_layers:]),
+    )
+
+
+class ImitationModule(L.LightningModule):
+    def __init__(
+        self,
+        model: nn.Module,
+        head: nn.Module,
+        fusion: nn.Module,
+        cfg: ImitationConfig,
+        *,
+        draft_layers: int,
+        loss_weights: dict[str, float],
+        joint_steps: int = 0,
+        val_prompts: list[dict] | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.head = head
+        self.fusion = fusion
+        self.cfg = cfg
+        self.draft_layers = draft_layers
+        self.loss_weights = loss_weights
+        self.joint_steps = joint_steps
+        self.val_prompts = val_prompts or []
+        self.adapter = adapter_for(model)
+        self._set_backbone_trainable(joint_steps > 0)
+
+    def _set_backbone_trainable(self, trainable: bool) -> None:
+        self.model.requires_grad_(trainable)
+        vision = self.adapter.vision_encoder
+        if vision is not None:  # frozen in every schedule, as in fine-tuning (and LLaVA-1.5)
+            vision.requires_grad_(False)
+        self.model.train(trainable)
+        self.backbone_trainable = trainable
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        if self.backbone_trainable and self.global_step >= self.joint_steps:
+            self._set_backbone_trainable(False)  # mixed schedule: from here on only the draft learns
+
+    def _losses(self, batch: dict, out: DraftPass) -> dict[str, torch.Tensor]:
+        labels = batch["labels"]
+        terms = {"ce": losses.cross_entropy(out.draft_logits, labels)}
+        if self.loss_weights.get("cs", 0) > 0:
+            terms["cs"] = losses.cosine(out.imitation, out.target, labels)
+        if self.loss_weights.get("kd", 0) > 0:
+            terms["kd"] = losses.distillation(out.draft_logits, out.full_logits.detach(), labels, self.cfg.temperature)
+        return terms
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        out = draft_pass(self.adapter, self.head, self.fusion, batch, self.draft_layers, self.cfg.fusion_layers, self.backbone_trainable)
+        terms = self._losses(batch, out)
+        loss = sum(self.loss_weights[k] * v for k, v in terms.items())
+        if self.backbone_trainable:
+            terms["backbone_ce"] = losses.cross_entropy(out.full_logits, batch["labels"])
+            loss = loss + terms["backbone_ce"]
+        size = batch["input_ids"].shape[0]
+        self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=size)
+        for name, value in terms.items():
+            self.log(f"train/{name}", value, on_step=True, batch_size=size)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        out = draft_pass(self.adapter, self.head, self.fusion, batch, self.draft_layers, self.cfg.fusion_layers, False)
+        size = batch["input_ids"].shape[0]
+        for name, value in self._losses(batch, out).items():
+            self.log(f"val/{name}", value, batch_size=size, sync_dist=True)
+        labels = batch["labels"]
+        self.log("val/agreement", losses.agreement(out.draft_logits, out.full_logits, labels), batch_size=size, sync_dist=True)
+        self.log("val/agreement_early_exit", losses.agreement(out.early_exit_logits, out.full_logits, labels), batch_size=size, sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.val_prompts or self.trainer.sanity_checking:
+            return
+        stats = decode_acceptance(self.model, self.head, self.draft_layers, self.val_prompts)
+        self.log("val/acceptance_rate", stats.acceptance_rate, rank_zero_only=True)
+        self.log("val/mean_accepted_length", stats.mean_accepted_length, rank_zero_only=True)
+
+    def configure_optimizers(self):
+        draft = [p for p in [*self.head.parameters(), *self.fusion.parameters()] if p.requires_grad]
+        groups = [{"params": draft, "lr": self.cfg.lr, "weight_decay": self.cfg.weight_decay}]
+        backbone = [p for p in self.model.parameters() if p.requires_grad]
+        if backbone:
+            groups.append({"params": backbone, "lr": self.cfg.mixed.backbone_lr, "weight_decay": 0.0})
+        optimizer = torch.optim.AdamW(groups)
+        scheduler = get_cosine_with_min_lr_schedule_with_warmup(
+            optimizer, num_warmup_steps=self.cfg.warmup_steps, num_training_steps=self.cfg.max_steps, min_lr_rate=self.cfg.min_lr_ratio
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+@torch.no_grad()
+def decode_acceptance(model: nn.Module, head: nn.Module | None, draft_layers: int, prompts: list[dict], draft_len: int = 5):
+    """Self-speculative decoding of `prompts` (dicts with input_ids, pixel_values, max_new_tokens): summed stats."""
+    was_training = {m: m.training for m in (model, head) if m is not None}
+    model.eval()
+    if head is not None:
+        head.eval()
+    decoder = SelfSpeculativeDecoder(model, draft_layers, None if head is None else as_draft_head(head), draft_len)
+    total = None
+    for p in prompts:
+        stats = decoder.generate(p["input_ids"], p["max_new_tokens"], pixel_values=p["pixel_values"]).stats
+        total = stats if total is None else total.merge(stats)
+    for module, mode in was_training.items():
+        module.train(mode)
+    return total
+
+
+def validation_prompts(split: SplitData, builder: PromptBuilder, image_processor, count: int, dtype=torch.float32) -> list[dict]:
+    """`count` validation prompts, half captions and half descriptions, for end-to-end acceptance."""
+    if count == 0:
+        return []
+    described = [i for i, r in enumerate(split.images) if r.image_id in split.descriptions]
+    chosen = [("caption", i) for i in range((count + 1) // 2)] + [("description", i) for i in described[: count // 2]]
+    pixels = PixelStore([split.images[i].image_path for _, i in chosen], image_processor)
+    return [
+        {
+            "input_ids": torch.tensor([builder.prompt_ids(task)]),
+            "pixel_values": pixels[k].unsqueeze(0).to(dtype),
+            "max_new_tokens": 32 if task == "caption" else 96,
+        }
+        for k, (task, _) in enumerate(chosen)
+    ]
+
+
+@dataclass
+class ImitationResult:
+    metrics: dict[str, float]
+    curve: list[dict[str, float]]
+
+
+class _Curve(L.Callback):
+    def __init__(self, print_every: int = 50) -> None:
+        self.rows: list[dict[str, float]] = []
+        self.print_every = print_every
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.is_global_zero and trainer.global_step % self.print_every == 0:
+            loss = float(trainer.callback_metrics.get("train/loss", float("nan")))
+            print(f"  step {trainer.global_step}/{trainer.max_steps} loss {loss:.3f}", flush=True)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero and not trainer.sanity_checking:
+            row = {"step": trainer.global_step}
+            row.update({k.removeprefix("val/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
+            self.rows.append(row)
+
+
+def fit_imitation(
+    model: nn.Module,
+    head: nn.Module,
+    fusion: nn.Module,
+    builder: PromptBuilder,
+    image_processor,
+    splits: dict[str, SplitData],
+    cfg: ImitationConfig,
+    *,
+    draft_layers: int,
+    loss_weights: dict[str, float],
+    mixed: bool = False,
+    seed: int = 0,
+    checkpoint_dir=None,
+    mlflow_uri: str | None = None,
+    mlflow_run_id: str | None = None,
+    callbacks: list[L.Callback] | None = None,
+) -> ImitationResult:
+    """Train `head` (and `fusion`) to draft from layer `draft_layers`; with `mixed`, the backbone trains for
+    `cfg.mixed.joint_epochs` epochs first. Returns the final validation metrics and the validation curve."""
+    L.seed_everything(seed, workers=True, verbose=False)
+    steps_per_epoch = max(1, -(-len(splits["train"].images) // cfg.batch_size))
+    joint_steps = round(cfg.mixed.joint_epochs * steps_per_epoch) if mixed else 0
+    prompts = validation_prompts(splits["val"], builder, image_processor, cfg.val_decode_prompts)
+    module = ImitationModule(
+        model, head, fusion, cfg, draft_layers=draft_layers, loss_weights=loss_weights, joint_steps=joint_steps, val_prompts=prompts
+    )
+    curve = _Curve()
+    logger = MLFlowLogger(tracking_uri=mlflow_uri, run_id=mlflow_run_id, log_model=False) if mlflow_run_id else False
+    extra = [ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=0, every_n_train_steps=50)] if checkpoint_dir else []
+    trainer = L.Trainer(
+        max_steps=cfg.max_steps,
+        max_epochs=-1,
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        strategy=cfg.strategy,
+        precision=cfg.precision,
+        gradient_clip_val=cfg.grad_clip,
+        val_check_interval=min(cfg.val_every_steps, cfg.max_steps),
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        log_every_n_steps=max(1, min(10, cfg.max_steps // 5)),
+        logger=logger,
+        use_distributed_sampler=False,
+        enable_model_summary=False,
+        enable_checkpointing=bool(extra),
+        callbacks=[*extra, curve, *(callbacks or [])],
+    )
+    data = VLMDataModule(splits, builder, image_processor, cfg, seed)
+    started = time.perf_counter()
+    trainer.fit(module, datamodule=data)
+    seconds = time.perf_counter() - started
+    model.eval()
+    head.eval()
+    final = curve.rows[-1] if curve.rows else {}
+    metrics = {f"val_{k}": v for k, v in final.items() if k != "step"}
+    metrics.update({"steps": float(trainer.global_step), "train_seconds": seconds, "joint_steps": float(joint_steps)})
+    return ImitationResult(metrics, curve.rows)

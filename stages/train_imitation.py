@@ -1,0 +1,124 @@
+"""DVC stage `train_imitation`: one imitation network per loss variant on the frozen backbone, plus the
+mixed schedule (backbone and draft trained jointly, then the backbone frozen).
+
+Outputs: `models/imitation/<variant>/` (config + weights, loadable without training code),
+`models/mixed_backbone/` (the mixed schedule's backbone), `metrics/imitation.json` (validation
+agreement with the full model's greedy tokens and end-to-end acceptance per variant, the early-exit
+draft without imitation as the reference, and the full-model CIDEr the mixed schedule costs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from pipeline import tracking
+from pipeline.config import Params
+from pipeline.data.examples import Example, load_prepared
+from pipeline.data.pixels import PixelStore
+from pipeline.data.prompts import PromptBuilder
+from pipeline.errors import ConfigError
+from pipeline.evaluation.caption_metrics import caption_scores
+from pipeline.evaluation.generation import greedy_generate
+from pipeline.io import atomic_write_json
+from pipeline.models.fusion import build_fusion
+from pipeline.models.imitation import ImitationNetwork, ImitationNetworkConfig, save_imitation
+from pipeline.models.loading import load_backbone, save_backbone
+from pipeline.training.imitation import decode_acceptance, fit_imitation, validation_prompts
+from pipeline.training.imitation_losses import VARIANTS
+from stages._common import run_stage
+
+FINETUNED = Path("models/finetuned")
+OUT = Path("models/imitation")
+MIXED_BACKBONE = Path("models/mixed_backbone")
+LAYER_CHOICE = Path("metrics/layer_choice.json")
+BEST_ARCHITECTURE = Path("models/nas/best_architecture.json")  # written by the nas stage when it exists
+METRICS = Path("metrics/imitation.json")
+
+
+def draft_layers(params: Params, num_layers: int) -> int:
+    chosen = params.imitation.draft_layers
+    if chosen == "auto":
+        if not LAYER_CHOICE.exists():
+            raise ConfigError(f"imitation.draft_layers is auto but {LAYER_CHOICE} is missing: run `dvc repro select_layer`")
+        chosen = json.loads(LAYER_CHOICE.read_text())["chosen_n"]
+    if not 1 <= chosen < num_layers:
+        raise ConfigError(f"imitation.draft_layers must be in 1..{num_layers - 1}, got {chosen}")
+    return chosen
+
+
+def architecture(params: Params, hidden_size: int) -> ImitationNetworkConfig:
+    spec = params.imitation.architecture.model_dump()
+    if BEST_ARCHITECTURE.exists():
+        spec.update(json.loads(BEST_ARCHITECTURE.read_text())["architecture"])
+    return ImitationNetworkConfig(hidden_size=hidden_size, **spec)
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def test_cider(backbone, builder: PromptBuilder, test, count: int) -> float:
+    records = test.images[:count]
+    pixels = PixelStore([r.image_path for r in records], backbone.image_processor)
+    examples = [Example(i, "caption", r.captions[0]) for i, r in enumerate(records)]
+    texts = greedy_generate(backbone.model, builder, pixels, examples, batch_size=100, max_new_tokens=32)
+    return caption_scores({i: list(r.captions) for i, r in enumerate(records)}, dict(enumerate(texts)))["cider"]
+
+
+def main(params: Params) -> None:
+    cfg = params.imitation
+    splits = load_prepared(params.data.out_dir)
+    backbone = load_backbone(FINETUNED)
+    adapter = backbone.adapter
+    n = draft_layers(params, adapter.num_layers)
+    arch = architecture(params, adapter.hidden_size)
+    builder = PromptBuilder(backbone.tokenizer, params.data.prompts, adapter.image_token_id, adapter.num_image_tokens)
+    prompts = validation_prompts(splits["val"], builder, backbone.image_processor, cfg.val_decode_prompts)
+    before = weights_fingerprint(backbone.model)
+    results: dict[str, dict] = {"draft_layers": n, "num_layers": adapter.num_layers}
+    section = params.model_dump(include={"imitation"})
+    with tracking.stage_run("train_imitation", params.tracking.experiment, section):
+        early = decode_acceptance(backbone.model, None, n, prompts)
+        results["no_imitation"] = {"val_acceptance_rate": early.acceptance_rate, "val_mean_accepted_length": early.mean_accepted_length}
+        plan = [(variant, False) for variant in cfg.variants] + [("mixed", True)]
+        for variant, mixed in plan:
+            weights = {k: v * getattr(cfg.weights, k) for k, v in VARIANTS["ce+cs+kd" if mixed else variant].items()}
+            model_source = load_backbone(FINETUNED) if mixed else backbone
+            torch.manual_seed(params.seed)
+            head = ImitationNetwork(arch)
+            fusion = build_fusion(cfg.fusion, adapter.hidden_size, cfg.fusion_layers)
+            print(f"train_imitation: {variant} (n = {n}, weights {weights}{', mixed schedule' if mixed else ''})")
+            with tracking.nested_run(variant, {"loss_weights": weights, "mixed": mixed, "draft_layers": n}) as child:
+                result = fit_imitation(
+                    model_source.model, head, fusion, builder, backbone.image_processor, splits, cfg,
+                    draft_layers=n, loss_weights=weights, mixed=mixed, seed=params.seed,
+                    mlflow_uri=tracking.tracking_uri(), mlflow_run_id=child.info.run_id if child is not None else None,
+                )
+                metrics = dict(result.metrics)
+                metrics["parameters"] = float(sum(p.numel() for p in head.parameters()))
+                if mixed:
+                    metrics["full_model_test_cider"] = test_cider(model_source, builder, splits["test"], 200)
+                    metrics["finetuned_test_cider"] = test_cider(backbone, builder, splits["test"], 200)
+                    save_backbone(model_source, MIXED_BACKBONE)
+                tracking.log_metrics({k: v for k, v in metrics.items() if isinstance(v, float)})
+            save_imitation(head, OUT / variant, {"draft_layers": n, "variant": variant, "fusion": cfg.fusion, "mixed": mixed})
+            results[variant] = metrics
+        results["frozen_backbone_unchanged"] = weights_fingerprint(backbone.model) == before
+        if not results["frozen_backbone_unchanged"]:
+            raise RuntimeError("the frozen backbone changed during imitation training: a bug, results discarded")
+        atomic_write_json(METRICS, results)
+    summary = {k: (round(v.get("val_agreement", float("nan")), 3), round(v.get("val_acceptance_rate", float("nan")), 3))
+               for k, v in results.items() if isinstance(v, dict)}
+    print(f"n = {n}; (agreement, acceptance) per variant: {summary}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,29 @@
+"""Layer choice (paper A.4): reward arithmetic and early-exit confidence on a real tiny model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.evaluation.layer_choice import choose_layer, early_exit_confidence
+from pipeline.models.adapter import adapter_for
+from tests.conftest import make_tiny_llava, make_vlm_inputs
+
+
+def test_reward_is_confidence_minus_cost_and_picks_the_best():
+    choice = choose_layer([0.2, 0.5, 0.6, 0.62], mu=1.0, layer_cost=0.05)
+    assert choice.reward == pytest.approx([0.15, 0.4, 0.45, 0.42])
+    assert choice.chosen == 3 and choice.layers == [1, 2, 3, 4]
+    assert choose_layer([0.5, 0.5], mu=0.0, layer_cost=0.1).chosen == 1  # ties: the cheaper layer
+
+
+def test_confidence_is_a_probability_per_candidate_layer():
+    model = make_tiny_llava("llama", num_layers=4)
+    input_ids, pixels = make_vlm_inputs(batch=2, text_len=6)
+    labels = torch.full_like(input_ids, -100)
+    labels[:, -3:] = input_ids[:, -3:]
+    batch = {"input_ids": input_ids, "pixel_values": pixels, "labels": labels, "attention_mask": torch.ones_like(input_ids)}
+    confidence = early_exit_confidence(adapter_for(model), [batch], max_layer=2)
+    assert len(confidence) == 2 and all(0 < c <= 1 for c in confidence)
+    with pytest.raises(ValueError, match="no scored tokens"):
+        early_exit_confidence(adapter_for(model), [{**batch, "labels": torch.full_like(labels, -100)}], 2)

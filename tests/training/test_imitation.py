@@ -1,0 +1,95 @@
+"""Imitation training: losses against known values, the frozen schedule leaves the backbone bit-identical,
+the mixed schedule trains it and then stops, and training makes the draft agree with the full model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipeline.config import ImitationConfig, ModelConfig, PromptConfig
+from pipeline.data.prompts import PromptBuilder
+from pipeline.models.fusion import build_fusion
+from pipeline.models.imitation import ImitationNetwork, ImitationNetworkConfig
+from pipeline.models.loading import build_backbone
+from pipeline.training import imitation_losses as losses
+from pipeline.training.imitation import fit_imitation
+from tests.training.conftest import TINY
+
+
+def test_losses_against_known_values():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 7)
+    labels = torch.tensor([[-100, -100, 3, 4, 1], [-100, 2, 2, -100, -100]])
+    mask = labels[:, 1:] != -100
+    expected = F.cross_entropy(logits[:, :-1][mask], labels[:, 1:][mask])
+    assert losses.cross_entropy(logits, labels) == pytest.approx(expected.item())
+    h = torch.randn(2, 5, 4)
+    assert losses.cosine(h, 3 * h, labels) == pytest.approx(0.0, abs=1e-6)  # scale does not matter
+    assert losses.cosine(h, -h, labels) == pytest.approx(2.0, abs=1e-6)
+    assert losses.distillation(logits, logits, labels, temperature=2.0) == pytest.approx(0.0, abs=1e-6)
+    assert losses.distillation(logits, torch.randn(2, 5, 7), labels) > 0
+    assert losses.agreement(logits, logits, labels) == 1.0
+    assert losses.VARIANTS["ce+cs"] == {"ce": 1.0, "cs": 1.0, "kd": 0.0}
+
+
+def _setup(tiny_data, steps: int, **overrides):
+    splits, tokenizer = tiny_data
+    backbone = build_backbone(ModelConfig(tiny=TINY), tokenizer, seed=0)
+    builder = PromptBuilder(tokenizer, PromptConfig(), backbone.adapter.image_token_id, backbone.adapter.num_image_tokens)
+    settings = dict(max_steps=steps, batch_size=8, val_every_steps=steps, val_batches=1, warmup_steps=1,
+                    val_decode_prompts=2, lr=1e-3)
+    cfg = ImitationConfig(**{**settings, **overrides})
+    torch.manual_seed(0)
+    head = ImitationNetwork(ImitationNetworkConfig(hidden_size=TINY.hidden_size))
+    fusion = build_fusion("concat", TINY.hidden_size, 2)
+    return backbone, builder, cfg, head, fusion, splits
+
+
+def _greedy(backbone, splits, builder):
+    from pipeline.data.pixels import PixelStore
+
+    pixels = PixelStore([splits["test"].images[0].image_path], backbone.image_processor)
+    ids = torch.tensor([builder.prompt_ids("caption")])
+    return backbone.model.generate(input_ids=ids, pixel_values=pixels[0].unsqueeze(0), max_new_tokens=8, do_sample=False)
+
+
+def test_frozen_schedule_leaves_the_backbone_bit_identical_and_the_draft_learns(tiny_data):
+    backbone, builder, cfg, head, fusion, splits = _setup(tiny_data, steps=30)
+    before = {k: v.clone() for k, v in backbone.model.state_dict().items()}
+    greedy_before = _greedy(backbone, splits, builder)
+    result = fit_imitation(backbone.model, head, fusion, builder, backbone.image_processor, splits, cfg,
+                           draft_layers=2, loss_weights={"ce": 0.0, "cs": 0.5, "kd": 1.0})
+    after = backbone.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "frozen backbone changed"
+    assert torch.equal(_greedy(backbone, splits, builder), greedy_before)
+    assert any(p.abs().sum() > 0 for p in head.mlp[-1].parameters())  # the zero-initialised layer trained
+    m = result.metrics
+    assert m["steps"] == 30 and m["joint_steps"] == 0
+    for key in ("val_ce", "val_cs", "val_kd", "val_agreement", "val_agreement_early_exit", "val_acceptance_rate"):
+        assert key in m
+    # A random-init backbone's tokens are not the data's, so ground-truth CE would pull the draft away from
+    # them: distillation (+ cosine) alone must make the draft agree with the full model more than early exit
+    assert m["val_agreement"] > m["val_agreement_early_exit"] + 0.1
+
+
+def test_mixed_schedule_trains_the_backbone_then_freezes_it(tiny_data):
+    backbone, builder, cfg, head, fusion, splits = _setup(tiny_data, steps=8, mixed={"joint_epochs": 1.0})
+    before = {k: v.clone() for k, v in backbone.model.state_dict().items()}
+    snapshots = []
+
+    import lightning as L
+
+    class Snapshot(L.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            snapshots.append(module.model.model.language_model.layers[0].mlp.down_proj.weight.detach().clone())
+
+    result = fit_imitation(backbone.model, head, fusion, builder, backbone.image_processor, splits, cfg,
+                           draft_layers=2, loss_weights={"ce": 1.0, "cs": 0.0, "kd": 0.0}, mixed=True, callbacks=[Snapshot()])
+    joint = int(result.metrics["joint_steps"])
+    assert joint == 3  # 24 images / batch 8 = 3 steps per epoch
+    after = backbone.model.state_dict()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed and not any("vision_tower" in k for k in changed)
+    assert not torch.equal(snapshots[0], snapshots[joint - 1])  # trained while joint
+    assert all(torch.equal(snapshots[joint - 1], s) for s in snapshots[joint:])  # frozen afterwards
