@@ -39,6 +39,7 @@ from pipeline.decoding import (  # noqa: E402
 from pipeline.decoding.hf_reference import hf_early_exit, hf_greedy  # noqa: E402
 from pipeline.evaluation.speed import expected_speedup, identical_share, time_methods  # noqa: E402
 from pipeline.io import atomic_write_json  # noqa: E402
+from pipeline.models.imitation import as_draft_head, load_imitation  # noqa: E402
 from pipeline.models.loading import load_backbone  # noqa: E402
 
 REFERENCE = "hf_generate"
@@ -56,6 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--draft-layers", type=int, nargs="*", default=None, help="default: L/4 and L/2")
     parser.add_argument("--draft-lens", type=int, nargs="*", default=[3, 5, 8])
     parser.add_argument("--growing", type=int, nargs=3, default=[2, 8, 8], metavar=("D_MIN", "D_MAX", "STEP"))
+    parser.add_argument("--imitation", default=None, help="folder of trained imitation networks (models/imitation): adds SSD with each")
+    parser.add_argument("--variants", nargs="*", default=None, help="imitation variants to time (default: all but mixed)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -111,7 +114,29 @@ def build_methods(model, num_layers: int, args, eos: int) -> dict:
         methods[f"ssd n={n} d=growing"] = ours(SelfSpeculativeDecoder(model, n, None, growing))
         methods[f"draft_only n={n}"] = ours(DraftOnlyDecoder(model, n))
     methods["draft_and_verify"] = ours(DraftAndVerifyDecoder(model))
+    for variant, (network, n) in imitation_heads(args, model).items():
+        head = as_draft_head(network)
+        for d in args.draft_lens:
+            methods[f"ssd+imitation[{variant}] n={n} d={d}"] = ours(SelfSpeculativeDecoder(model, n, head, d))
+        methods[f"ssd+imitation[{variant}] n={n} d=growing"] = ours(SelfSpeculativeDecoder(model, n, head, growing))
+        methods[f"draft_only+imitation[{variant}] n={n}"] = ours(DraftOnlyDecoder(model, n, head))
     return methods
+
+
+def imitation_heads(args, model) -> dict:
+    """Trained imitation networks on the benchmarked backbone (the mixed schedule's has its own backbone)."""
+    if not args.imitation:
+        return {}
+    heads = {}
+    for folder in sorted(Path(args.imitation).iterdir()):
+        if not (folder / "config.json").exists():
+            continue
+        network, extra = load_imitation(folder)
+        if extra.get("mixed") or (args.variants is not None and folder.name not in args.variants):
+            continue
+        parameter = next(model.parameters())
+        heads[folder.name] = (network.to(parameter.device, parameter.dtype).eval(), int(extra["draft_layers"]))
+    return heads
 
 
 def summarise(timings, prompts, num_layers: int) -> list[dict]:
@@ -137,7 +162,7 @@ def summarise(timings, prompts, num_layers: int) -> list[dict]:
             row["acceptance_by_position"] = [
                 a / d if d else 0.0 for a, d in zip(stats["accepted_by_position"], stats["drafted_by_position"])
             ]
-            if name.startswith("ssd") and "d=growing" not in name:
+            if name.startswith("ssd n=") and "d=growing" not in name:
                 n, d = (int(part.split("=")[1]) for part in name.split()[1:3])
                 # Draft cost per token ≈ n / L of a full forward pass (the head-less draft)
                 row["expected_speedup_leviathan"] = expected_speedup(t.stats.acceptance_rate, n / num_layers, d)

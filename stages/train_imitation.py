@@ -22,6 +22,7 @@ from pipeline.data.pixels import PixelStore
 from pipeline.data.prompts import PromptBuilder
 from pipeline.errors import ConfigError
 from pipeline.evaluation.caption_metrics import caption_scores
+from pipeline.evaluation.flops import per_token_flops
 from pipeline.evaluation.generation import greedy_generate
 from pipeline.io import atomic_write_json
 from pipeline.models.fusion import build_fusion
@@ -104,6 +105,7 @@ def main(params: Params) -> None:
                 )
                 metrics = dict(result.metrics)
                 metrics["parameters"] = float(sum(p.numel() for p in head.parameters()))
+                metrics.update({f"flops_{k}": v for k, v in per_token_flops(adapter, n, head).items()})
                 if mixed:
                     metrics["full_model_test_cider"] = test_cider(model_source, builder, splits["test"], 200)
                     metrics["finetuned_test_cider"] = test_cider(backbone, builder, splits["test"], 200)

@@ -27,3 +27,20 @@ def test_confidence_is_a_probability_per_candidate_layer():
     assert len(confidence) == 2 and all(0 < c <= 1 for c in confidence)
     with pytest.raises(ValueError, match="no scored tokens"):
         early_exit_confidence(adapter_for(model), [{**batch, "labels": torch.full_like(labels, -100)}], 2)
+
+
+def test_flops_per_token_add_up():
+    from pipeline.evaluation.flops import per_token_flops
+    from pipeline.models.imitation import ImitationNetwork, ImitationNetworkConfig
+
+    model = make_tiny_llava("llama", num_layers=4)
+    adapter = adapter_for(model)
+    hidden = adapter.hidden_size
+    head = ImitationNetwork(ImitationNetworkConfig(hidden_size=hidden))
+    flops = per_token_flops(adapter, 1, head, context=10)
+    assert flops["imitation"] == 2 * 2 * hidden * hidden  # two H×H linears, 2 FLOPs per multiply-add
+    vocab = model.config.text_config.vocab_size
+    assert flops["lm_head"] == 2 * hidden * vocab
+    assert flops["full"] == pytest.approx(4 * flops["layer"] + flops["lm_head"])
+    assert flops["draft"] == pytest.approx(flops["full"] - flops["skipped_layers"] + flops["imitation"])
+    assert 0 < flops["draft_cost_ratio"] < 1

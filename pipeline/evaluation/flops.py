@@ -1,0 +1,45 @@
+"""FLOPs per generated token of the draft's parts, counted with torch's `FlopCounterMode`.
+
+`FlopCounterMode` counts 2 × multiply-accumulates of the matmuls it sees; on CPU it sees 0 for
+`scaled_dot_product_attention`, so the attention over a context of `context` tokens is added
+analytically: 4 · hidden · context per layer and token (scores QKᵀ and the weighted sum of V).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def counted_flops(fn: Callable[[], object]) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+@torch.no_grad()
+def per_token_flops(adapter, draft_layers: int, head: nn.Module | None = None, context: int = 64) -> dict[str, float]:
+    """FLOPs to produce one token at a context of `context` tokens: per decoder layer, the imitation head,
+    the final norm + LM head, the draft (n layers + head + LM head) and the full model (L layers + LM head)."""
+    parameter = next(adapter.model.parameters())
+    hidden = torch.zeros(1, 1, adapter.hidden_size, dtype=parameter.dtype, device=parameter.device)
+    position = torch.zeros(1, 1, dtype=torch.long, device=parameter.device)
+    attention = 4 * adapter.hidden_size * context
+    layers = [counted_flops(lambda i=i: adapter.run_layers(hidden, i, i + 1, position_ids=position)) + attention
+              for i in range(adapter.num_layers)]
+    head_flops = counted_flops(lambda: head(hidden)) if head is not None else 0
+    lm_head = counted_flops(lambda: adapter.logits(hidden))
+    draft = sum(layers[:draft_layers]) + head_flops + lm_head
+    full = sum(layers) + lm_head
+    return {
+        "layer": sum(layers) / len(layers),
+        "imitation": float(head_flops),
+        "lm_head": float(lm_head),
+        "skipped_layers": float(sum(layers[draft_layers:])),
+        "draft": float(draft),
+        "full": float(full),
+        "draft_cost_ratio": draft / full,
+    }
