@@ -6,6 +6,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
+# Stage commands in dvc.yaml call `python`: it must be the venv's, whatever the caller's shell has first
+export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: setup repro test test-fast mlflow-ui clean
 
