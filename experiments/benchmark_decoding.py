@@ -117,9 +117,9 @@ def build_methods(model, num_layers: int, args, eos: int) -> dict:
     for variant, (network, n) in imitation_heads(args, model).items():
         head = as_draft_head(network)
         for d in args.draft_lens:
-            methods[f"ssd+imitation[{variant}] n={n} d={d}"] = ours(SelfSpeculativeDecoder(model, n, head, d))
-        methods[f"ssd+imitation[{variant}] n={n} d=growing"] = ours(SelfSpeculativeDecoder(model, n, head, growing))
-        methods[f"draft_only+imitation[{variant}] n={n}"] = ours(DraftOnlyDecoder(model, n, head))
+            methods[f"ssd+imitation({variant}) n={n} d={d}"] = ours(SelfSpeculativeDecoder(model, n, head, d))
+        methods[f"ssd+imitation({variant}) n={n} d=growing"] = ours(SelfSpeculativeDecoder(model, n, head, growing))
+        methods[f"draft_only+imitation({variant}) n={n}"] = ours(DraftOnlyDecoder(model, n, head))
     return methods
 
 
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> dict:
     prompts = build_prompts(args, backbone, params)
     eos = backbone.tokenizer.eos_token_id
     methods = build_methods(model, num_layers, args, eos)
-    console = Console(stderr=True)
+    console = Console(stderr=True, markup=False, highlight=False)
     console.print(f"{len(methods)} methods × {len(prompts)} prompts × {args.repeats} repeats, L = {num_layers}")
     timings = time_methods(
         methods, prompts, repeats=args.repeats, device=torch.device(args.device), progress=console.print
