@@ -132,7 +132,9 @@ def imitation_heads(args, model) -> dict:
         if not (folder / "config.json").exists():
             continue
         network, extra = load_imitation(folder)
-        if extra.get("mixed") or (args.variants is not None and folder.name not in args.variants):
+        # The mixed schedule's head drafts for its own backbone: only when asked for (with --model models/mixed_backbone)
+        wanted = folder.name in args.variants if args.variants is not None else not extra.get("mixed")
+        if not wanted:
             continue
         parameter = next(model.parameters())
         heads[folder.name] = (network.to(parameter.device, parameter.dtype).eval(), int(extra["draft_layers"]))
