@@ -232,6 +232,59 @@ class ImitationConfig(StrictModel):
         return value
 
 
+class LayerSkipConfig(StrictModel):
+    """LayerSkip (Elhoushi et al. 2024): continue training the fine-tuned backbone with early-exit losses and
+    layer dropout (pipeline/training/layerskip.py), then draft by early exit at `draft_layers`.
+
+    Loss = CE(final layer) + early_exit_scale · Σ_{l=1}^{L-1} (l / Σ_j j) · CE(exit after layer l);
+    layer l (0-based) is skipped during training with probability p_max · l / (L − 1).
+    """
+
+    draft_layers: int | Literal["auto"] = "auto"  # auto: the select_layer stage's choice (metrics/layer_choice.json)
+    p_max: float = Field(0.1, ge=0, lt=1)  # layer-dropout rate of the last layer; 0 for the first, linear between
+    early_exit_scale: float = Field(1.0, ge=0)  # total weight of the early-exit terms relative to the final layer's CE
+    max_steps: int = Field(100, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    min_lr_ratio: float = Field(0.05, ge=0, le=1)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(10, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    task_weights: TaskWeights = TaskWeights()  # the fine-tune mixture: LayerSkip continues the backbone's training
+    val_every_steps: int = Field(50, ge=1)
+    val_batches: int = Field(2, ge=1)
+    val_decode_prompts: int = Field(16, ge=0)  # validation prompts decoded by early-exit self-speculation
+    eval_samples: int = Field(200, ge=1)  # test images captioned for the full-model CIDEr check
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "cpu"
+    devices: int | Literal["auto"] = 1
+    # multi-GPU: "ddp_find_unused_parameters_true" (a dropped layer gets no gradient in that step)
+    strategy: str = "auto"
+    precision: Literal["32-true", "16-mixed", "bf16-mixed", "bf16-true", "64-true"] = "32-true"
+    num_workers: int = Field(0, ge=0)
+
+
+class DraftVerifyConfig(StrictModel):
+    """Draft & Verify (Zhang et al. 2023): greedy forward search of the skipped layers (pipeline/search/skip_layers.py)."""
+
+    prompts: int = Field(8, ge=1)  # validation prompts (half captions, half descriptions) decoded per evaluation
+    acceptance_floor: float = Field(0.6, ge=0, le=1)  # a skip set whose measured acceptance is lower is not chosen
+    thresholds: list[float] = [0.4, 0.6, 0.8]  # confidence-stop thresholds tried for every skip set
+    max_skipped: int = Field(6, ge=1)  # at most this many layers (of 1..L-1) skipped
+    max_draft_len: int = Field(8, ge=1)  # the confidence stop's upper bound on a round's length
+
+    @field_validator("thresholds")
+    @classmethod
+    def _thresholds(cls, value: list[float]) -> list[float]:
+        if not value or len(set(value)) != len(value) or any(not 0.0 <= t <= 1.0 for t in value):
+            raise ValueError("thresholds must list at least one probability in [0, 1], each once")
+        return value
+
+
+class BaselinesConfig(StrictModel):
+    layerskip: LayerSkipConfig = LayerSkipConfig()
+    draft_verify: DraftVerifyConfig = DraftVerifyConfig()
+
+
 class TrackingConfig(StrictModel):
     experiment: str = "fastvlm-ssd"
 
@@ -243,6 +296,7 @@ class Params(StrictModel):
     finetune: FinetuneConfig = FinetuneConfig()
     layer_choice: LayerChoiceConfig = LayerChoiceConfig()
     imitation: ImitationConfig = ImitationConfig()
+    baselines: BaselinesConfig = BaselinesConfig()
     tracking: TrackingConfig = TrackingConfig()
 
 

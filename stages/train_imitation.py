@@ -17,13 +17,11 @@ import torch
 
 from pipeline import tracking
 from pipeline.config import Params
-from pipeline.data.examples import Example, load_prepared
-from pipeline.data.pixels import PixelStore
+from pipeline.data.examples import load_prepared
 from pipeline.data.prompts import PromptBuilder
-from pipeline.errors import ConfigError
-from pipeline.evaluation.caption_metrics import caption_scores
+from pipeline.evaluation.captioning import caption_cider
 from pipeline.evaluation.flops import per_token_flops
-from pipeline.evaluation.generation import greedy_generate
+from pipeline.evaluation.layer_choice import resolve_draft_layers
 from pipeline.io import atomic_write_json
 from pipeline.models.fusion import build_fusion
 from pipeline.models.imitation import ImitationNetwork, ImitationNetworkConfig, save_imitation
@@ -38,17 +36,6 @@ MIXED_BACKBONE = Path("models/mixed_backbone")
 LAYER_CHOICE = Path("metrics/layer_choice.json")
 BEST_ARCHITECTURE = Path("models/nas/best_architecture.json")  # written by the nas stage when it exists
 METRICS = Path("metrics/imitation.json")
-
-
-def draft_layers(params: Params, num_layers: int) -> int:
-    chosen = params.imitation.draft_layers
-    if chosen == "auto":
-        if not LAYER_CHOICE.exists():
-            raise ConfigError(f"imitation.draft_layers is auto but {LAYER_CHOICE} is missing: run `dvc repro select_layer`")
-        chosen = json.loads(LAYER_CHOICE.read_text())["chosen_n"]
-    if not 1 <= chosen < num_layers:
-        raise ConfigError(f"imitation.draft_layers must be in 1..{num_layers - 1}, got {chosen}")
-    return chosen
 
 
 def architecture(params: Params, hidden_size: int) -> ImitationNetworkConfig:
@@ -66,20 +53,12 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def test_cider(backbone, builder: PromptBuilder, test, count: int) -> float:
-    records = test.images[:count]
-    pixels = PixelStore([r.image_path for r in records], backbone.image_processor)
-    examples = [Example(i, "caption", r.captions[0]) for i, r in enumerate(records)]
-    texts = greedy_generate(backbone.model, builder, pixels, examples, batch_size=100, max_new_tokens=32)
-    return caption_scores({i: list(r.captions) for i, r in enumerate(records)}, dict(enumerate(texts)))["cider"]
-
-
 def main(params: Params) -> None:
     cfg = params.imitation
     splits = load_prepared(params.data.out_dir)
     backbone = load_backbone(FINETUNED)
     adapter = backbone.adapter
-    n = draft_layers(params, adapter.num_layers)
+    n = resolve_draft_layers(cfg.draft_layers, adapter.num_layers, LAYER_CHOICE, "imitation.draft_layers")
     arch = architecture(params, adapter.hidden_size)
     builder = PromptBuilder(backbone.tokenizer, params.data.prompts, adapter.image_token_id, adapter.num_image_tokens)
     prompts = validation_prompts(splits["val"], builder, backbone.image_processor, cfg.val_decode_prompts)
@@ -107,8 +86,8 @@ def main(params: Params) -> None:
                 metrics["parameters"] = float(sum(p.numel() for p in head.parameters()))
                 metrics.update({f"flops_{k}": v for k, v in per_token_flops(adapter, n, head).items()})
                 if mixed:
-                    metrics["full_model_test_cider"] = test_cider(model_source, builder, splits["test"], 200)
-                    metrics["finetuned_test_cider"] = test_cider(backbone, builder, splits["test"], 200)
+                    metrics["full_model_test_cider"] = caption_cider(model_source, builder, splits["test"], 200)
+                    metrics["finetuned_test_cider"] = caption_cider(backbone, builder, splits["test"], 200)
                     save_backbone(model_source, MIXED_BACKBONE)
                 tracking.log_metrics({k: v for k, v in metrics.items() if isinstance(v, float)})
             save_imitation(head, OUT / variant, {"draft_layers": n, "variant": variant, "fusion": cfg.fusion, "mixed": mixed})

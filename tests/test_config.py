@@ -67,3 +67,14 @@ def test_dvc_yaml_params_exist_in_params_yaml():
             for part in param.split("."):
                 assert isinstance(node, dict) and part in node, f"stage {name}: {param} not in params.yaml"
                 node = node[part]
+
+
+def test_baselines_section_is_validated():
+    with pytest.raises(ConfigError) as info:
+        parse_params({"baselines": {"layerskip": {"p_max": 1.5, "draft_layers": "deep"},
+                                    "draft_verify": {"thresholds": [0.5, 1.2], "acceptance_floor": -0.1, "max_skipped": 0}}})
+    message = str(info.value)
+    for field in ("baselines.layerskip.p_max", "baselines.layerskip.draft_layers", "baselines.draft_verify.thresholds",
+                  "baselines.draft_verify.acceptance_floor", "baselines.draft_verify.max_skipped"):
+        assert field in message, field
+    assert parse_params({"baselines": {"layerskip": {"draft_layers": 3}}}).baselines.layerskip.draft_layers == 3

@@ -34,6 +34,11 @@ TINY = {
     "layer_choice": {"val_examples": 12, "batch_size": 12},
     "imitation": {"max_steps": 4, "batch_size": 8, "val_every_steps": 2, "val_batches": 1, "val_decode_prompts": 2,
                   "warmup_steps": 1, "variants": ["ce", "ce+cs+kd"]},
+    "baselines": {
+        "layerskip": {"max_steps": 4, "batch_size": 8, "val_every_steps": 2, "val_batches": 1, "val_decode_prompts": 2,
+                      "warmup_steps": 1, "eval_samples": 12},
+        "draft_verify": {"prompts": 2, "thresholds": [0.5], "max_skipped": 1, "acceptance_floor": 0.0},
+    },
 }
 
 
@@ -88,6 +93,20 @@ def test_repro_runs_both_stages_and_writes_outputs(workspace):
         assert (work / "models/imitation" / variant / "model.safetensors").exists()
         assert 0 <= imitation[variant]["val_acceptance_rate"] <= 1
     assert (work / "models/mixed_backbone/config.json").exists()
+    assert "Running stage 'train_baselines'" in log
+    assert (work / "models/layerskip/config.json").exists() and (work / "models/layerskip/model.safetensors").exists()
+    draft_verify = json.loads((work / "models/draft_verify.json").read_text())
+    assert draft_verify["skip_layers"] == [1] and draft_verify["threshold"] == 0.5 and draft_verify["trace"]
+    baselines = json.loads((work / "metrics/baselines.json").read_text())
+    layerskip = baselines["layerskip"]
+    assert layerskip["draft_layers"] == 1 and layerskip["steps"] == 4
+    for key in ("val_agreement", "val_acceptance_rate", "val_mean_accepted_length", "full_model_test_cider",
+                "finetuned_test_cider", "finetuned_val_acceptance_rate", "seconds_per_step"):
+        assert key in layerskip, key
+    assert 0 <= layerskip["val_acceptance_rate"] <= 1
+    assert baselines["draft_verify"]["skip_layers"] == [1] and baselines["draft_verify"]["meets_floor"] is True
+    for key in ("acceptance_rate", "mean_accepted_length", "objective", "cost_ratio"):
+        assert key in baselines["draft_verify"], key
 
 
 def test_second_repro_is_a_no_op_and_param_change_reruns_only_dependants(workspace):
@@ -100,6 +119,7 @@ def test_second_repro_is_a_no_op_and_param_change_reruns_only_dependants(workspa
     changed = _run([str(BIN / "dvc"), "repro"], work, env)
     assert "Running stage 'finetune'" in changed and "Running stage 'prepare'" not in changed
     assert "Running stage 'select_layer'" in changed and "Running stage 'train_imitation'" in changed
+    assert "Running stage 'train_baselines'" in changed
     assert json.loads((work / "metrics/finetune.json").read_text())["steps"] == 4
 
 
@@ -164,6 +184,8 @@ def test_mlflow_server_shows_the_finetune_run_with_params_and_loss_curve(workspa
         children = [r for r in runs if tags(r).get("dvc_stage") == "train_imitation" and "mlflow.parentRunId" in tags(r)]
         assert {tags(r)["variant"] for r in children} >= {"ce", "ce+cs+kd", "mixed"}
         assert all(any(m["key"] == "val_agreement" for m in r["data"].get("metrics", [])) for r in children)
+        baseline_runs = [r for r in runs if tags(r).get("dvc_stage") == "train_baselines" and "mlflow.parentRunId" in tags(r)]
+        assert {tags(r)["variant"] for r in baseline_runs} >= {"layerskip", "draft_verify"}
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)

@@ -51,3 +51,20 @@ def choose_layer(confidence: list[float], mu: float, layer_cost: float) -> Layer
     reward = [conf - mu * i * layer_cost for i, conf in zip(layers, confidence)]
     best = max(range(len(reward)), key=lambda k: (reward[k], -k))
     return LayerChoice(layers, list(confidence), reward, layers[best])
+
+
+def resolve_draft_layers(chosen: int | str, num_layers: int, layer_choice_file, knob: str) -> int:
+    """`chosen` from params (an int, or "auto": the select_layer stage's `chosen_n`), checked against the model."""
+    import json
+    from pathlib import Path
+
+    from pipeline.errors import ConfigError
+
+    path = Path(layer_choice_file)
+    if chosen == "auto":
+        if not path.exists():
+            raise ConfigError(f"{knob} is auto but {path} is missing: run `dvc repro select_layer`")
+        chosen = json.loads(path.read_text())["chosen_n"]
+    if not 1 <= chosen < num_layers:
+        raise ConfigError(f"{knob} must be in 1..{num_layers - 1}, got {chosen}")
+    return chosen

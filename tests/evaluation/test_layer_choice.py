@@ -44,3 +44,19 @@ def test_flops_per_token_add_up():
     assert flops["full"] == pytest.approx(4 * flops["layer"] + flops["lm_head"])
     assert flops["draft"] == pytest.approx(flops["full"] - flops["skipped_layers"] + flops["imitation"])
     assert 0 < flops["draft_cost_ratio"] < 1
+
+
+def test_draft_layers_auto_reads_the_layer_choice_and_checks_the_range(tmp_path):
+    import json
+
+    from pipeline.errors import ConfigError
+    from pipeline.evaluation.layer_choice import resolve_draft_layers
+
+    path = tmp_path / "layer_choice.json"
+    with pytest.raises(ConfigError, match="select_layer"):
+        resolve_draft_layers("auto", 12, path, "imitation.draft_layers")
+    path.write_text(json.dumps({"chosen_n": 3}))
+    assert resolve_draft_layers("auto", 12, path, "imitation.draft_layers") == 3
+    assert resolve_draft_layers(5, 12, path, "imitation.draft_layers") == 5
+    with pytest.raises(ConfigError, match="imitation.draft_layers must be in 1..11"):
+        resolve_draft_layers(12, 12, path, "imitation.draft_layers")
