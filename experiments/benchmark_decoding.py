@@ -15,6 +15,7 @@ Writes JSON (atomically) and prints a table.
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import sys
 from pathlib import Path
@@ -31,6 +32,7 @@ from pipeline.data.pixels import PixelStore  # noqa: E402
 from pipeline.data.prompts import PromptBuilder  # noqa: E402
 from pipeline.decoding import (  # noqa: E402
     AutoregressiveDecoder,
+    ConfidenceStop,
     DraftAndVerifyDecoder,
     DraftOnlyDecoder,
     GrowingDraftLength,
@@ -43,6 +45,7 @@ from pipeline.models.imitation import as_draft_head, load_imitation  # noqa: E40
 from pipeline.models.loading import load_backbone  # noqa: E402
 
 REFERENCE = "hf_generate"
+LAYERSKIP = "layerskip:"  # methods on the LayerSkip backbone: identity is checked against its own greedy output
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -59,6 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--growing", type=int, nargs=3, default=[2, 8, 8], metavar=("D_MIN", "D_MAX", "STEP"))
     parser.add_argument("--imitation", default=None, help="folder of trained imitation networks (models/imitation): adds SSD with each")
     parser.add_argument("--variants", nargs="*", default=None, help="imitation variants to time (default: all but mixed)")
+    parser.add_argument("--layerskip", default=None, help="LayerSkip backbone (models/layerskip): SSD with its early exit")
+    parser.add_argument("--draft-verify", default=None, help="searched Draft & Verify setting (models/draft_verify.json)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -114,12 +119,38 @@ def build_methods(model, num_layers: int, args, eos: int) -> dict:
         methods[f"ssd n={n} d=growing"] = ours(SelfSpeculativeDecoder(model, n, None, growing))
         methods[f"draft_only n={n}"] = ours(DraftOnlyDecoder(model, n))
     methods["draft_and_verify"] = ours(DraftAndVerifyDecoder(model))
+    if args.draft_verify:
+        found = json.loads(Path(args.draft_verify).read_text())
+        policy = ConfidenceStop(found["threshold"], found.get("max_draft_len", 8))
+        methods["draft_and_verify(searched)"] = ours(DraftAndVerifyDecoder(model, found["skip_layers"], policy))
     for variant, (network, n) in imitation_heads(args, model).items():
         head = as_draft_head(network)
         for d in args.draft_lens:
             methods[f"ssd+imitation({variant}) n={n} d={d}"] = ours(SelfSpeculativeDecoder(model, n, head, d))
         methods[f"ssd+imitation({variant}) n={n} d=growing"] = ours(SelfSpeculativeDecoder(model, n, head, growing))
         methods[f"draft_only+imitation({variant}) n={n}"] = ours(DraftOnlyDecoder(model, n, head))
+    return methods
+
+
+def layerskip_methods(args, layerskip_model, draft_layers: list[int]) -> dict:
+    """SSD on the LayerSkip-trained backbone (its own greedy output is its reference: `layerskip:hf_generate`)."""
+    budget = args.max_new_tokens
+    eos = layerskip_model.generation_config.eos_token_id
+
+    def run_hf(p):
+        seq = hf_greedy(layerskip_model, p["input_ids"], budget, eos, pixel_values=p["pixel_values"])
+        return seq[0, p["input_ids"].shape[1] :], None
+
+    methods = {f"{LAYERSKIP}hf_generate": run_hf}
+    for n in draft_layers:
+        for d in args.draft_lens:
+            decoder = SelfSpeculativeDecoder(layerskip_model, n, None, d)
+
+            def run(p, decoder=decoder):
+                out = decoder.generate(p["input_ids"], budget, eos, pixel_values=p["pixel_values"])
+                return out.sequences[0, p["input_ids"].shape[1] :], out.stats
+
+            methods[f"{LAYERSKIP}ssd n={n} d={d}"] = run
     return methods
 
 
@@ -154,7 +185,9 @@ def summarise(timings, prompts, num_layers: int) -> list[dict]:
             "latency_ms_per_token": latency * 1e3,
             "tokens_per_second": 1.0 / latency,
             "speedup_vs_hf_generate": reference.latency() / latency,
-            "identical_to_greedy": identical_share(t.outputs, reference.outputs),
+            "identical_to_greedy": identical_share(
+                t.outputs, (timings[f"{LAYERSKIP}{REFERENCE}"] if name.startswith(LAYERSKIP) else reference).outputs
+            ),
             "speedup_by_task": {task: reference.latency(ix) / t.latency(ix) for task, ix in by_task.items()},
             "seconds_per_repeat": [sum(run) for run in t.seconds],
         }
@@ -203,6 +236,9 @@ def main(argv: list[str] | None = None) -> dict:
     prompts = build_prompts(args, backbone, params)
     eos = backbone.tokenizer.eos_token_id
     methods = build_methods(model, num_layers, args, eos)
+    if args.layerskip:
+        layerskip = load_backbone(args.layerskip).model.to(args.device, getattr(torch, args.dtype)).eval()
+        methods.update(layerskip_methods(args, layerskip, args.draft_layers or [max(1, num_layers // 4)]))
     console = Console(stderr=True, markup=False, highlight=False)
     console.print(f"{len(methods)} methods × {len(prompts)} prompts × {args.repeats} repeats, L = {num_layers}")
     timings = time_methods(
