@@ -11,8 +11,6 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import MLFlowLogger
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from pipeline.config import FinetuneConfig
@@ -21,6 +19,7 @@ from pipeline.data.examples import SplitData
 from pipeline.data.prompts import PromptBuilder
 from pipeline.models.adapter import adapter_for
 from pipeline.training.datamodule import VLMDataModule
+from pipeline.training.trainer import build_trainer
 
 
 class FinetuneModule(L.LightningModule):
@@ -131,30 +130,13 @@ def fit_finetune(
         stamp.write_text(fingerprint)
 
     curve = _LossCurve()
-    logger = (
-        MLFlowLogger(tracking_uri=mlflow_uri, run_id=mlflow_run_id, log_model=False) if mlflow_run_id else False
-    )
-    trainer = L.Trainer(
-        max_steps=cfg.max_steps,
-        max_epochs=-1,
-        accelerator=cfg.accelerator,
-        devices=cfg.devices,
-        strategy=cfg.strategy,
-        precision=cfg.precision,
-        gradient_clip_val=cfg.grad_clip,
+    trainer = build_trainer(
+        cfg,
         val_check_interval=cfg.val_every_steps,
-        check_val_every_n_epoch=None,
-        num_sanity_val_steps=0,
-        # Short runs (tests, smoke configs) must still log a loss curve
-        log_every_n_steps=max(1, min(10, cfg.max_steps // 5)),
-        logger=logger,
-        use_distributed_sampler=False,  # TaskBatchSampler is rank-aware itself
-        enable_model_summary=False,
-        callbacks=[
-            ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=0, every_n_train_steps=50),
-            curve,
-            *(callbacks or []),
-        ],
+        callbacks=[curve, *(callbacks or [])],
+        checkpoint_dir=checkpoint_dir,
+        mlflow_uri=mlflow_uri,
+        mlflow_run_id=mlflow_run_id,
     )
     vision = adapter_for(model).vision_encoder
     if vision is not None:

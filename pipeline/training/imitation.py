@@ -18,8 +18,6 @@ from dataclasses import dataclass
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import MLFlowLogger
 from torch import nn
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
@@ -32,6 +30,7 @@ from pipeline.models.adapter import adapter_for
 from pipeline.models.imitation import as_draft_head
 from pipeline.training import imitation_losses as losses
 from pipeline.training.datamodule import VLMDataModule
+from pipeline.training.trainer import build_trainer
 
 
 @dataclass
@@ -235,25 +234,13 @@ def fit_imitation(
         model, head, fusion, cfg, draft_layers=draft_layers, loss_weights=loss_weights, joint_steps=joint_steps, val_prompts=prompts
     )
     curve = _Curve()
-    logger = MLFlowLogger(tracking_uri=mlflow_uri, run_id=mlflow_run_id, log_model=False) if mlflow_run_id else False
-    extra = [ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=0, every_n_train_steps=50)] if checkpoint_dir else []
-    trainer = L.Trainer(
-        max_steps=cfg.max_steps,
-        max_epochs=-1,
-        accelerator=cfg.accelerator,
-        devices=cfg.devices,
-        strategy=cfg.strategy,
-        precision=cfg.precision,
-        gradient_clip_val=cfg.grad_clip,
+    trainer = build_trainer(
+        cfg,
         val_check_interval=min(cfg.val_every_steps, cfg.max_steps),
-        check_val_every_n_epoch=None,
-        num_sanity_val_steps=0,
-        log_every_n_steps=max(1, min(10, cfg.max_steps // 5)),
-        logger=logger,
-        use_distributed_sampler=False,
-        enable_model_summary=False,
-        enable_checkpointing=bool(extra),
-        callbacks=[*extra, curve, *(callbacks or [])],
+        callbacks=[curve, *(callbacks or [])],
+        checkpoint_dir=checkpoint_dir,
+        mlflow_uri=mlflow_uri,
+        mlflow_run_id=mlflow_run_id,
     )
     data = VLMDataModule(splits, builder, image_processor, cfg, seed)
     started = time.perf_counter()

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import MLFlowLogger
 from torch import nn
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
@@ -40,6 +39,7 @@ from pipeline.data.prompts import PromptBuilder
 from pipeline.models.adapter import BackboneAdapter, adapter_for
 from pipeline.training import imitation_losses as losses
 from pipeline.training.datamodule import VLMDataModule
+from pipeline.training.trainer import build_trainer
 from pipeline.training.imitation import _Curve, decode_acceptance, validation_prompts
 
 
@@ -205,24 +205,12 @@ def fit_layerskip(
     prompts = validation_prompts(splits["val"], builder, image_processor, cfg.val_decode_prompts)
     module = LayerSkipModule(model, cfg, draft_layers=draft_layers, seed=seed, val_prompts=prompts)
     curve = _Curve()
-    logger = MLFlowLogger(tracking_uri=mlflow_uri, run_id=mlflow_run_id, log_model=False) if mlflow_run_id else False
-    trainer = L.Trainer(
-        max_steps=cfg.max_steps,
-        max_epochs=-1,
-        accelerator=cfg.accelerator,
-        devices=cfg.devices,
-        strategy=cfg.strategy,
-        precision=cfg.precision,
-        gradient_clip_val=cfg.grad_clip,
+    trainer = build_trainer(
+        cfg,
         val_check_interval=min(cfg.val_every_steps, cfg.max_steps),
-        check_val_every_n_epoch=None,
-        num_sanity_val_steps=0,
-        log_every_n_steps=max(1, min(10, cfg.max_steps // 5)),
-        logger=logger,
-        use_distributed_sampler=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
         callbacks=[curve, *(callbacks or [])],
+        mlflow_uri=mlflow_uri,
+        mlflow_run_id=mlflow_run_id,
     )
     data = VLMDataModule(splits, builder, image_processor, cfg, seed)
     started = time.perf_counter()
