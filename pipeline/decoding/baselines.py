@@ -16,40 +16,10 @@ from torch import nn
 
 from pipeline.decoding.cache import new_cache
 from pipeline.decoding.drafters import Drafter, EarlyExitDrafter, SkipLayerDrafter
-from pipeline.decoding.engine import check_draft_layers, pick, prefill, speculative_generate
-from pipeline.decoding.inputs import GenerationRequest, prepare_request
+from pipeline.decoding.engine import Decoder, check_draft_layers, pick, prefill, speculative_generate
+from pipeline.decoding.inputs import GenerationRequest
 from pipeline.decoding.policies import ConfidenceStop, DraftPolicy, as_policy
-from pipeline.decoding.sampling import SamplingConfig
 from pipeline.decoding.stats import DecodingStats, GenerationOutput
-from pipeline.models.adapter import adapter_for
-
-
-class _Decoder:
-    """Shared `generate` signature: the same inputs and output as `SelfSpeculativeDecoder.generate`."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self.adapter = adapter_for(model)
-
-    @torch.inference_mode()
-    def generate(
-        self,
-        input_ids: torch.LongTensor,
-        max_new_tokens: int = 64,
-        eos_token_id: int | Iterable[int] | None = None,
-        *,
-        temperature: float = 0.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        generator: torch.Generator | None = None,
-        **model_inputs: torch.Tensor,
-    ) -> GenerationOutput:
-        sampling = SamplingConfig(temperature, top_k, top_p)
-        request = prepare_request(self.model, input_ids, max_new_tokens, eos_token_id, sampling, generator, model_inputs)
-        return self._generate(request)
-
-    def _generate(self, request: GenerationRequest) -> GenerationOutput:
-        raise NotImplementedError
 
 
 def _token_by_token(adapter, request: GenerationRequest, drafter: Drafter | None) -> GenerationOutput:
@@ -88,14 +58,14 @@ def _token_by_token(adapter, request: GenerationRequest, drafter: Drafter | None
     return GenerationOutput(request.sequences(committed), stats)
 
 
-class AutoregressiveDecoder(_Decoder):
+class AutoregressiveDecoder(Decoder):
     """The full model, one token per step, KV-cached: the reference every speedup is measured against."""
 
     def _generate(self, request: GenerationRequest) -> GenerationOutput:
         return _token_by_token(self.adapter, request, None)
 
 
-class DraftOnlyDecoder(_Decoder):
+class DraftOnlyDecoder(Decoder):
     """The draft's own output, never verified: `draft_layers` (+ `head`) as SSD drafts, or `skip_layers` as D&V does."""
 
     def __init__(
@@ -125,7 +95,7 @@ def default_skip_layers(num_layers: int) -> list[int]:
     return list(range(num_layers // 2, num_layers - 1, 2))
 
 
-class DraftAndVerifyDecoder(_Decoder):
+class DraftAndVerifyDecoder(Decoder):
     """Draft & Verify: the draft skips `skip_layers`; drafting stops on low top-1 probability.
 
     Layers before the first skipped one are shared with verification, like SSD's first n layers; the

@@ -150,25 +150,12 @@ def speculative_generate(
     return GenerationOutput(request.sequences(committed), stats)
 
 
-class SelfSpeculativeDecoder:
-    """Self-speculative decoding: the first `draft_layers` layers (plus `head`) draft, the rest verify.
+class Decoder:
+    """The `generate` every decoder shares: `model.generate`'s inputs in, its sequence layout and our stats out."""
 
-    `head=None` drafts by early exit (layer-n states → final norm → LM head); otherwise `head` is an
-    `nn.Module` mapping layer-n states [B, T, H] to states for the final norm and LM head (see
-    `pipeline.decoding.heads` for heads that keep state). `draft_len` is an int (fixed) or a
-    `DraftPolicy`. Greedy output equals `model.generate(do_sample=False)` token for token; with
-    `temperature > 0` the output is distributed as the full model's sampling distribution.
-    """
-
-    def __init__(self, model: nn.Module, draft_layers: int, head: nn.Module | None = None, draft_len: int | DraftPolicy = 5) -> None:
+    def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.adapter = adapter_for(model)
-        self.draft_layers = check_draft_layers(self.adapter, draft_layers)
-        if head is not None and not isinstance(head, nn.Module):
-            raise TypeError(f"head must be an nn.Module or None, got {type(head).__name__}")
-        self.head = head
-        self.policy = as_policy(draft_len)
-        self.drafter: Drafter = EarlyExitDrafter(self.adapter, self.draft_layers, head)
 
     @torch.inference_mode()
     def generate(
@@ -186,4 +173,30 @@ class SelfSpeculativeDecoder:
         """`eos_token_id=None` stops at the model's generation-config EOS, like `model.generate`; `[]` never stops early."""
         sampling = SamplingConfig(temperature, top_k, top_p)
         request = prepare_request(self.model, input_ids, max_new_tokens, eos_token_id, sampling, generator, model_inputs)
+        return self._generate(request)
+
+    def _generate(self, request: GenerationRequest) -> GenerationOutput:
+        raise NotImplementedError
+
+
+class SelfSpeculativeDecoder(Decoder):
+    """Self-speculative decoding: the first `draft_layers` layers (plus `head`) draft, the rest verify.
+
+    `head=None` drafts by early exit (layer-n states → final norm → LM head); otherwise `head` is an
+    `nn.Module` mapping layer-n states [B, T, H] to states for the final norm and LM head (see
+    `pipeline.decoding.heads` for heads that keep state). `draft_len` is an int (fixed) or a
+    `DraftPolicy`. Greedy output equals `model.generate(do_sample=False)` token for token; with
+    `temperature > 0` the output is distributed as the full model's sampling distribution.
+    """
+
+    def __init__(self, model: nn.Module, draft_layers: int, head: nn.Module | None = None, draft_len: int | DraftPolicy = 5) -> None:
+        super().__init__(model)
+        self.draft_layers = check_draft_layers(self.adapter, draft_layers)
+        if head is not None and not isinstance(head, nn.Module):
+            raise TypeError(f"head must be an nn.Module or None, got {type(head).__name__}")
+        self.head = head
+        self.policy = as_policy(draft_len)
+        self.drafter: Drafter = EarlyExitDrafter(self.adapter, self.draft_layers, head)
+
+    def _generate(self, request: GenerationRequest) -> GenerationOutput:
         return speculative_generate(self.adapter, self.drafter, self.policy, request)
