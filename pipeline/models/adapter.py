@@ -9,6 +9,7 @@ Exit layers are always passed explicitly as `start`/`end`; the model's config is
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -47,7 +48,6 @@ class BackboneAdapter(ABC):
     def prefix(self, input_ids: torch.LongTensor, **model_inputs: torch.Tensor) -> torch.Tensor:
         """The embeddings the decoder sees for a prompt: image features spliced in at the image tokens."""
 
-    @abstractmethod
     def run_layers(
         self,
         hidden: torch.Tensor,
@@ -59,6 +59,30 @@ class BackboneAdapter(ABC):
         collect_hidden: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """Run decoder layers `start..end-1`; with `collect_hidden` also return each layer's output."""
+        if not 0 <= start <= end <= self.num_layers:
+            raise ValueError(f"layer range {start}..{end} is outside 0..{self.num_layers}")
+        if position_ids is None:
+            # Layers in one range share a cache length only if they were run together; `start` is the reference.
+            past = cache.get_seq_length(start) if cache is not None and start < end else 0
+            position_ids = torch.arange(past, past + hidden.shape[1], device=hidden.device).unsqueeze(0)
+        outputs: list[torch.Tensor] = []
+        if start < end:
+            for hidden in self._layer_outputs(hidden, start, end, cache, position_ids, attention_mask):
+                if collect_hidden:
+                    outputs.append(hidden)
+        return (hidden, outputs) if collect_hidden else hidden
+
+    @abstractmethod
+    def _layer_outputs(
+        self,
+        hidden: torch.Tensor,
+        start: int,
+        end: int,
+        cache: Cache | None,
+        position_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None,
+    ) -> Iterator[torch.Tensor]:
+        """Each layer's output for layers `start..end-1` (start < end, positions resolved)."""
 
     @abstractmethod
     def final_norm(self, hidden: torch.Tensor) -> torch.Tensor: ...
@@ -128,25 +152,7 @@ class LlavaAdapter(BackboneAdapter):
         mask = outer.get_placeholder_mask(input_ids, inputs_embeds=embeds, image_features=features)
         return embeds.masked_scatter(mask, features)
 
-    def run_layers(
-        self,
-        hidden: torch.Tensor,
-        start: int,
-        end: int,
-        cache: Cache | None = None,
-        position_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        collect_hidden: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-        if not 0 <= start <= end <= self.num_layers:
-            raise ValueError(f"layer range {start}..{end} is outside 0..{self.num_layers}")
-        if position_ids is None:
-            # Layers in one range share a cache length only if they were run together; `start` is the reference.
-            past = cache.get_seq_length(start) if cache is not None and start < end else 0
-            position_ids = torch.arange(past, past + hidden.shape[1], device=hidden.device).unsqueeze(0)
-        outputs: list[torch.Tensor] = []
-        if start == end:
-            return (hidden, outputs) if collect_hidden else hidden
+    def _layer_outputs(self, hidden, start, end, cache, position_ids, attention_mask) -> Iterator[torch.Tensor]:
         mask_kwargs = dict(
             config=self.text.config,
             inputs_embeds=hidden,
@@ -168,9 +174,7 @@ class LlavaAdapter(BackboneAdapter):
                 past_key_values=cache,
                 use_cache=cache is not None,
             )
-            if collect_hidden:
-                outputs.append(hidden)
-        return (hidden, outputs) if collect_hidden else hidden
+            yield hidden
 
     def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.text.norm(hidden)
@@ -264,24 +268,7 @@ class OPTAdapter(BackboneAdapter):
             raise ValueError("OPTForCausalLM is a text-only model: it takes no pixel_values")
         return self.embed(input_ids)
 
-    def run_layers(
-        self,
-        hidden: torch.Tensor,
-        start: int,
-        end: int,
-        cache: Cache | None = None,
-        position_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        collect_hidden: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-        if not 0 <= start <= end <= self.num_layers:
-            raise ValueError(f"layer range {start}..{end} is outside 0..{self.num_layers}")
-        if position_ids is None:
-            past = cache.get_seq_length(start) if cache is not None and start < end else 0
-            position_ids = torch.arange(past, past + hidden.shape[1], device=hidden.device).unsqueeze(0)
-        outputs: list[torch.Tensor] = []
-        if start == end:
-            return (hidden, outputs) if collect_hidden else hidden
+    def _layer_outputs(self, hidden, start, end, cache, position_ids, attention_mask) -> Iterator[torch.Tensor]:
         if start == 0:
             # `embed_positions` adds OPT's offset of 2 itself; its first argument is only used without position_ids
             hidden = hidden + self.decoder.embed_positions(None, 0, position_ids=position_ids).to(hidden.dtype)
@@ -301,9 +288,7 @@ class OPTAdapter(BackboneAdapter):
                 past_key_values=cache,
                 use_cache=cache is not None,
             )
-            if collect_hidden:
-                outputs.append(hidden)
-        return (hidden, outputs) if collect_hidden else hidden
+            yield hidden
 
     def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
         # OPT-350m has no final layer norm but projects back to the embedding width; both count as "the norm"
