@@ -131,11 +131,18 @@ class ImitationNetwork(nn.Module):
             self.attention.keys = self.attention.keys[:, :, :length]
             self.attention.values = self.attention.values[:, :, :length]
 
-    def train(self, mode: bool = True) -> ImitationNetwork:
-        # Whole sequences in training: no decode cache
-        if self.attention is not None and mode:
+    def stop_caching(self) -> None:
+        """Back to whole-sequence calls (training, validation batches) after decoding.
+
+        Needed explicitly: Lightning restores `training` flags after validation without calling `train()`."""
+        if self.attention is not None:
             self.attention.use_cache = False
             self.attention.keys = self.attention.values = None
+
+    def train(self, mode: bool = True) -> ImitationNetwork:
+        # Whole sequences in training: no decode cache
+        if mode:
+            self.stop_caching()
         return super().train(mode)
 
 

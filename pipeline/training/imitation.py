@@ -161,6 +161,8 @@ def decode_acceptance(model: nn.Module, head: nn.Module | None, draft_layers: in
     for p in prompts:
         stats = decoder.generate(p["input_ids"], p["max_new_tokens"], pixel_values=p["pixel_values"]).stats
         total = stats if total is None else total.merge(stats)
+    if hasattr(head, "stop_caching"):
+        head.stop_caching()
     for module, mode in was_training.items():
         module.train(mode)
     return total

@@ -93,3 +93,14 @@ def test_mixed_schedule_trains_the_backbone_then_freezes_it(tiny_data):
     assert changed and not any("vision_tower" in k for k in changed)
     assert not torch.equal(snapshots[0], snapshots[joint - 1])  # trained while joint
     assert all(torch.equal(snapshots[joint - 1], s) for s in snapshots[joint:])  # frozen afterwards
+
+
+def test_attention_head_trains_on_after_validation_decoding(tiny_data):
+    # Validation decodes with the head's KV cache; Lightning then restores `training` flags without calling
+    # train(), so a cache left switched on broke the next training batch (batch 1 cache vs batch 8 inputs).
+    backbone, builder, cfg, _, fusion, splits = _setup(tiny_data, steps=6, val_every_steps=2)
+    head = ImitationNetwork(ImitationNetworkConfig(hidden_size=TINY.hidden_size, attention=True))
+    result = fit_imitation(backbone.model, head, fusion, builder, backbone.image_processor, splits, cfg,
+                           draft_layers=2, loss_weights={"ce": 1.0, "cs": 0.0, "kd": 1.0})
+    assert result.metrics["steps"] == 6
+    assert len(result.curve) == 3 and all("acceptance_rate" in row for row in result.curve)
