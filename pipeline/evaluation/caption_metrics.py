@@ -2,19 +2,44 @@
 
 The scorers are called exactly as the COCO caption evaluation calls them, so numbers are
 comparable to published ones (CIDEr here is CIDEr-D on the 0–10 scale; the paper multiplies by 100).
-Issue-level extensions (METEOR, SPICE) plug in here.
+METEOR and SPICE are opt-in: each starts its own JVM (METEOR ~10 s, SPICE needs jars that are
+not shipped with the pycocoevalcap wheel, see `spice_availability`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import shutil
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from pipeline.errors import PipelineError
 
 JAVA_HINT = "install a Java runtime (Debian/Ubuntu: `apt-get install openjdk-17-jre-headless`)"
+
+# The folder pycocoevalcap's SPICE runs from (spice-1.0.jar, with its jars under lib/). Located without
+# importing spice.py; a module constant so tests can point the availability check elsewhere (SPICE itself
+# always runs from the installed package's folder).
+_spec = importlib.util.find_spec("pycocoevalcap.spice")
+SPICE_DIR: Path = Path(_spec.origin).parent if _spec and _spec.origin else Path("pycocoevalcap/spice")
+# spice-1.0.jar's manifest Class-Path lists lib/*.jar; all ship with the wheel except the two Stanford
+# CoreNLP 3.6.0 jars, which pycocoevalcap downloads (~400 MB zip) the first time Spice() is constructed.
+SPICE_REQUIRED_FILES = ("spice-1.0.jar", "lib/stanford-corenlp-3.6.0.jar", "lib/stanford-corenlp-3.6.0-models.jar")
+CORENLP_HINT = (
+    "download http://nlp.stanford.edu/software/stanford-corenlp-full-2015-12-09.zip and copy "
+    "stanford-corenlp-3.6.0.jar and stanford-corenlp-3.6.0-models.jar from it into {lib} "
+    "(or run `python -m pycocoevalcap.spice.get_stanford_models` on a machine with network access)"
+)
+# METEOR talks to the JVM one line per segment, and empty hypotheses are a reported cause of malformed
+# replies (float() errors, or a readline that waits forever) across jar/Java versions. meteor-1.5 on Java 17
+# does answer an empty line with zero stats, but a hang in an evaluation stage costs far more than a
+# placeholder: empty candidates get a token that matches no reference word, so the segment still scores 0
+# (the corpus score counts it as one unmatched hypothesis word, so it can differ slightly from feeding "").
+METEOR_EMPTY_PLACEHOLDER = "emptycandidateplaceholder"
+
+CaptionScores = dict[str, float | str]
 
 
 def require_java(what: str) -> None:
@@ -31,8 +56,64 @@ def ptb_tokenize(texts: Mapping[object, Sequence[str]]) -> dict[object, list[str
     return PTBTokenizer().tokenize(keyed)
 
 
-def caption_scores(references: Mapping[object, Sequence[str]], candidates: Mapping[object, str]) -> dict[str, float]:
-    """BLEU-1..4, ROUGE-L and CIDEr of one candidate per key against its references."""
+def meteor_score(refs: Mapping[object, list[str]], cands: Mapping[object, list[str]]) -> float:
+    """Corpus METEOR 1.5 of PTB-tokenized candidates (one per key) against their references.
+
+    Starts a JVM (-Xmx2G, ~10 s) and always shuts it down again: pycocoevalcap only does that in
+    `Meteor.__del__`, which a lingering reference (a traceback, a test fixture) can postpone indefinitely.
+    """
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    require_java("METEOR")
+    safe = {key: [text if text.strip() else METEOR_EMPTY_PLACEHOLDER for text in texts] for key, texts in cands.items()}
+    scorer = Meteor()
+    try:
+        return float(scorer.compute_score(dict(refs), safe)[0])
+    finally:
+        # compute_score takes scorer.lock without try/finally, so after an error this thread may still hold
+        # it: take it if free, and release it either way, or Meteor.__del__ would block on it forever.
+        scorer.lock.acquire(blocking=False)
+        process = scorer.meteor_p
+        for stream in (process.stdin, process.stdout, process.stderr):
+            stream.close()
+        process.kill()
+        process.wait()
+        scorer.lock.release()
+
+
+def spice_availability(spice_dir: Path | None = None) -> tuple[bool, str]:
+    """Whether SPICE can run here without downloading anything: (True, "") or (False, why and how to fix)."""
+    folder = SPICE_DIR if spice_dir is None else spice_dir
+    missing = [name for name in SPICE_REQUIRED_FILES if not (folder / name).is_file()]
+    reasons = []
+    if missing:
+        reasons.append(f"missing in {folder}: {', '.join(missing)}; " + CORENLP_HINT.format(lib=folder / "lib"))
+    if shutil.which("java") is None:
+        reasons.append(f"SPICE needs Java, which is not on PATH: {JAVA_HINT}")
+    return (not reasons, "; ".join(reasons))
+
+
+def _spice_score(refs: Mapping[object, list[str]], cands: Mapping[object, list[str]]) -> float:
+    from pycocoevalcap.spice.spice import Spice
+
+    # Spice.__init__ only calls get_stanford_models(), which downloads the CoreNLP zip when the jar is
+    # absent; skip it so that no code path here can reach the network (availability is checked first).
+    scorer = Spice.__new__(Spice)
+    return float(scorer.compute_score(dict(refs), dict(cands))[0])
+
+
+def caption_scores(
+    references: Mapping[object, Sequence[str]],
+    candidates: Mapping[object, str],
+    *,
+    meteor: bool = False,
+    spice: bool = False,
+) -> CaptionScores:
+    """BLEU-1..4, ROUGE-L and CIDEr (and optionally METEOR, SPICE) of one candidate per key against its references.
+
+    With `spice=True` on a machine without SPICE's jars the result holds no "spice" number but
+    "spice_unavailable": the reason, so a report can say why the column is empty.
+    """
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
@@ -44,10 +125,18 @@ def caption_scores(references: Mapping[object, Sequence[str]], candidates: Mappi
         raise ValueError("no captions to score")
     refs = ptb_tokenize(references)
     cands = ptb_tokenize({key: [text] for key, text in candidates.items()})
-    scores: dict[str, float] = {}
+    scores: CaptionScores = {}
     with contextlib.redirect_stdout(io.StringIO()):  # pycocoevalcap's BLEU prints debug lines
         bleu, _ = Bleu(4).compute_score(refs, cands)
     scores.update({f"bleu{i + 1}": float(b) for i, b in enumerate(bleu)})
     scores["rouge_l"] = float(Rouge().compute_score(refs, cands)[0])
     scores["cider"] = float(Cider().compute_score(refs, cands)[0])
+    if meteor:
+        scores["meteor"] = meteor_score(refs, cands)
+    if spice:
+        available, reason = spice_availability()
+        if available:
+            scores["spice"] = _spice_score(refs, cands)
+        else:
+            scores["spice_unavailable"] = reason
     return scores
