@@ -285,6 +285,77 @@ class BaselinesConfig(StrictModel):
     draft_verify: DraftVerifyConfig = DraftVerifyConfig()
 
 
+class RayConfig(StrictModel):
+    """Where Ray Tune searches run: a local Ray instance by default, an existing cluster when `address` (or the
+    RAY_ADDRESS environment variable, which wins) names one."""
+
+    address: str | None = None  # host:port of a cluster's head (`ray start --head`), ray://host:10001, or auto
+    num_cpus: int | None = Field(None, ge=1)  # local instance only; null: every core of the machine
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0)  # local instance
+    cluster_gpus_per_trial: float = Field(1.0, ge=0)  # on a cluster: trials ask for GPUs
+    storage_path: str | None = None  # trial results; null: <repo>/ray_results. A cluster needs a path every node reads
+    max_failures: int = Field(2, ge=0)  # a trial that raises or is killed is retried this often
+    connect_timeout_s: float = Field(10.0, gt=0)  # a cluster address that does not answer fails after this
+
+
+class NASConfig(StrictModel):
+    """Imitation-network architecture search (paper Appendix B): Ray Tune + ASHA over the search space file.
+
+    score = accuracy − flops_weight · draft_cost_ratio, where accuracy is the draft's top-1 agreement with the
+    full model on validation tokens (or the decoded acceptance rate) and draft_cost_ratio the draft's FLOPs
+    per token (n layers + network + LM head) over the full model's."""
+
+    search_space: str = "experiments/search_spaces/nas.yaml"
+    num_samples: int = Field(6, ge=1)  # architectures sampled (random search, seeded)
+    max_steps: int = Field(30, ge=1)  # training steps of a trial that ASHA never stops
+    report_every_steps: int = Field(10, ge=1)  # one ASHA rung unit: validation + report every this many steps
+    grace_reports: int = Field(1, ge=1)  # ASHA stops no trial before this many reports
+    reduction_factor: float = Field(2.0, gt=1)
+    accuracy: Literal["agreement", "acceptance_rate"] = "agreement"
+    flops_weight: float = Field(1.0, ge=0)
+    val_batches: int = Field(2, ge=1)
+    val_decode_prompts: int = Field(2, ge=0)  # decoded at each report for the acceptance rate
+    max_concurrent_trials: int | None = Field(None, ge=1)  # null: as many as the resources allow
+
+    @model_validator(mode="after")
+    def _acceptance_needs_decoding(self) -> NASConfig:
+        if self.accuracy == "acceptance_rate" and self.val_decode_prompts == 0:
+            raise ValueError("accuracy: acceptance_rate needs val_decode_prompts > 0 (the prompts it is measured on)")
+        return self
+
+
+class SweepConfig(StrictModel):
+    """Sweep of draft layers n, loss weights λ and draft length d (search space file): each trial trains (or
+    reuses) the imitation network for its n/λ and measures speed and caption quality on validation images."""
+
+    search_space: str = "experiments/search_spaces/sweep.yaml"
+    train_steps: int = Field(150, ge=1)  # = imitation.max_steps: the train_imitation heads are reused for its n
+    captions: int = Field(12, ge=1)  # validation images captioned per trial (CIDEr / BLEU-4)
+    descriptions: int = Field(4, ge=0)  # long descriptions per trial (speed on long outputs)
+    repeats: int = Field(1, ge=1)  # timing repeats per trial
+    max_concurrent_trials: int | None = Field(None, ge=1)
+
+
+class GrowingScheduleConfig(StrictModel):
+    """d = clip(d_min + ⌊t / step⌋, d_min, d_max) after t generated tokens (paper eq. 5 stand-in)."""
+
+    d_min: int = Field(2, ge=1)
+    d_max: int = Field(6, ge=1)
+    step: int = Field(16, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> GrowingScheduleConfig:
+        if self.d_max < self.d_min:
+            raise ValueError(f"d_max ({self.d_max}) must be >= d_min ({self.d_min})")
+        return self
+
+
+class DecodingConfig(StrictModel):
+    draft_len: int = Field(3, ge=1)  # fixed d where a method does not name its own
+    growing: GrowingScheduleConfig = GrowingScheduleConfig()
+
+
 class TrackingConfig(StrictModel):
     experiment: str = "fastvlm-ssd"
 
@@ -297,6 +368,10 @@ class Params(StrictModel):
     layer_choice: LayerChoiceConfig = LayerChoiceConfig()
     imitation: ImitationConfig = ImitationConfig()
     baselines: BaselinesConfig = BaselinesConfig()
+    decoding: DecodingConfig = DecodingConfig()
+    ray: RayConfig = RayConfig()
+    nas: NASConfig = NASConfig()
+    sweep: SweepConfig = SweepConfig()
     tracking: TrackingConfig = TrackingConfig()
 
 

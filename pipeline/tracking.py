@@ -98,9 +98,12 @@ def ensure_experiment(name: str) -> str:
 
 
 @contextmanager
-def stage_run(stage: str, experiment: str, params: Mapping[str, Any], run_name: str | None = None) -> Iterator[Any]:
+def stage_run(
+    stage: str, experiment: str, params: Mapping[str, Any], run_name: str | None = None, resume_run_id: str | None = None
+) -> Iterator[Any]:
     """One MLflow run for a DVC stage, tagged with the git commit and the stage name.
 
+    `resume_run_id` reopens an earlier run (an interrupted search resumed: its trials stay under one parent).
     Yields the active run on rank zero and `None` elsewhere, so callers need no MLflow import.
     """
     if not is_rank_zero():
@@ -112,7 +115,15 @@ def stage_run(stage: str, experiment: str, params: Mapping[str, Any], run_name: 
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     ensure_experiment(experiment)
-    with mlflow.start_run(run_name=run_name or stage) as run:
+    if resume_run_id is not None:
+        try:
+            mlflow.get_run(resume_run_id)
+        except Exception:  # noqa: BLE001 - the store was reset since: start afresh
+            resume_run_id = None
+    with mlflow.start_run(run_id=resume_run_id, run_name=None if resume_run_id else run_name or stage) as run:
+        if resume_run_id is not None:
+            yield run
+            return
         mlflow.set_tags({"dvc_stage": stage, "git_commit": git_commit(), "mlflow.source.git.commit": git_commit()})
         mlflow.log_params({k: str(v)[:6000] for k, v in flatten(params).items()})
         yield run
@@ -157,3 +168,18 @@ def nested_run(name: str, params: Mapping[str, Any] | None = None, tags: Mapping
         if params:
             mlflow.log_params({k: str(v)[:6000] for k, v in flatten(params).items()})
         yield run
+
+
+def experiment_name() -> str | None:
+    """Name of the active run's experiment (for loggers that open their own client, e.g. Ray's)."""
+    import mlflow
+
+    run = mlflow.active_run()
+    return mlflow.get_experiment(run.info.experiment_id).name if run is not None else None
+
+
+def log_dict_artifact(data: Mapping[str, Any], name: str) -> None:
+    import mlflow
+
+    if is_rank_zero() and mlflow.active_run() is not None:
+        mlflow.log_dict(dict(data), name)
