@@ -10,7 +10,6 @@ draft without imitation as the reference, and the full-model CIDEr the mixed sch
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import torch
@@ -24,7 +23,7 @@ from pipeline.evaluation.flops import per_token_flops
 from pipeline.evaluation.layer_choice import resolve_draft_layers
 from pipeline.io import atomic_write_json
 from pipeline.models.fusion import build_fusion
-from pipeline.models.imitation import ImitationNetwork, ImitationNetworkConfig, save_imitation
+from pipeline.models.imitation import ImitationNetwork, ImitationNetworkConfig, architecture_spec, save_imitation
 from pipeline.models.loading import load_backbone, save_backbone
 from pipeline.training.imitation import decode_acceptance, fit_imitation, validation_prompts
 from pipeline.training.imitation_losses import VARIANTS
@@ -39,10 +38,7 @@ METRICS = Path("metrics/imitation.json")
 
 
 def architecture(params: Params, hidden_size: int) -> ImitationNetworkConfig:
-    spec = params.imitation.architecture.model_dump()
-    if BEST_ARCHITECTURE.exists():
-        spec.update(json.loads(BEST_ARCHITECTURE.read_text())["architecture"])
-    return ImitationNetworkConfig(hidden_size=hidden_size, **spec)
+    return ImitationNetworkConfig(hidden_size=hidden_size, **architecture_spec(params.imitation.architecture.model_dump(), BEST_ARCHITECTURE))
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:

@@ -39,7 +39,12 @@ TINY = {
                       "warmup_steps": 1, "eval_samples": 12},
         "draft_verify": {"prompts": 2, "thresholds": [0.5], "max_skipped": 1, "acceptance_floor": 0.0},
     },
+    "ray": {"num_cpus": 2},
+    "nas": {"num_samples": 2, "max_steps": 4, "report_every_steps": 2, "val_batches": 1, "val_decode_prompts": 1},
+    "sweep": {"train_steps": 4, "captions": 2, "descriptions": 1},
 }
+# The 2-layer e2e model drafts only from layer 1
+SWEEP_SPACE = "space:\n  draft_layers: {grid: [1]}\n  loss: {grid: [ce, ce+cs+kd]}\n  draft_len: {grid: [2]}\n"
 
 
 def _merge(base: dict, update: dict) -> dict:
@@ -57,7 +62,7 @@ def _run(args: list[str], cwd: Path, env: dict) -> str:
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     work = tmp_path_factory.mktemp("repo")
-    for name in ("pipeline", "stages", "dvc.yaml", "params.yaml", "pyproject.toml", ".dvc", ".gitignore"):
+    for name in ("pipeline", "stages", "experiments", "dvc.yaml", "params.yaml", "pyproject.toml", ".dvc", ".gitignore"):
         source = ROOT / name
         if source.is_dir():
             shutil.copytree(source, work / name, ignore=shutil.ignore_patterns("__pycache__", "tmp", "cache"))
@@ -65,6 +70,7 @@ def workspace(tmp_path_factory):
             shutil.copy(source, work / name)
     params = _merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (work / "experiments/search_spaces/sweep.yaml").write_text(SWEEP_SPACE)
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(work), "PATH": f"{BIN}:{os.environ['PATH']}"}
     env.pop("MLFLOW_TRACKING_URI", None)
     git = ["git", "-c", "user.email=t@t.invalid", "-c", "user.name=t"]
@@ -107,6 +113,15 @@ def test_repro_runs_both_stages_and_writes_outputs(workspace):
     assert baselines["draft_verify"]["skip_layers"] == [1] and baselines["draft_verify"]["meets_floor"] is True
     for key in ("acceptance_rate", "mean_accepted_length", "objective", "cost_ratio"):
         assert key in baselines["draft_verify"], key
+    # nas → train_imitation: the searched architecture is the one trained
+    assert "Running stage 'nas'" in log and "Running stage 'sweep'" in log
+    best = json.loads((work / "models/nas/best_architecture.json").read_text())["architecture"]
+    trained = json.loads((work / "models/imitation/ce/config.json").read_text())["architecture"]
+    assert all(trained[k] == v for k, v in best.items())
+    assert json.loads((work / "metrics/nas.json").read_text())["trials"] == 2
+    sweep = json.loads((work / "metrics/sweep.json").read_text())
+    assert sweep["trials"] == 2 and sweep["all_lossless"] is True
+    assert (work / "reports/figures/sweep_pareto.png").exists() and (work / "plots/sweep_pareto.csv").exists()
 
 
 def test_second_repro_is_a_no_op_and_param_change_reruns_only_dependants(workspace):
@@ -120,6 +135,7 @@ def test_second_repro_is_a_no_op_and_param_change_reruns_only_dependants(workspa
     assert "Running stage 'finetune'" in changed and "Running stage 'prepare'" not in changed
     assert "Running stage 'select_layer'" in changed and "Running stage 'train_imitation'" in changed
     assert "Running stage 'train_baselines'" in changed
+    assert "Running stage 'nas'" in changed and "Running stage 'sweep'" in changed
     assert json.loads((work / "metrics/finetune.json").read_text())["steps"] == 4
 
 
@@ -186,6 +202,11 @@ def test_mlflow_server_shows_the_finetune_run_with_params_and_loss_curve(workspa
         assert all(any(m["key"] == "val_agreement" for m in r["data"].get("metrics", [])) for r in children)
         baseline_runs = [r for r in runs if tags(r).get("dvc_stage") == "train_baselines" and "mlflow.parentRunId" in tags(r)]
         assert {tags(r)["variant"] for r in baseline_runs} >= {"layerskip", "draft_verify"}
+        # Ray Tune trials: nested under their search's stage run, side by side for the compare view
+        for stage, trials in (("nas", 2), ("sweep", 2)):
+            parents = [r for r in runs if tags(r).get("dvc_stage") == stage and "mlflow.parentRunId" not in tags(r)]
+            nested = [r for r in runs if tags(r).get("mlflow.parentRunId") == parents[-1]["info"]["run_id"]]
+            assert len(nested) == trials, stage
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)

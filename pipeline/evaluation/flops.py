@@ -31,6 +31,8 @@ def per_token_flops(adapter, draft_layers: int, head: nn.Module | None = None, c
     layers = [counted_flops(lambda i=i: adapter.run_layers(hidden, i, i + 1, position_ids=position)) + attention
               for i in range(adapter.num_layers)]
     head_flops = counted_flops(lambda: head(hidden)) if head is not None else 0
+    if getattr(head, "attention", None) is not None:
+        head_flops += 4 * adapter.hidden_size * context  # its attention over the context (sdpa: uncounted on CPU)
     lm_head = counted_flops(lambda: adapter.logits(hidden))
     draft = sum(layers[:draft_layers]) + head_flops + lm_head
     full = sum(layers) + lm_head

@@ -162,6 +162,18 @@ class _StatelessHead(nn.Module):
         return self.network(hidden)
 
 
+def architecture_spec(base: dict, searched: str | Path | None = None) -> dict:
+    """The architecture fields to build: params' `base`, overridden by the nas stage's winner when its file exists."""
+    spec = dict(base)
+    if searched is not None and Path(searched).exists():
+        try:
+            spec.update(json.loads(Path(searched).read_text())["architecture"])
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ModelLoadError(f"{searched} is not a nas result with an 'architecture' mapping: {exc}; re-run the nas stage") from None
+    spec.pop("hidden_size", None)
+    return spec
+
+
 def save_imitation(network: ImitationNetwork, path: str | Path, extra: dict | None = None) -> None:
     """`config.json` (architecture + `extra`, e.g. the draft layer n) and `model.safetensors`, atomically."""
     with atomic_directory(path) as tmp:

@@ -208,6 +208,19 @@ class _Curve(L.Callback):
             self.rows.append(row)
 
 
+class ValidationReporter(L.Callback):
+    """Hands every validation's metrics to `report(step, metrics)`: how a Ray Tune trial reports to its
+    scheduler (ASHA) without this module knowing about Ray."""
+
+    def __init__(self, report) -> None:
+        self.report = report
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero and not trainer.sanity_checking:
+            metrics = {k.removeprefix("val/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+            self.report(trainer.global_step, metrics)
+
+
 def fit_imitation(
     model: nn.Module,
     head: nn.Module,
@@ -225,6 +238,7 @@ def fit_imitation(
     mlflow_uri: str | None = None,
     mlflow_run_id: str | None = None,
     callbacks: list[L.Callback] | None = None,
+    progress_bar: bool = True,
 ) -> ImitationResult:
     """Train `head` (and `fusion`) to draft from layer `draft_layers`; with `mixed`, the backbone trains for
     `cfg.mixed.joint_epochs` epochs first. Returns the final validation metrics and the validation curve."""
@@ -243,6 +257,7 @@ def fit_imitation(
         checkpoint_dir=checkpoint_dir,
         mlflow_uri=mlflow_uri,
         mlflow_run_id=mlflow_run_id,
+        progress_bar=progress_bar,
     )
     data = VLMDataModule(splits, builder, image_processor, cfg, seed)
     started = time.perf_counter()

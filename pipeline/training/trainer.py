@@ -21,6 +21,7 @@ def build_trainer(
     checkpoint_dir: Path | None = None,
     mlflow_uri: str | None = None,
     mlflow_run_id: str | None = None,
+    progress_bar: bool = True,
 ) -> L.Trainer:
     """`cfg` carries max_steps, accelerator, devices, strategy, precision and grad_clip. A checkpoint every 50
     steps goes to `checkpoint_dir` when given; metrics go to the MLflow run `mlflow_run_id` when given."""
@@ -44,6 +45,7 @@ def build_trainer(
         logger=logger,
         use_distributed_sampler=False,
         enable_model_summary=False,
+        enable_progress_bar=progress_bar,
         enable_checkpointing=bool(checkpoints),
         callbacks=[*checkpoints, *callbacks],
     )

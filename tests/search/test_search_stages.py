@@ -1,0 +1,104 @@
+"""The nas and sweep stages end to end on a tiny model: a NAS submitted by address to a real Ray head node
+(`ray start --head` on loopback), and a sweep on a local instance; their outputs, trials and MLflow runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.search.conftest import tiny_params
+
+pytestmark = pytest.mark.slow
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    """A Ray head node on loopback, as `ray start --head` starts one on a cluster's head machine.
+    (Teardown runs `ray stop`, which stops every Ray instance of this user on the machine.)"""
+    port = _free_port()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    subprocess.run([RAY, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "2",
+                    "--include-dashboard", "false", "--disable-usage-stats"], check=True, env=env, capture_output=True, timeout=180)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def _runs(root: Path):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    return mlflow.search_runs(experiment_names=["fastvlm-ssd"])
+
+
+def test_nas_runs_on_a_ray_cluster_by_address(tiny_repo, ray_head, monkeypatch):
+    from stages import nas
+
+    monkeypatch.chdir(tiny_repo)
+    monkeypatch.setenv("RAY_ADDRESS", ray_head)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    nas.main(tiny_params())
+    rows = list(csv.DictReader((tiny_repo / "reports/nas_trials.csv").open()))
+    assert len(rows) == 2 and all(not r["error"] for r in rows)
+    trial_dirs = [p for p in (tiny_repo / "ray_results/nas").iterdir() if p.name.startswith("nas_trial")]
+    assert len(trial_dirs) == 2 and all((p / "result.json").stat().st_size > 0 for p in trial_dirs)
+    best = json.loads((tiny_repo / "models/nas/best_architecture.json").read_text())
+    assert best["architecture"]["num_linear"] in (1, 2) and best["draft_layers"] == 1
+    summary = json.loads((tiny_repo / "metrics/nas.json").read_text())
+    assert summary["trials"] == 2 and 0 < summary["best"]["draft_cost_ratio"] < 1
+    runs = _runs(tiny_repo)
+    parent = runs[runs["tags.dvc_stage"] == "nas"]
+    parent = parent[parent["tags.mlflow.parentRunId"].isna()]
+    assert len(parent) == 1
+    children = runs[runs["tags.mlflow.parentRunId"] == parent["run_id"].iloc[0]]
+    assert len(children) == 2 and set(children["tags.search"]) == {"nas"}
+    assert children["metrics.score"].notna().all() and children["params.num_linear"].notna().all()
+
+
+def test_a_cluster_without_the_gpus_trials_ask_for_fails_at_once(ray_head, monkeypatch, tmp_path):
+    from pipeline.config import RayConfig
+    from pipeline.search.ray_runtime import RayClusterError, start_ray
+
+    monkeypatch.setenv("RAY_ADDRESS", ray_head)
+    with pytest.raises(RayClusterError, match="cluster_gpus_per_trial"):
+        start_ray(RayConfig(cluster_gpus_per_trial=1), tmp_path)
+
+
+def test_sweep_stage_reports_speed_quality_and_losslessness(tiny_repo, monkeypatch):
+    from stages import sweep
+
+    monkeypatch.chdir(tiny_repo)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    sweep.main(tiny_params())
+    rows = list(csv.DictReader((tiny_repo / "reports/sweep.csv").open()))
+    assert {(r["config.draft_layers"], r["config.draft_len"]) for r in rows} == {("1", "2"), ("2", "2"), ("1", "growing"), ("2", "growing")}
+    for row in rows:
+        assert float(row["identical_share"]) == 1.0 and float(row["cider_ssd"]) == pytest.approx(float(row["cider_full"]))
+        assert float(row["speedup"]) > 0 and 0 <= float(row["acceptance_rate"]) <= 1
+    # each (n, λ) head was trained once and shared by its d-trials
+    assert {r["head_source"] for r in rows} <= {"sweep", "sweep (shared)"} and sum(r["head_source"] == "sweep" for r in rows) == 2
+    summary = json.loads((tiny_repo / "metrics/sweep.json").read_text())
+    assert summary["all_lossless"] is True and summary["trials"] == 4 and summary["pareto"]
+    assert (tiny_repo / "reports/figures/sweep_pareto.png").stat().st_size > 0
+    pareto = list(csv.DictReader((tiny_repo / "plots/sweep_pareto.csv").open()))
+    assert {r["method"] for r in pareto} == {"ssd", "draft_only"}
+    runs = _runs(tiny_repo)
+    parent = runs[(runs["tags.dvc_stage"] == "sweep") & runs["tags.mlflow.parentRunId"].isna()]
+    children = runs[runs["tags.mlflow.parentRunId"] == parent["run_id"].iloc[0]]
+    assert len(children) == 4 and children["metrics.speedup"].notna().all() and children["metrics.cider_ssd"].notna().all()
