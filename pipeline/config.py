@@ -217,7 +217,7 @@ class ImitationConfig(StrictModel):
     task_weights: TaskWeights = TaskWeights(caption=0.6, description=0.3, vqa=0.1)  # drafting is long-form text
     val_every_steps: int = Field(75, ge=1)
     val_batches: int = Field(2, ge=1)
-    val_decode_prompts: int = Field(16, ge=0)  # validation prompts decoded by SSD to log acceptance
+    val_decode_prompts: int = Field(8, ge=0)  # validation prompts decoded by SSD to log acceptance
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "cpu"
     devices: int | Literal["auto"] = 1
     strategy: str = "auto"
@@ -356,6 +356,25 @@ class DecodingConfig(StrictModel):
     growing: GrowingScheduleConfig = GrowingScheduleConfig()
 
 
+class EvaluateConfig(StrictModel):
+    """Stage `evaluate`: every method on the same test prompts, in one process (speed-ups are ratios of one run)."""
+
+    captions: int = Field(16, ge=1)  # test images captioned (BLEU-1..4, METEOR, ROUGE-L, CIDEr, SPICE if available)
+    descriptions: int = Field(4, ge=0)  # long descriptions (same metrics against the one reference)
+    vqa: int = Field(16, ge=0)  # test questions (VQAv2 accuracy)
+    repeats: int = Field(1, ge=1)  # timing repeats (median per-token latency)
+    draft_lens: list[int] = [1, 2, 5]  # speed-up by d (with decoding.draft_len) (paper Fig. 9), ours (ce+cs+kd)
+    meteor: bool = True  # needs Java (one JVM for all methods)
+    spice: bool = True  # reported unavailable, with the reason, when Stanford CoreNLP's jars are absent
+
+    @field_validator("draft_lens")
+    @classmethod
+    def _lens(cls, value: list[int]) -> list[int]:
+        if not value or any(d < 1 for d in value) or len(set(value)) != len(value):
+            raise ValueError("draft_lens must list distinct positive integers")
+        return value
+
+
 class TrackingConfig(StrictModel):
     experiment: str = "fastvlm-ssd"
 
@@ -372,6 +391,7 @@ class Params(StrictModel):
     ray: RayConfig = RayConfig()
     nas: NASConfig = NASConfig()
     sweep: SweepConfig = SweepConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
     tracking: TrackingConfig = TrackingConfig()
 
 

@@ -183,3 +183,18 @@ def log_dict_artifact(data: Mapping[str, Any], name: str) -> None:
 
     if is_rank_zero() and mlflow.active_run() is not None:
         mlflow.log_dict(dict(data), name)
+
+
+def close_stale_children(parent_run_id: str) -> int:
+    """Mark the still-RUNNING child runs of `parent_run_id` as KILLED: the trials an interruption cut off
+    (their resumed attempts log new runs). Returns how many were closed."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri())
+    run = client.get_run(parent_run_id)
+    stale = client.search_runs(
+        [run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'"
+    )
+    for child in stale:
+        client.set_terminated(child.info.run_id, status="KILLED")
+    return len(stale)

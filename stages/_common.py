@@ -30,6 +30,8 @@ def search_in_stage(stage: str, params: Params, trainable, space, spec, tags: di
         plan = plan_search(runtime, spec)
         section = params.model_dump(include={stage, "ray"})
         with tracking.stage_run(stage, params.tracking.experiment, section, resume_run_id=plan.parent_run_id) as run:
+            if plan.resume and run is not None:
+                tracking.close_stale_children(run.info.run_id)
             results = run_search(
                 trainable, space, runtime, spec, plan, tracking_uri=tracking.tracking_uri(),
                 experiment=params.tracking.experiment, parent_run_id=run.info.run_id if run else None,

@@ -42,6 +42,7 @@ TINY = {
     "ray": {"num_cpus": 2},
     "nas": {"num_samples": 2, "max_steps": 4, "report_every_steps": 2, "val_batches": 1, "val_decode_prompts": 1},
     "sweep": {"train_steps": 4, "captions": 2, "descriptions": 1},
+    "evaluate": {"captions": 3, "descriptions": 1, "vqa": 3, "draft_lens": [1, 2]},
 }
 # The 2-layer e2e model drafts only from layer 1
 SWEEP_SPACE = "space:\n  draft_layers: {grid: [1]}\n  loss: {grid: [ce, ce+cs+kd]}\n  draft_len: {grid: [2]}\n"
@@ -122,6 +123,20 @@ def test_repro_runs_both_stages_and_writes_outputs(workspace):
     sweep = json.loads((work / "metrics/sweep.json").read_text())
     assert sweep["trials"] == 2 and sweep["all_lossless"] is True
     assert (work / "reports/figures/sweep_pareto.png").exists() and (work / "plots/sweep_pareto.csv").exists()
+    # evaluate → report
+    evaluation = json.loads((work / "metrics/evaluate.json").read_text())["methods"]
+    for method in ("full model", "draft without imitation", "draft with imitation", "Draft & Verify", "LayerSkip",
+                   "ours (ce)", "ours (ce+cs+kd)", "ours, growing d", "ours, mixed schedule", "ours (ce+cs+kd) d=1"):
+        assert method in evaluation, method
+    for method in ("ours (ce)", "ours (ce+cs+kd)", "ours, growing d", "LayerSkip", "ours, mixed schedule", "Draft & Verify"):
+        assert evaluation[method]["identical_share"] == 1.0, method
+    tasks = evaluation["full model"]["tasks"]
+    assert {"bleu1", "bleu4", "meteor", "rouge_l", "cider"} <= set(tasks["caption"]) and "vqa_accuracy" in tasks["vqa"]
+    assert "spice" in tasks["caption"] or "spice_unavailable" in tasks["caption"]
+    report = (work / "reports/results.md").read_text()
+    assert "## Table 1" in report and "| ours (ce+cs+kd) |" in report and "## VQA" in report and "## Draft layers n" in report
+    for figure in ("acceptance_by_position.png", "speedup_by_d.png", "sweep_pareto.png", "layer_reward.png"):
+        assert (work / "reports/figures" / figure).stat().st_size > 0 and figure in report, figure
 
 
 def test_second_repro_is_a_no_op_and_param_change_reruns_only_dependants(workspace):
@@ -147,7 +162,9 @@ def test_dvc_exp_run_and_metrics_show(workspace):
     out = _run([str(BIN / "dvc"), "exp", "run", "-S", "finetune.max_steps=3"], work, env)
     assert "Running stage 'finetune'" in out
     shown = _run([str(BIN / "dvc"), "metrics", "show"], work, env)
-    assert "metrics/finetune.json" in shown and "test_cider" in shown
+    assert "metrics/finetune.json" in shown and "test_cider" in shown and "metrics/evaluate.json" in shown
+    plots = _run([str(BIN / "dvc"), "plots", "show", "--json"], work, env)
+    assert "plots/speedup_by_d.csv" in plots and "plots/acceptance_by_position.csv" in plots
     exps = _run([str(BIN / "dvc"), "exp", "show", "--no-pager", "--csv"], work, env)
     assert "finetune.max_steps" in exps
 
@@ -203,6 +220,8 @@ def test_mlflow_server_shows_the_finetune_run_with_params_and_loss_curve(workspa
         baseline_runs = [r for r in runs if tags(r).get("dvc_stage") == "train_baselines" and "mlflow.parentRunId" in tags(r)]
         assert {tags(r)["variant"] for r in baseline_runs} >= {"layerskip", "draft_verify"}
         # Ray Tune trials: nested under their search's stage run, side by side for the compare view
+        evaluated = [r for r in runs if tags(r).get("dvc_stage") == "evaluate" and "mlflow.parentRunId" in tags(r)]
+        assert {"full model", "ours (ce+cs+kd)", "LayerSkip"} <= {tags(r).get("method") for r in evaluated}
         for stage, trials in (("nas", 2), ("sweep", 2)):
             parents = [r for r in runs if tags(r).get("dvc_stage") == stage and "mlflow.parentRunId" not in tags(r)]
             nested = [r for r in runs if tags(r).get("mlflow.parentRunId") == parents[-1]["info"]["run_id"]]

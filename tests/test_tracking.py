@@ -41,3 +41,18 @@ def test_stage_run_logs_params_tags_and_metrics(monkeypatch, tmp_path):
     assert stored.data.tags["dvc_stage"] == "demo" and "git_commit" in stored.data.tags
     assert stored.data.metrics["loss"] == 1.5
     assert (tmp_path / "mlflow.db").exists()
+
+
+def test_resumed_search_closes_the_trial_runs_an_interruption_left_running(tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with tracking.stage_run("nas", "resume-test", {}) as parent:
+        client = mlflow.MlflowClient(tracking.tracking_uri())
+        cut_off = client.create_run(parent.info.experiment_id, tags={"mlflow.parentRunId": parent.info.run_id})
+        finished = client.create_run(parent.info.experiment_id, tags={"mlflow.parentRunId": parent.info.run_id})
+        client.set_terminated(finished.info.run_id)
+        assert tracking.close_stale_children(parent.info.run_id) == 1
+    assert client.get_run(cut_off.info.run_id).info.status == "KILLED"
+    assert client.get_run(finished.info.run_id).info.status == "FINISHED"
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"

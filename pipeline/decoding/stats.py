@@ -23,6 +23,7 @@ class DecodingStats:
     new_tokens: int = 0
     drafted_by_position: list[int] = field(default_factory=list)
     accepted_by_position: list[int] = field(default_factory=list)
+    rounds: list[tuple[int, int]] = field(default_factory=list)  # (drafted, accepted) per verification, in order
 
     @property
     def acceptance_rate(self) -> float:
@@ -44,6 +45,7 @@ class DecodingStats:
         self.drafted += drafted
         self.accepted += accepted
         self.verify_calls += 1
+        self.rounds.append((drafted, accepted))
         if len(self.drafted_by_position) < drafted:
             grow = drafted - len(self.drafted_by_position)
             self.drafted_by_position += [0] * grow
@@ -65,7 +67,17 @@ class DecodingStats:
         pad = lambda xs: xs + [0] * (depth - len(xs))  # noqa: E731
         merged.drafted_by_position = [a + b for a, b in zip(pad(self.drafted_by_position), pad(other.drafted_by_position))]
         merged.accepted_by_position = [a + b for a, b in zip(pad(self.accepted_by_position), pad(other.accepted_by_position))]
+        merged.rounds = self.rounds + other.rounds
         return merged
+
+    def token_sources(self) -> list[str]:
+        """Who produced each new token of one generation: "draft" (a draft token the full model accepted) or
+        "verify" (the full model's own token: the first one, after prefill, and one per verification —
+        the correction of a rejected draft token, or the bonus after a fully accepted round)."""
+        sources = ["verify"]
+        for _, accepted in self.rounds:
+            sources += ["draft"] * accepted + ["verify"]
+        return sources[: self.new_tokens]
 
     def to_dict(self) -> dict:
         return {

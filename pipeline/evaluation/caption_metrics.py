@@ -12,7 +12,7 @@ import contextlib
 import importlib.util
 import io
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from pipeline.errors import PipelineError
@@ -56,19 +56,22 @@ def ptb_tokenize(texts: Mapping[object, Sequence[str]]) -> dict[object, list[str
     return PTBTokenizer().tokenize(keyed)
 
 
-def meteor_score(refs: Mapping[object, list[str]], cands: Mapping[object, list[str]]) -> float:
-    """Corpus METEOR 1.5 of PTB-tokenized candidates (one per key) against their references.
-
-    Starts a JVM (-Xmx2G, ~10 s) and always shuts it down again: pycocoevalcap only does that in
-    `Meteor.__del__`, which a lingering reference (a traceback, a test fixture) can postpone indefinitely.
-    """
+@contextlib.contextmanager
+def meteor_session() -> Iterator[Callable[[Mapping[object, list[str]], Mapping[object, list[str]]], float]]:
+    """One METEOR JVM (-Xmx2G, ~10 s to start) for many corpus scores: yields `score(refs, cands)` taking
+    PTB-tokenized texts (one candidate per key), and always shuts the JVM down again: pycocoevalcap only
+    does that in `Meteor.__del__`, which a lingering reference (a traceback, a test fixture) can postpone."""
     from pycocoevalcap.meteor.meteor import Meteor
 
     require_java("METEOR")
-    safe = {key: [text if text.strip() else METEOR_EMPTY_PLACEHOLDER for text in texts] for key, texts in cands.items()}
     scorer = Meteor()
-    try:
+
+    def score(refs: Mapping[object, list[str]], cands: Mapping[object, list[str]]) -> float:
+        safe = {key: [text if text.strip() else METEOR_EMPTY_PLACEHOLDER for text in texts] for key, texts in cands.items()}
         return float(scorer.compute_score(dict(refs), safe)[0])
+
+    try:
+        yield score
     finally:
         # compute_score takes scorer.lock without try/finally, so after an error this thread may still hold
         # it: take it if free, and release it either way, or Meteor.__del__ would block on it forever.
@@ -79,6 +82,12 @@ def meteor_score(refs: Mapping[object, list[str]], cands: Mapping[object, list[s
         process.kill()
         process.wait()
         scorer.lock.release()
+
+
+def meteor_score(refs: Mapping[object, list[str]], cands: Mapping[object, list[str]]) -> float:
+    """Corpus METEOR 1.5 of PTB-tokenized candidates (one per key) against their references (its own JVM)."""
+    with meteor_session() as score:
+        return score(refs, cands)
 
 
 def spice_availability(spice_dir: Path | None = None) -> tuple[bool, str]:
@@ -106,7 +115,7 @@ def caption_scores(
     references: Mapping[object, Sequence[str]],
     candidates: Mapping[object, str],
     *,
-    meteor: bool = False,
+    meteor: bool | Callable = False,
     spice: bool = False,
 ) -> CaptionScores:
     """BLEU-1..4, ROUGE-L and CIDEr (and optionally METEOR, SPICE) of one candidate per key against its references.
@@ -132,7 +141,8 @@ def caption_scores(
     scores["rouge_l"] = float(Rouge().compute_score(refs, cands)[0])
     scores["cider"] = float(Cider().compute_score(refs, cands)[0])
     if meteor:
-        scores["meteor"] = meteor_score(refs, cands)
+        # `meteor` may be a `meteor_session()` scorer: many calls then share one JVM
+        scores["meteor"] = meteor(refs, cands) if callable(meteor) else meteor_score(refs, cands)
     if spice:
         available, reason = spice_availability()
         if available:

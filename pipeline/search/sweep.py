@@ -19,8 +19,8 @@ from typing import Any
 import torch
 
 from pipeline.config import Params
-from pipeline.decoding import DraftOnlyDecoder, GrowingDraftLength, SelfSpeculativeDecoder
-from pipeline.evaluation.methods import caption_prompts, decoder_method, evaluate_methods, generate_method
+from pipeline.decoding import AutoregressiveDecoder, DraftOnlyDecoder, GrowingDraftLength, SelfSpeculativeDecoder
+from pipeline.evaluation.methods import caption_prompts, decoder_method, evaluate_methods
 from pipeline.models.fusion import build_fusion
 from pipeline.models.imitation import ImitationNetwork, ImitationNetworkConfig, as_draft_head, load_imitation, save_imitation
 from pipeline.search.trial_setup import TrialContext, load_for_trial
@@ -115,7 +115,7 @@ def sweep_trial(config: dict[str, Any], context: SweepContext) -> None:
     head = as_draft_head(network)
     prompts = caption_prompts(loaded.splits["val"], loaded.builder, backbone.image_processor, params.sweep.captions, params.sweep.descriptions)
     methods = {
-        "full": generate_method(model, eos),
+        "full": decoder_method(AutoregressiveDecoder(model), eos),  # same engine: the speed-up is the algorithm's
         "ssd": decoder_method(SelfSpeculativeDecoder(model, n, head, policy), eos),
         "draft": decoder_method(DraftOnlyDecoder(model, n, head), eos),
     }

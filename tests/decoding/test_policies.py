@@ -115,3 +115,20 @@ def test_growing_schedule_drives_longer_drafts_later():
     stats = decoder.generate(make_text_prompt(8), 40, []).stats
     assert len(stats.drafted_by_position) == 4
     assert stats.drafted_by_position[0] > stats.drafted_by_position[3] > 0
+
+
+def test_token_sources_say_which_tokens_the_draft_wrote():
+    import torch
+
+    from pipeline.decoding import SelfSpeculativeDecoder
+    from tests.decoding.models import FullModelHead, RandomHead, make_causal_lm, make_text_prompt
+
+    model, prompt = make_causal_lm(num_layers=4), make_text_prompt()
+    perfect = SelfSpeculativeDecoder(model, 2, head=FullModelHead(model, 2), draft_len=3).generate(prompt, 9, []).stats
+    # first token from prefill, then rounds of 3 accepted draft tokens + the verifier's bonus token
+    assert perfect.rounds == [(3, 3), (3, 3)] and perfect.token_sources() == ["verify"] + (["draft"] * 3 + ["verify"]) * 2
+    never = SelfSpeculativeDecoder(model, 2, head=RandomHead(model.config.hidden_size), draft_len=3).generate(prompt, 5, []).stats
+    assert never.token_sources() == ["verify"] * 5 and all(accepted == 0 for _, accepted in never.rounds)
+    merged = perfect.merge(never)
+    assert merged.rounds == perfect.rounds + never.rounds and isinstance(merged.rounds[0], tuple)
+    assert torch.is_tensor(prompt)

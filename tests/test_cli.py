@@ -1,0 +1,66 @@
+"""`python -m pipeline caption IMAGE`: the caption, the speed, which tokens the draft wrote; clean errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.cli import main
+from pipeline.models.imitation import ImitationNetwork, ImitationNetworkConfig, save_imitation
+from tests.search.conftest import tiny_repo  # noqa: F401 - the fixture
+from tests.training.conftest import TINY
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def repo(tiny_repo, monkeypatch):  # noqa: F811
+    monkeypatch.chdir(tiny_repo)
+    torch.manual_seed(0)
+    save_imitation(ImitationNetwork(ImitationNetworkConfig(hidden_size=TINY.hidden_size)), tiny_repo / "models/imitation/ce+cs+kd",
+                   {"draft_layers": 1, "variant": "ce+cs+kd"})
+    return tiny_repo
+
+
+def _image(repo: Path) -> Path:
+    return sorted((repo / "data/prepared/images").rglob("*.png"))[0]
+
+
+def test_ssd_prints_caption_speed_draft_tokens_and_identity(repo, capsys):
+    assert main(["caption", str(_image(repo)), "--draft-len", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "self-speculative: layers 0..0 + imitation network" in out and "tokens/s" in out
+    assert "tokens: " in out and "drafted and accepted" in out
+    assert "identical to the full model's" in out  # greedy SSD is lossless
+
+
+@pytest.mark.parametrize("method, expected", [("full", "full model (model.generate"), ("draft", "draft alone")])
+def test_other_methods(repo, capsys, method, expected):
+    assert main(["caption", str(_image(repo)), "--method", method, "--no-compare"]) == 0
+    assert expected in capsys.readouterr().out
+
+
+def test_vqa_needs_a_question(repo):
+    with pytest.raises(SystemExit):
+        main(["caption", str(_image(repo)), "--task", "vqa"])
+
+
+def test_missing_and_corrupt_images_are_clean_errors(repo, capsys):
+    assert main(["caption", "nowhere.png"]) == 2
+    assert "image file not found: nowhere.png" in capsys.readouterr().err
+    (repo / "broken.png").write_bytes(b"not a png")
+    assert main(["caption", str(repo / "broken.png")]) == 2
+    assert "cannot decode image" in capsys.readouterr().err
+    assert main(["caption", str(_image(repo)), "--method", "layerskip", "--layerskip", "none"]) == 2
+    assert "run `dvc repro train_baselines`" in capsys.readouterr().err
+
+
+def test_module_entry_point(repo):
+    done = subprocess.run([sys.executable, "-m", "pipeline", "caption", str(_image(repo)), "--no-compare"],
+                          capture_output=True, text=True, cwd=repo, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "tokens/s" in done.stdout
