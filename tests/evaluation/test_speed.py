@@ -44,7 +44,12 @@ def test_time_methods_times_every_method_on_every_prompt_and_keeps_first_outputs
 
     prompts = [{"n": 2}, {"n": 3}, {"n": 5}]
     timings = time_methods({"slow": slow, "fast": fast}, prompts, repeats=3, warmup_prompts=1)
-    assert calls == {"slow": 1 + 9, "fast": 1 + 9}  # warm-up on one prompt, then 3 repeats × 3 prompts
+    # the first method primes every prompt shape once; each warms up on one prompt; then 3 repeats × 3 prompts
+    assert calls == {"slow": 3 + 1 + 9, "fast": 1 + 9}
+    unprimed = {"slow": 0}
+    time_methods({"slow": lambda p: (unprimed.__setitem__("slow", unprimed["slow"] + 1), slow(p))[1]}, prompts, repeats=1,
+                 warmup_prompts=0, prime_all=False)
+    assert unprimed == {"slow": 3}
     for t in timings.values():
         assert t.outputs == [[0, 1], [0, 1, 2], [0, 1, 2, 3, 4]] and len(t.seconds) == 3
         assert t.new_tokens() == 10
