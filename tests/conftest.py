@@ -12,6 +12,16 @@ IMAGE_TOKEN_ID = 4
 VOCAB = 64
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: fastest for tiny models, and immune to a second spinning OpenMP thread stalling
+    every small op when other processes load the machine."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 def make_tiny_llava(text_model: str = "llama", *, num_layers: int = 4, num_kv_heads: int = 2, dtype=torch.float32):
     cfg = TinyLlavaConfig(
         text_model=text_model,

@@ -13,7 +13,6 @@ self-speculative decoder — the end-to-end acceptance rate and mean accepted le
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import lightning as L
@@ -30,7 +29,7 @@ from pipeline.models.adapter import adapter_for
 from pipeline.models.imitation import as_draft_head
 from pipeline.training import imitation_losses as losses
 from pipeline.training.datamodule import VLMDataModule
-from pipeline.training.trainer import build_trainer
+from pipeline.training.trainer import fit_module
 
 
 @dataclass
@@ -191,23 +190,6 @@ class ImitationResult:
     curve: list[dict[str, float]]
 
 
-class _Curve(L.Callback):
-    def __init__(self, print_every: int = 50) -> None:
-        self.rows: list[dict[str, float]] = []
-        self.print_every = print_every
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.is_global_zero and trainer.global_step % self.print_every == 0:
-            loss = float(trainer.callback_metrics.get("train/loss", float("nan")))
-            print(f"  step {trainer.global_step}/{trainer.max_steps} loss {loss:.3f}", flush=True)
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.is_global_zero and not trainer.sanity_checking:
-            row = {"step": trainer.global_step}
-            row.update({k.removeprefix("val/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
-            self.rows.append(row)
-
-
 class ValidationReporter(L.Callback):
     """Hands every validation's metrics to `report(step, metrics)`: how a Ray Tune trial reports to its
     scheduler (ASHA) without this module knowing about Ray."""
@@ -249,23 +231,12 @@ def fit_imitation(
     module = ImitationModule(
         model, head, fusion, cfg, draft_layers=draft_layers, loss_weights=loss_weights, joint_steps=joint_steps, val_prompts=prompts
     )
-    curve = _Curve()
-    trainer = build_trainer(
-        cfg,
-        val_check_interval=min(cfg.val_every_steps, cfg.max_steps),
-        callbacks=[curve, *(callbacks or [])],
-        checkpoint_dir=checkpoint_dir,
-        mlflow_uri=mlflow_uri,
-        mlflow_run_id=mlflow_run_id,
+    run = fit_module(
+        module, cfg, VLMDataModule(splits, builder, image_processor, cfg, seed),
+        callbacks=callbacks, checkpoint_dir=checkpoint_dir, mlflow_uri=mlflow_uri, mlflow_run_id=mlflow_run_id,
         progress_bar=progress_bar,
     )
-    data = VLMDataModule(splits, builder, image_processor, cfg, seed)
-    started = time.perf_counter()
-    trainer.fit(module, datamodule=data)
-    seconds = time.perf_counter() - started
     model.eval()
     head.eval()
-    final = curve.rows[-1] if curve.rows else {}
-    metrics = {f"val_{k}": v for k, v in final.items() if k != "step"}
-    metrics.update({"steps": float(trainer.global_step), "train_seconds": seconds, "joint_steps": float(joint_steps)})
-    return ImitationResult(metrics, curve.rows)
+    metrics = {**run.final_metrics, "steps": run.steps, "train_seconds": run.seconds, "joint_steps": float(joint_steps)}
+    return ImitationResult(metrics, run.curve)

@@ -39,8 +39,8 @@ from pipeline.data.prompts import PromptBuilder
 from pipeline.models.adapter import BackboneAdapter, adapter_for
 from pipeline.training import imitation_losses as losses
 from pipeline.training.datamodule import VLMDataModule
-from pipeline.training.trainer import build_trainer
-from pipeline.training.imitation import _Curve, decode_acceptance, validation_prompts
+from pipeline.training.trainer import fit_module
+from pipeline.training.imitation import decode_acceptance, validation_prompts
 
 
 def layer_dropout_rates(num_layers: int, p_max: float) -> list[float]:
@@ -204,23 +204,11 @@ def fit_layerskip(
     L.seed_everything(seed, workers=True, verbose=False)
     prompts = validation_prompts(splits["val"], builder, image_processor, cfg.val_decode_prompts)
     module = LayerSkipModule(model, cfg, draft_layers=draft_layers, seed=seed, val_prompts=prompts)
-    curve = _Curve()
-    trainer = build_trainer(
-        cfg,
-        val_check_interval=min(cfg.val_every_steps, cfg.max_steps),
-        callbacks=[curve, *(callbacks or [])],
-        mlflow_uri=mlflow_uri,
-        mlflow_run_id=mlflow_run_id,
-    )
-    data = VLMDataModule(splits, builder, image_processor, cfg, seed)
-    started = time.perf_counter()
-    trainer.fit(module, datamodule=data)
-    seconds = time.perf_counter() - started
+    run = fit_module(module, cfg, VLMDataModule(splits, builder, image_processor, cfg, seed),
+                     callbacks=callbacks, mlflow_uri=mlflow_uri, mlflow_run_id=mlflow_run_id)
     model.eval()
-    final = curve.rows[-1] if curve.rows else {}
-    metrics = {f"val_{k}": v for k, v in final.items() if k != "step"}
-    steps = float(trainer.global_step)
+    metrics = dict(run.final_metrics)
     timed = sorted(module.step_seconds[1:] or module.step_seconds)  # the first step pays one-off set-up costs
     per_step = timed[len(timed) // 2] if timed else float("nan")
-    metrics.update({"steps": steps, "train_seconds": seconds, "seconds_per_step": per_step, "layers_dropped": float(module.layers_dropped)})
-    return LayerSkipResult(metrics, curve.rows)
+    metrics.update({"steps": run.steps, "train_seconds": run.seconds, "seconds_per_step": per_step, "layers_dropped": float(module.layers_dropped)})
+    return LayerSkipResult(metrics, run.curve)

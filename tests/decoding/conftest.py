@@ -2,12 +2,8 @@
 when other processes load the machine (a second spinning OpenMP thread then stalls on every small op)."""
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(saved)

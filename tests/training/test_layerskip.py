@@ -22,12 +22,7 @@ from pipeline.training.layerskip import (
 from tests.training.conftest import TINY
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_dropout_rates_grow_linearly_with_depth_and_exit_weights_sum_to_the_scale():
