@@ -203,6 +203,8 @@ class ImitationConfig(StrictModel):
     architecture: ImitationArchitecture = ImitationArchitecture()
     fusion: Literal["average", "concat", "attention"] = "average"
     fusion_layers: int = Field(4, ge=1)
+    # The fusion table (paper Table 5): a ce+cs+kd head per strategy listed; `fusion` itself reuses the ce+cs+kd variant's head
+    fusion_comparison: list[Literal["average", "concat", "attention"]] = ["average", "concat", "attention"]
     variants: list[Literal["ce", "ce+cs", "ce+cs+kd"]] = ["ce", "ce+cs", "ce+cs+kd"]
     weights: LossWeights = LossWeights()  # λ of each term where its variant uses it
     temperature: float = Field(2.0, gt=0)
@@ -230,6 +232,20 @@ class ImitationConfig(StrictModel):
         if not value or len(set(value)) != len(value):
             raise ValueError("variants must list at least one of ce, ce+cs, ce+cs+kd, each once")
         return value
+
+    @field_validator("fusion_comparison")
+    @classmethod
+    def _each_fusion_once(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("fusion_comparison must list each fusion (average, concat, attention) at most once")
+        return value
+
+    @model_validator(mode="after")
+    def _fusion_needs_cosine(self) -> "ImitationConfig":
+        # the fusion only shapes the cosine target: with λ_cs = 0 every row of the table would be the same head
+        if self.fusion_comparison and self.weights.cs == 0:
+            raise ValueError("fusion_comparison compares cosine targets, but weights.cs is 0; set weights.cs > 0 or fusion_comparison: []")
+        return self
 
 
 class LayerSkipConfig(StrictModel):

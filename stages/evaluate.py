@@ -3,7 +3,8 @@ process, so every speed-up is a ratio measured in one run on one machine.
 
 Methods: the full model (decoded token by token by our engine: the reference), `model.generate`; the draft alone without / with the imitation
 network; Draft & Verify (the searched skip set); LayerSkip (its backbone, early-exit self-speculation); ours
-with each loss variant; ours with the growing d schedule; the mixed-schedule model; and ours (ce+cs+kd) at
+with each loss variant; ours with the growing d schedule; the mixed-schedule model; ours (ce+cs+kd) and its draft alone
+with each other fusion of `imitation.fusion_comparison` (the fusion table); and ours (ce+cs+kd) at
 every d of `evaluate.draft_lens` (speed-up by d, paper Fig. 9).
 
 Outputs: `metrics/evaluate.json` (per method: speed-up, tokens/s, acceptance, τ, verification calls, share
@@ -24,6 +25,7 @@ from pipeline.config import Params
 from pipeline.data.examples import load_prepared
 from pipeline.data.prompts import PromptBuilder
 from pipeline.decoding import AutoregressiveDecoder, ConfidenceStop, DraftAndVerifyDecoder, DraftOnlyDecoder, GrowingDraftLength, SelfSpeculativeDecoder
+from pipeline.errors import ModelLoadError
 from pipeline.evaluation.caption_metrics import meteor_session
 from pipeline.evaluation.methods import caption_prompts, decoder_method, evaluate_methods, generate_method, vqa_prompts
 from pipeline.io import atomic_write_csv, atomic_write_json
@@ -41,6 +43,19 @@ ACCEPTANCE_PLOT = Path("plots/acceptance_by_position.csv")
 SPEEDUP_PLOT = Path("plots/speedup_by_d.csv")
 FULL = "full model"
 MAIN = "ours (ce+cs+kd)"
+
+
+def fusion_heads(params: Params, heads: dict) -> dict[str, str]:
+    """Fusion strategy → the head trained with it for the fusion table; the main fusion's rows are ours (ce+cs+kd)."""
+    cfg = params.imitation
+    found = {}
+    for kind in cfg.fusion_comparison:
+        name = f"fusion-{kind}"
+        if name in heads:
+            found[kind] = name
+        elif kind != cfg.fusion or "ce+cs+kd" not in heads:
+            raise ModelLoadError(f"{IMITATION / name}: the fusion table's {kind} head is missing; run `dvc repro train_imitation`")
+    return found
 
 
 def build_methods(params: Params, model, eos: int) -> tuple[dict, dict, dict]:
@@ -69,6 +84,10 @@ def build_methods(params: Params, model, eos: int) -> tuple[dict, dict, dict]:
         if variant in heads:
             methods[f"ours ({variant})"] = decoder_method(SelfSpeculativeDecoder(model, n, heads[variant][0], d), eos)
     methods["ours, growing d"] = decoder_method(SelfSpeculativeDecoder(model, n, main_head, growing), eos)
+    for kind, name in fusion_heads(params, heads).items():
+        head = heads[name][0]
+        methods[f"{MAIN}, {kind} fusion"] = decoder_method(SelfSpeculativeDecoder(model, n, head, d), eos)
+        methods[f"draft with imitation, {kind} fusion"] = decoder_method(DraftOnlyDecoder(model, n, head), eos)
     for length in params.evaluate.draft_lens:
         if length != d:
             methods[f"{MAIN} d={length}"] = decoder_method(SelfSpeculativeDecoder(model, n, main_head, length), eos)
@@ -82,7 +101,7 @@ def build_methods(params: Params, model, eos: int) -> tuple[dict, dict, dict]:
         methods["mixed schedule: its full model"] = decoder_method(AutoregressiveDecoder(mixed), eos)
         methods["ours, mixed schedule"] = decoder_method(SelfSpeculativeDecoder(mixed, n, heads["mixed"][0], d), eos)
         identity["ours, mixed schedule"] = "mixed schedule: its full model"
-    info = {"draft_layers": n, "draft_len": d, "growing": params.decoding.growing.model_dump(),
+    info = {"draft_layers": n, "draft_len": d, "fusion": params.imitation.fusion, "growing": params.decoding.growing.model_dump(),
             "draft_verify": {k: found[k] for k in ("skip_layers", "threshold")}}
     return methods, identity, info
 
@@ -110,7 +129,7 @@ def main(params: Params) -> None:
                 flat.update({f"speedup_{task}": v for task, v in row["speedup_by_task"].items()})
                 tracking.log_metrics(flat)
         acceptance = [{"method": name, "position": i + 1, "acceptance": rate}
-                      for name, row in results.items() if name.startswith("ours") and "d=" not in name
+                      for name, row in results.items() if name.startswith("ours") and "d=" not in name and "fusion" not in name
                       for i, rate in enumerate(row.get("acceptance_by_position", []))]
         by_d = sorted(((info["draft_len"] if name == MAIN else int(name.split("d=")[1]), row) for name, row in results.items()
                        if name == MAIN or name.startswith(f"{MAIN} d=")), key=lambda p: p[0])

@@ -78,3 +78,14 @@ def test_baselines_section_is_validated():
                   "baselines.draft_verify.acceptance_floor", "baselines.draft_verify.max_skipped"):
         assert field in message, field
     assert parse_params({"baselines": {"layerskip": {"draft_layers": 3}}}).baselines.layerskip.draft_layers == 3
+
+
+def test_fusion_table_settings_are_validated():
+    with pytest.raises(ConfigError, match="imitation.fusion_comparison") as info:
+        parse_params({"imitation": {"fusion_comparison": ["concat", "concat"]}})
+    assert "at most once" in str(info.value)
+    with pytest.raises(ConfigError, match="weights.cs is 0"):
+        parse_params({"imitation": {"weights": {"cs": 0.0}}})
+    with pytest.raises(ConfigError, match="fusion_comparison"):
+        parse_params({"imitation": {"fusion_comparison": ["max"]}})
+    assert parse_params({"imitation": {"weights": {"cs": 0.0}, "fusion_comparison": []}}).imitation.fusion_comparison == []

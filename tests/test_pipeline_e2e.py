@@ -100,6 +100,9 @@ def test_repro_runs_both_stages_and_writes_outputs(workspace):
         assert (work / "models/imitation" / variant / "model.safetensors").exists()
         assert 0 <= imitation[variant]["val_acceptance_rate"] <= 1
     assert (work / "models/mixed_backbone/config.json").exists()
+    for kind in ("concat", "attention"):  # the fusion table's heads: full loss, the other fusions
+        assert imitation[f"fusion-{kind}"]["fusion"] == kind and imitation[f"fusion-{kind}"]["variant"] == "ce+cs+kd"
+        assert (work / "models/imitation" / f"fusion-{kind}" / "model.safetensors").exists()
     assert "Running stage 'train_baselines'" in log
     assert (work / "models/layerskip/config.json").exists() and (work / "models/layerskip/model.safetensors").exists()
     draft_verify = json.loads((work / "models/draft_verify.json").read_text())
@@ -128,13 +131,17 @@ def test_repro_runs_both_stages_and_writes_outputs(workspace):
     for method in ("full model", "draft without imitation", "draft with imitation", "Draft & Verify", "LayerSkip",
                    "ours (ce)", "ours (ce+cs+kd)", "ours, growing d", "ours, mixed schedule", "ours (ce+cs+kd) d=1"):
         assert method in evaluation, method
-    for method in ("ours (ce)", "ours (ce+cs+kd)", "ours, growing d", "LayerSkip", "ours, mixed schedule", "Draft & Verify"):
+    for method in ("ours (ce)", "ours (ce+cs+kd)", "ours, growing d", "LayerSkip", "ours, mixed schedule", "Draft & Verify",
+                   "ours (ce+cs+kd), concat fusion", "ours (ce+cs+kd), attention fusion"):
         assert evaluation[method]["identical_share"] == 1.0, method
+    assert "draft with imitation, attention fusion" in evaluation
     tasks = evaluation["full model"]["tasks"]
     assert {"bleu1", "bleu4", "meteor", "rouge_l", "cider"} <= set(tasks["caption"]) and "vqa_accuracy" in tasks["vqa"]
     assert "spice" in tasks["caption"] or "spice_unavailable" in tasks["caption"]
     report = (work / "reports/results.md").read_text()
     assert "## Table 1" in report and "| ours (ce+cs+kd) |" in report and "## VQA" in report and "## Draft layers n" in report
+    fusion_table = report.split("## Fusion strategies")[1]
+    assert all(f"| {kind} |" in fusion_table for kind in ("average", "concat", "attention"))
     for figure in ("acceptance_by_position.png", "speedup_by_d.png", "sweep_pareto.png", "layer_reward.png"):
         assert (work / "reports/figures" / figure).stat().st_size > 0 and figure in report, figure
 

@@ -50,6 +50,12 @@ class AttentionPoolFusion(nn.Module):
         return (weights * stacked).sum(dim=-2)
 
 
+def fused_layer_count(fusion_layers: int, num_layers: int, draft_layers: int) -> int:
+    """How many states the fusion receives: the last `fusion_layers` outputs of the deep layers n..L-1, so at
+    most L − n (a trainable fusion's shape depends on it)."""
+    return max(1, min(fusion_layers, num_layers - draft_layers))
+
+
 def build_fusion(kind: str, hidden_size: int, num_states: int = 4) -> nn.Module:
     if kind == "average":
         return AverageFusion()

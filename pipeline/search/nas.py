@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from pipeline.evaluation.flops import per_token_flops
-from pipeline.models.fusion import build_fusion
+from pipeline.models.fusion import build_fusion, fused_layer_count
 from pipeline.models.imitation import ImitationNetwork, ImitationNetworkConfig
 from pipeline.search.trial_setup import TrialContext, load_for_trial
 from pipeline.training.imitation import ValidationReporter, fit_imitation
@@ -76,7 +76,7 @@ def nas_trial(config: dict[str, Any], context: TrialContext) -> None:
         "accelerator": "auto" if torch.cuda.is_available() else "cpu",
     })
     weights = {k: v * getattr(imitation.weights, k) for k, v in VARIANTS["ce+cs+kd"].items()}
-    fusion = build_fusion(imitation.fusion, adapter.hidden_size, imitation.fusion_layers)
+    fusion = build_fusion(imitation.fusion, adapter.hidden_size, fused_layer_count(imitation.fusion_layers, adapter.num_layers, n))
     fit_imitation(
         backbone.model, head, fusion, loaded.builder, backbone.image_processor, loaded.splits, cfg,
         draft_layers=n, loss_weights=weights, seed=params.seed, callbacks=[ValidationReporter(report)], progress_bar=False,

@@ -21,7 +21,7 @@ import torch
 from pipeline.config import Params
 from pipeline.decoding import AutoregressiveDecoder, DraftOnlyDecoder, GrowingDraftLength, SelfSpeculativeDecoder
 from pipeline.evaluation.methods import caption_prompts, decoder_method, evaluate_methods
-from pipeline.models.fusion import build_fusion
+from pipeline.models.fusion import build_fusion, fused_layer_count
 from pipeline.models.imitation import ImitationNetwork, ImitationNetworkConfig, as_draft_head, load_imitation, save_imitation
 from pipeline.search.trial_setup import TrialContext, load_for_trial
 from pipeline.training.imitation import fit_imitation
@@ -85,7 +85,7 @@ def obtain_head(n: int, weights: dict[str, float], context: SweepContext, loaded
         hidden = backbone.adapter.hidden_size
         torch.manual_seed(params.seed)
         head = ImitationNetwork(ImitationNetworkConfig(hidden_size=hidden, **context.architecture))
-        fusion = build_fusion(params.imitation.fusion, hidden, params.imitation.fusion_layers)
+        fusion = build_fusion(params.imitation.fusion, hidden, fused_layer_count(params.imitation.fusion_layers, backbone.adapter.num_layers, n))
         cfg = params.imitation.model_copy(update={
             "max_steps": params.sweep.train_steps,
             "val_every_steps": params.sweep.train_steps,
@@ -153,8 +153,8 @@ def reusable_heads(imitation_dir: Path, params: Params, architecture: dict[str, 
             continue
         extra = json.loads(config_file.read_text())
         arch = extra.get("architecture", {})
-        if extra.get("mixed") or extra.get("variant") not in VARIANTS:
-            continue
+        if extra.get("mixed") or extra.get("variant") not in VARIANTS or extra.get("fusion", params.imitation.fusion) != params.imitation.fusion:
+            continue  # the sweep's heads use imitation.fusion: the fusion table's other heads are not its (n, λ) head
         if any(arch.get(k) != v for k, v in architecture.items()):
             continue
         weights = loss_weights(extra["variant"], params)
@@ -163,6 +163,6 @@ def reusable_heads(imitation_dir: Path, params: Params, architecture: dict[str, 
 
 
 def heads_fingerprint(params: Params, architecture: dict[str, Any], model_fingerprint: str) -> str:
-    settings = {"imitation": params.imitation.model_dump(exclude={"architecture", "draft_layers", "variants"}),
+    settings = {"imitation": params.imitation.model_dump(exclude={"architecture", "draft_layers", "variants", "fusion_comparison"}),
                 "steps": params.sweep.train_steps, "seed": params.seed, "arch": architecture, "model": model_fingerprint}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]

@@ -104,3 +104,18 @@ def test_attention_head_trains_on_after_validation_decoding(tiny_data):
                            draft_layers=2, loss_weights={"ce": 1.0, "cs": 0.0, "kd": 1.0})
     assert result.metrics["steps"] == 6
     assert len(result.curve) == 3 and all("acceptance_rate" in row for row in result.curve)
+
+
+@pytest.mark.parametrize("kind", ["concat", "attention"])
+def test_trainable_fusion_fits_a_draft_deeper_than_the_fused_layers(tiny_data, kind):
+    # n = 2 of L = 4 leaves two deep layers: a concat fusion sized for fusion_layers = 4 would not fit its input
+    from pipeline.models.fusion import fused_layer_count
+
+    backbone, builder, cfg, head, _, splits = _setup(tiny_data, steps=3, val_decode_prompts=0)
+    assert cfg.fusion_layers == 4 and fused_layer_count(cfg.fusion_layers, TINY.num_layers, 2) == 2
+    fusion = build_fusion(kind, TINY.hidden_size, fused_layer_count(cfg.fusion_layers, TINY.num_layers, 2))
+    before = [p.clone() for p in fusion.parameters()]
+    result = fit_imitation(backbone.model, head, fusion, builder, backbone.image_processor, splits, cfg,
+                           draft_layers=2, loss_weights={"ce": 1.0, "cs": 1.0, "kd": 1.0})
+    assert result.metrics["steps"] == 3 and 0 <= result.metrics["val_cs"] <= 2
+    assert any(not torch.equal(a, b) for a, b in zip(before, fusion.parameters()))  # the fusion trains with the head
