@@ -220,6 +220,7 @@ class ImitationConfig(StrictModel):
     val_every_steps: int = Field(75, ge=1)
     val_batches: int = Field(2, ge=1)
     val_decode_prompts: int = Field(8, ge=0)  # validation prompts decoded by SSD to log acceptance
+    parallel_heads: int | Literal["auto"] = "auto"  # heads trained at once in worker processes; auto: one per 2 cores on CPU, 1 otherwise
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "cpu"
     devices: int | Literal["auto"] = 1
     strategy: str = "auto"
@@ -245,6 +246,14 @@ class ImitationConfig(StrictModel):
         # the fusion only shapes the cosine target: with λ_cs = 0 every row of the table would be the same head
         if self.fusion_comparison and self.weights.cs == 0:
             raise ValueError("fusion_comparison compares cosine targets, but weights.cs is 0; set weights.cs > 0 or fusion_comparison: []")
+        return self
+
+    @model_validator(mode="after")
+    def _parallel_heads(self) -> "ImitationConfig":
+        if self.parallel_heads != "auto" and self.parallel_heads < 1:
+            raise ValueError("parallel_heads must be auto or ≥ 1")
+        if self.parallel_heads not in ("auto", 1) and self.devices != 1:
+            raise ValueError("parallel_heads > 1 trains heads in separate processes; with several devices (DDP) use parallel_heads: 1")
         return self
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -168,6 +169,38 @@ def nested_run(name: str, params: Mapping[str, Any] | None = None, tags: Mapping
         if params:
             mlflow.log_params({k: str(v)[:6000] for k, v in flatten(params).items()})
         yield run
+
+
+def open_child_run(name: str, params: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None) -> str | None:
+    """A child run of the active stage run that stays open for another process to log into (Lightning's
+    MLflow logger in a worker, by run id); `close_child_run` ends it. None outside a stage run."""
+    if not is_rank_zero():
+        return None
+    import mlflow
+
+    parent = mlflow.active_run()
+    if parent is None:
+        return None
+    client = mlflow.MlflowClient(tracking_uri())
+    stage = client.get_run(parent.info.run_id).data.tags.get("dvc_stage", "")
+    run = client.create_run(parent.info.experiment_id, run_name=name,
+                            tags={"mlflow.parentRunId": parent.info.run_id, "dvc_stage": stage, "variant": name, **(tags or {})})
+    for key, value in flatten(params or {}).items():
+        client.log_param(run.info.run_id, key, str(value)[:6000])
+    return run.info.run_id
+
+
+def close_child_run(run_id: str | None, metrics: Mapping[str, float] | None = None, failed: bool = False) -> None:
+    if run_id is None:
+        return
+    import mlflow
+    from mlflow.entities import Metric
+
+    client = mlflow.MlflowClient(tracking_uri())
+    now = int(time.time() * 1000)
+    if metrics:
+        client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+    client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
 
 
 def experiment_name() -> str | None:

@@ -1,5 +1,5 @@
-"""The fusion table (paper Table 5) from training plan to report: which heads are trained, which the sweep may
-reuse, which rows evaluate builds and how the report tabulates them."""
+"""The fusion table (paper Table 5) after training: which heads the sweep may reuse, which rows evaluate builds
+and how the report tabulates them (the training plan: tests/test_train_imitation_plan.py)."""
 
 from __future__ import annotations
 
@@ -11,22 +11,7 @@ from pipeline.models.imitation import ImitationNetwork, ImitationNetworkConfig, 
 from pipeline.search.sweep import head_key, loss_weights, reusable_heads
 from stages.evaluate import fusion_heads
 from stages.report import fusion_rows, table_fusion
-from stages.train_imitation import training_plan
 from tests.test_report import _method
-
-
-def test_training_plan_adds_one_full_loss_head_per_other_fusion():
-    cfg = parse_params({"imitation": {"fusion": "average", "variants": ["ce", "ce+cs+kd"]}}).imitation
-    assert training_plan(cfg) == [
-        ("ce", "ce", "average", False), ("ce+cs+kd", "ce+cs+kd", "average", False),
-        ("fusion-concat", "ce+cs+kd", "concat", False), ("fusion-attention", "ce+cs+kd", "attention", False),
-        ("mixed", "ce+cs+kd", "average", True),
-    ]
-    # without a ce+cs+kd variant, the main fusion's table row needs its own head
-    cfg = parse_params({"imitation": {"variants": ["ce"], "fusion_comparison": ["average", "concat"]}}).imitation
-    assert [name for name, *_ in training_plan(cfg)] == ["ce", "fusion-average", "fusion-concat", "mixed"]
-    cfg = parse_params({"imitation": {"fusion_comparison": []}}).imitation
-    assert [name for name, *_ in training_plan(cfg)] == ["ce", "ce+cs", "ce+cs+kd", "mixed"]
 
 
 def test_the_sweep_never_reuses_a_head_trained_with_another_fusion(tmp_path):

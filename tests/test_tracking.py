@@ -56,3 +56,36 @@ def test_resumed_search_closes_the_trial_runs_an_interruption_left_running(tmp_p
     assert client.get_run(cut_off.info.run_id).info.status == "KILLED"
     assert client.get_run(finished.info.run_id).info.status == "FINISHED"
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+
+
+def test_child_run_opened_for_a_worker_is_nested_logged_and_closed(monkeypatch, tmp_path):
+    import multiprocessing
+
+    import mlflow
+
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking.open_child_run("orphan") is None  # no stage run: nothing to nest under
+    with tracking.stage_run("train_imitation", "exp", {}) as parent:
+        ok = tracking.open_child_run("ce", {"loss_weights": {"ce": 1.0}}, tags={"kind": "head"})
+        bad = tracking.open_child_run("mixed")
+        # another process logs into the open run by id, as Lightning's MLflow logger does in a worker
+        worker = multiprocessing.get_context("spawn").Process(target=_log_step, args=(tracking.tracking_uri(), ok))
+        worker.start()
+        worker.join(60)
+        assert worker.exitcode == 0
+        tracking.close_child_run(ok, {"val_agreement": 0.5})
+        tracking.close_child_run(bad, failed=True)
+    client = mlflow.MlflowClient(tracking.tracking_uri())
+    run = client.get_run(ok)
+    assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id and run.data.tags["dvc_stage"] == "train_imitation"
+    assert run.data.tags["kind"] == "head" and run.data.params["loss_weights.ce"] == "1.0"
+    assert run.data.metrics == {"train/loss": 2.0, "val_agreement": 0.5} and run.info.status == "FINISHED"
+    assert client.get_run(bad).info.status == "FAILED"
+
+
+def _log_step(uri: str, run_id: str) -> None:
+    import mlflow
+
+    mlflow.MlflowClient(uri).log_metric(run_id, "train/loss", 2.0, step=1)

@@ -163,6 +163,6 @@ def reusable_heads(imitation_dir: Path, params: Params, architecture: dict[str, 
 
 
 def heads_fingerprint(params: Params, architecture: dict[str, Any], model_fingerprint: str) -> str:
-    settings = {"imitation": params.imitation.model_dump(exclude={"architecture", "draft_layers", "variants", "fusion_comparison"}),
+    settings = {"imitation": params.imitation.model_dump(exclude={"architecture", "draft_layers", "variants", "fusion_comparison", "parallel_heads"}),
                 "steps": params.sweep.train_steps, "seed": params.seed, "arch": architecture, "model": model_fingerprint}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
