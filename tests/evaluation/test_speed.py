@@ -60,6 +60,29 @@ def test_time_methods_times_every_method_on_every_prompt_and_keeps_first_outputs
     assert timings["slow"].latency([0]) > timings["slow"].latency([2])  # fewer tokens over the same sleep
 
 
+def test_time_methods_interleaves_methods_per_prompt_so_drift_hits_all_alike():
+    order = []
+
+    def method(name):
+        return lambda prompt: (order.append((name, prompt["n"])), (torch.arange(prompt["n"]), None))[1]
+
+    prompts = [{"n": 1}, {"n": 2}]
+    time_methods({"a": method("a"), "b": method("b")}, prompts, repeats=2, warmup_prompts=0, prime_all=False)
+    assert order == [("a", 1), ("b", 1), ("b", 2), ("a", 2)] * 2
+
+    # a machine that slows down steadily: with methods outermost the last would look 2.7× slower, with a fixed
+    # order per prompt 1.17×
+    clock = {"now": 0.0}
+
+    def drifting(prompt):
+        clock["now"] += 1.0
+        time.sleep(0.001 * clock["now"])
+        return torch.arange(4), None
+
+    timings = time_methods({"first": drifting, "last": drifting}, [{"n": 4}] * 6, repeats=1, warmup_prompts=0, prime_all=False)
+    assert timings["last"].latency() / timings["first"].latency() == pytest.approx(1.0, abs=0.06)
+
+
 def test_time_methods_rejects_nonsense():
     with pytest.raises(ValueError, match="repeats"):
         time_methods({"m": lambda p: (torch.zeros(1), None)}, [{}], repeats=0)
