@@ -38,7 +38,7 @@ from pipeline.models.fusion import build_fusion, fused_layer_count
 from pipeline.models.imitation import ImitationNetwork, ImitationNetworkConfig, architecture_spec, save_imitation
 from pipeline.models.loading import load_backbone, save_backbone
 from pipeline.training.imitation import decode_acceptance, fit_imitation, validation_prompts
-from pipeline.training.imitation_losses import VARIANTS
+from pipeline.training.imitation_losses import variant_weights
 from stages._common import run_stage
 
 FINETUNED = Path("models/finetuned")
@@ -93,6 +93,7 @@ def worker_layout(setting: int | str, heads: int, accelerator: str) -> tuple[int
 class HeadJob:
     name: str
     variant: str
+    loss_weights: dict[str, float]
     fusion: str
     mixed: bool
     params: dict[str, Any]  # Params.model_dump(): plain data, so the job pickles into a worker
@@ -114,7 +115,7 @@ def train_head(job: HeadJob) -> dict[str, Any]:
     adapter, n = backbone.adapter, job.draft_layers
     builder = PromptBuilder(backbone.tokenizer, params.data.prompts, adapter.image_token_id, adapter.num_image_tokens)
     before = None if job.mixed else weights_fingerprint(backbone.model)
-    weights = {k: v * getattr(cfg.weights, k) for k, v in VARIANTS[job.variant].items()}
+    weights = job.loss_weights
     torch.manual_seed(params.seed)
     head = ImitationNetwork(ImitationNetworkConfig(**job.architecture))
     fusion = build_fusion(job.fusion, adapter.hidden_size, fused_layer_count(cfg.fusion_layers, adapter.num_layers, n))
@@ -172,9 +173,9 @@ def main(params: Params) -> None:
         results["no_imitation"] = {"val_acceptance_rate": early.acceptance_rate, "val_mean_accepted_length": early.mean_accepted_length}
         jobs = []
         for name, variant, fusion_kind, mixed in plan:
-            weights = {k: v * getattr(cfg.weights, k) for k, v in VARIANTS[variant].items()}
+            weights = variant_weights(variant, cfg.weights)
             run_id = tracking.open_child_run(name, {"loss_weights": weights, "fusion": fusion_kind, "mixed": mixed, "draft_layers": n})
-            jobs.append(HeadJob(name, variant, fusion_kind, mixed, params.model_dump(), n, asdict(arch), threads,
+            jobs.append(HeadJob(name, variant, weights, fusion_kind, mixed, params.model_dump(), n, asdict(arch), threads,
                                 tracking.tracking_uri(), run_id, progress_bar=workers == 1))
         print(f"train_imitation: {len(jobs)} heads in {workers} process(es) × {threads} thread(s)")
         try:

@@ -23,7 +23,7 @@ from pipeline.models.fusion import build_fusion, fused_layer_count
 from pipeline.models.imitation import ImitationNetwork, ImitationNetworkConfig
 from pipeline.search.trial_setup import TrialContext, load_for_trial
 from pipeline.training.imitation import ValidationReporter, fit_imitation
-from pipeline.training.imitation_losses import VARIANTS
+from pipeline.training.imitation_losses import variant_weights
 
 # Keys a NAS search space may name: the architecture fields (hidden_size is the backbone's)
 ARCHITECTURE_KEYS = {f.name for f in dataclasses.fields(ImitationNetworkConfig)} - {"hidden_size"}
@@ -75,7 +75,7 @@ def nas_trial(config: dict[str, Any], context: TrialContext) -> None:
         "warmup_steps": min(imitation.warmup_steps, max(0, nas.max_steps // 4)),
         "accelerator": "auto" if torch.cuda.is_available() else "cpu",
     })
-    weights = {k: v * getattr(imitation.weights, k) for k, v in VARIANTS["ce+cs+kd"].items()}
+    weights = variant_weights("ce+cs+kd", imitation.weights)
     fusion = build_fusion(imitation.fusion, adapter.hidden_size, fused_layer_count(imitation.fusion_layers, adapter.num_layers, n))
     fit_imitation(
         backbone.model, head, fusion, loaded.builder, backbone.image_processor, loaded.splits, cfg,

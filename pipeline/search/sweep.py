@@ -25,7 +25,7 @@ from pipeline.models.fusion import build_fusion, fused_layer_count
 from pipeline.models.imitation import ImitationNetwork, ImitationNetworkConfig, as_draft_head, load_imitation, save_imitation
 from pipeline.search.trial_setup import TrialContext, load_for_trial
 from pipeline.training.imitation import fit_imitation
-from pipeline.training.imitation_losses import VARIANTS
+from pipeline.training.imitation_losses import VARIANTS, variant_weights
 
 SPACE_KEYS = {"draft_layers", "loss", "draft_len"}
 REPORTED = ["speedup", "acceptance_rate", "mean_accepted_length", "verify_calls", "tokens_per_second",
@@ -38,7 +38,7 @@ def loss_weights(loss: str | dict, params: Params) -> dict[str, float]:
     if isinstance(loss, str):
         if loss not in VARIANTS:
             raise ValueError(f"unknown loss variant {loss!r} (one of {sorted(VARIANTS)} or {{ce: .., cs: .., kd: ..}})")
-        return {k: v * getattr(params.imitation.weights, k) for k, v in VARIANTS[loss].items()}
+        return variant_weights(loss, params.imitation.weights)
     unknown = set(loss) - {"ce", "cs", "kd"}
     if unknown or not loss:
         raise ValueError(f"loss weights must name ce, cs, kd; got {loss!r}")

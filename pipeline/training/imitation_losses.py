@@ -23,6 +23,11 @@ VARIANTS = {
 }
 
 
+def variant_weights(variant: str, weights) -> dict[str, float]:
+    """λ of each term for a named variant, scaled by `weights` (imitation.weights: ce, cs, kd)."""
+    return {k: v * getattr(weights, k) for k, v in VARIANTS[variant].items()}
+
+
 def shifted_mask(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Positions t whose next token labels[t + 1] is scored, and those next tokens."""
     targets = labels[:, 1:]

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import ImitationConfig, ModelConfig, PromptConfig
+from pipeline.config import ImitationConfig, LossWeights, ModelConfig, PromptConfig
 from pipeline.data.prompts import PromptBuilder
 from pipeline.models.fusion import build_fusion
 from pipeline.models.imitation import ImitationNetwork, ImitationNetworkConfig
@@ -31,6 +31,7 @@ def test_losses_against_known_values():
     assert losses.distillation(logits, torch.randn(2, 5, 7), labels) > 0
     assert losses.agreement(logits, logits, labels) == 1.0
     assert losses.VARIANTS["ce+cs"] == {"ce": 1.0, "cs": 1.0, "kd": 0.0}
+    assert losses.variant_weights("ce+cs", LossWeights(ce=2.0, cs=0.5, kd=3.0)) == {"ce": 2.0, "cs": 0.5, "kd": 0.0}
 
 
 def _setup(tiny_data, steps: int, **overrides):
