@@ -234,6 +234,12 @@ class ImitationConfig(StrictModel):
             raise ValueError("variants must list at least one of ce, ce+cs, ce+cs+kd, each once")
         return value
 
+    def fusion_table_heads(self) -> dict[str, str]:
+        """Fusion → the ce+cs+kd head of the fusion table trained with it (a folder of models/imitation and a key of
+        metrics/imitation.json): the ce+cs+kd variant for `fusion` itself when that variant is trained, else fusion-<kind>."""
+        return {kind: "ce+cs+kd" if kind == self.fusion and "ce+cs+kd" in self.variants else f"fusion-{kind}"
+                for kind in self.fusion_comparison}
+
     @field_validator("fusion_comparison")
     @classmethod
     def _each_fusion_once(cls, value: list[str]) -> list[str]:

@@ -46,15 +46,15 @@ MAIN = "ours (ce+cs+kd)"
 
 
 def fusion_heads(params: Params, heads: dict) -> dict[str, str]:
-    """Fusion strategy → the head trained with it for the fusion table; the main fusion's rows are ours (ce+cs+kd)."""
-    cfg = params.imitation
+    """Fusion strategy → the head trained with it for the fusion table, for the fusions whose rows are not
+    already ours (ce+cs+kd)."""
     found = {}
-    for kind in cfg.fusion_comparison:
-        name = f"fusion-{kind}"
-        if name in heads:
-            found[kind] = name
-        elif kind != cfg.fusion or "ce+cs+kd" not in heads:
+    for kind, name in params.imitation.fusion_table_heads().items():
+        if name == "ce+cs+kd":
+            continue
+        if name not in heads:
             raise ModelLoadError(f"{IMITATION / name}: the fusion table's {kind} head is missing; run `dvc repro train_imitation`")
+        found[kind] = name
     return found
 
 

@@ -74,13 +74,14 @@ def table_n(sweep_rows: list[dict]) -> str:
                            "draft cost ratio"], rows)
 
 
-def fusion_rows(methods: dict, imitation: dict, main_fusion: str, comparison: list[str]) -> list[dict]:
-    """Per fusion strategy: its ce+cs+kd head's SSD row, draft-alone row and validation metrics (None when absent)."""
+def fusion_rows(methods: dict, imitation: dict, heads: dict[str, str]) -> list[dict]:
+    """Per fusion strategy (`heads`: fusion → head, `ImitationConfig.fusion_table_heads`): its ce+cs+kd head's SSD
+    row, draft-alone row and validation metrics; fusions not evaluated are left out."""
     rows = []
-    for kind in comparison:
-        main = kind == main_fusion and f"fusion-{kind}" not in imitation
+    for kind, head in heads.items():
+        main = head == "ce+cs+kd"
         ssd, draft = (MAIN, "draft with imitation") if main else (f"{MAIN}, {kind} fusion", f"draft with imitation, {kind} fusion")
-        val = imitation.get("ce+cs+kd" if main else f"fusion-{kind}")
+        val = imitation.get(head)
         if ssd in methods and draft in methods and val:
             rows.append({"fusion": kind, "ssd": methods[ssd], "draft": methods[draft], "val": val})
     return rows
@@ -165,7 +166,7 @@ def main(params: Params) -> None:
                   markdown_table(["variant", "val agreement", "val acceptance", "val τ"],
                                  [[v, imitation[v].get("val_agreement"), imitation[v].get("val_acceptance_rate"),
                                    imitation[v].get("val_mean_accepted_length")] for v in variants])]
-    fusions = fusion_rows(methods, imitation, evaluation.get("fusion", params.imitation.fusion), params.imitation.fusion_comparison)
+    fusions = fusion_rows(methods, imitation, params.imitation.fusion_table_heads())
     if fusions:
         fastest = max(fusions, key=lambda r: r["ssd"]["speedup"])
         best_draft = max(fusions, key=lambda r: _get(r["draft"], "tasks", "caption", "cider", default=0.0))

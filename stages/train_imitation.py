@@ -61,16 +61,11 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def fusion_head_name(kind: str) -> str:
-    return f"fusion-{kind}"
-
-
 def training_plan(cfg) -> list[tuple[str, str, str, bool]]:
     """(name, loss variant, fusion, mixed) of every head: the loss variants, a ce+cs+kd head per extra fusion
     of the fusion table (the main fusion's is the ce+cs+kd variant, unless that variant is not trained), the mixed schedule."""
     plan = [(variant, variant, cfg.fusion, False) for variant in cfg.variants]
-    plan += [(fusion_head_name(kind), "ce+cs+kd", kind, False) for kind in cfg.fusion_comparison
-             if kind != cfg.fusion or "ce+cs+kd" not in cfg.variants]
+    plan += [(head, "ce+cs+kd", kind, False) for kind, head in cfg.fusion_table_heads().items() if head not in cfg.variants]
     return plan + [("mixed", "ce+cs+kd", cfg.fusion, True)]
 
 
@@ -131,8 +126,8 @@ def train_head(job: HeadJob) -> dict[str, Any]:
         metrics["full_model_test_cider"] = caption_cider(backbone, builder, splits["test"], 200)
         metrics["finetuned_test_cider"] = caption_cider(load_backbone(FINETUNED), builder, splits["test"], 200)
         save_backbone(backbone, MIXED_BACKBONE)
-    elif weights_fingerprint(backbone.model) != before:
-        raise RuntimeError(f"the frozen backbone changed while training {job.name}: a bug, results discarded")
+    else:
+        metrics["backbone_unchanged"] = weights_fingerprint(backbone.model) == before
     save_imitation(head, OUT / job.name, {"draft_layers": n, "variant": job.variant, "fusion": job.fusion, "mixed": job.mixed})
     print(f"train_imitation: {job.name} done in {metrics['train_seconds']:.0f} s, agreement {metrics.get('val_agreement', float('nan')):.3f}", flush=True)
     return {**metrics, "variant": job.variant, "fusion": job.fusion}
@@ -187,11 +182,14 @@ def main(params: Params) -> None:
         for job in jobs:
             tracking.close_child_run(job.mlflow_run_id, {k: v for k, v in trained[job.name].items() if isinstance(v, float)})
         results.update(trained)
-        results["frozen_backbone_unchanged"] = True  # each frozen-schedule worker checked its copy (or raised)
+        changed = [name for name, row in trained.items() if row.get("backbone_unchanged") is False]
+        results["frozen_backbone_unchanged"] = not changed
+        if changed:
+            raise RuntimeError(f"the frozen backbone changed while training {changed}: a bug, results discarded")
         results["workers"] = {"processes": workers, "threads": threads}
         atomic_write_json(METRICS, results)
     summary = {k: (round(v.get("val_agreement", float("nan")), 3), round(v.get("val_acceptance_rate", float("nan")), 3))
-               for k, v in results.items() if isinstance(v, dict) and "val_agreement" in v or k == "no_imitation"}
+               for k, v in results.items() if isinstance(v, dict) and "val_acceptance_rate" in v}
     print(f"n = {n}; (agreement, acceptance) per head: {summary}")
 
 

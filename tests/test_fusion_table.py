@@ -41,7 +41,9 @@ def test_report_tabulates_every_fusion_with_its_own_rows():
         "draft with imitation, concat fusion": _method(9.0, 0.25, identical=0.0),
     }
     imitation = {"ce+cs+kd": {"val_agreement": 0.6}, "fusion-concat": {"val_agreement": 0.55}}
-    rows = fusion_rows(methods, imitation, "average", ["average", "concat", "attention"])
+    heads = parse_params({"imitation": {"fusion": "average", "fusion_comparison": ["average", "concat", "attention"]}}).imitation.fusion_table_heads()
+    assert heads == {"average": "ce+cs+kd", "concat": "fusion-concat", "attention": "fusion-attention"}
+    rows = fusion_rows(methods, imitation, heads)
     assert [r["fusion"] for r in rows] == ["average", "concat"]  # attention: not evaluated, so no row
     table = table_fusion(rows).splitlines()
     assert table[0].startswith("| fusion | val agreement | speed-up | acceptance")
