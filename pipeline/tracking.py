@@ -153,21 +153,15 @@ def active_run_id() -> str | None:
 
 @contextmanager
 def nested_run(name: str, params: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None) -> Iterator[Any]:
-    """A child run of the active stage run (one per variant, trial or method), so the MLflow UI can compare them."""
-    if not is_rank_zero():
+    """A child run of the active stage run (one per variant, trial or method), so the MLflow UI can compare them;
+    active inside the block, so `log_metrics` goes to it."""
+    run_id = open_child_run(name, params, tags)
+    if run_id is None:
         yield None
         return
     import mlflow
 
-    parent = mlflow.active_run()
-    if parent is None:
-        yield None
-        return
-    with mlflow.start_run(run_name=name, nested=True) as run:
-        stage = mlflow.get_run(parent.info.run_id).data.tags.get("dvc_stage", "")
-        mlflow.set_tags({"dvc_stage": stage, "variant": name, **(tags or {})})
-        if params:
-            mlflow.log_params({k: str(v)[:6000] for k, v in flatten(params).items()})
+    with mlflow.start_run(run_id=run_id, nested=True) as run:
         yield run
 
 

@@ -89,3 +89,24 @@ def _log_step(uri: str, run_id: str) -> None:
     import mlflow
 
     mlflow.MlflowClient(uri).log_metric(run_id, "train/loss", 2.0, step=1)
+
+
+def test_nested_run_is_an_active_child_of_the_stage_run(monkeypatch, tmp_path):
+    import mlflow
+
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with tracking.nested_run("outside") as orphan:
+        assert orphan is None
+    with tracking.stage_run("evaluate", "exp", {}) as parent:
+        with tracking.nested_run("full model", {"method": "full model"}, tags={"method": "full model"}) as child:
+            tracking.log_metrics({"speedup": 1.0})  # goes to the child, the active run
+        assert tracking.active_run_id() == parent.info.run_id
+    client = mlflow.MlflowClient(tracking.tracking_uri())
+    run = client.get_run(child.info.run_id)
+    assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id and run.data.tags["dvc_stage"] == "evaluate"
+    assert run.data.tags["method"] == "full model" and run.data.tags["variant"] == "full model"
+    assert run.data.params == {"method": "full model"} and run.data.metrics == {"speedup": 1.0}
+    assert run.info.status == "FINISHED" and run.info.run_name == "full model"
+    assert client.get_run(parent.info.run_id).data.metrics == {}

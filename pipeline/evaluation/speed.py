@@ -61,8 +61,9 @@ def time_methods(
 
     Every prompt is decoded by every method before the next prompt (methods are the innermost loop, in
     alternating order), so drift of the machine (thermal, other load) within a pass falls on all methods
-    alike instead of on whichever ran last: with methods outermost and one repeat, two fresh-clone runs on a shared 2-core CPU
-    gave the last-timed methods 1.50× and 1.17× (mixed schedule), 1.16× and 0.98× (LayerSkip).
+    alike instead of on whichever ran last: with methods outermost and one repeat, two fresh-clone runs on
+    a shared 2-core CPU gave the last-timed methods 1.50× and 1.17× (mixed schedule), 1.16× and 0.98×
+    (LayerSkip).
     """
     if repeats < 1:
         raise ValueError(f"repeats must be ≥ 1, got {repeats}")
