@@ -26,26 +26,19 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config import load_params  # noqa: E402
-from pipeline.data.examples import load_prepared  # noqa: E402
+from pipeline.config import GrowingScheduleConfig, load_params  # noqa: E402
 from pipeline.data.pixels import PixelStore  # noqa: E402
-from pipeline.data.prompts import PromptBuilder  # noqa: E402
-from pipeline.decoding import (  # noqa: E402
-    AutoregressiveDecoder,
-    ConfidenceStop,
-    DraftAndVerifyDecoder,
-    DraftOnlyDecoder,
-    GrowingDraftLength,
-    SelfSpeculativeDecoder,
-)
-from pipeline.decoding.hf_reference import hf_early_exit, hf_greedy  # noqa: E402
+from pipeline.data.prepared import load_prepared  # noqa: E402
+from pipeline.decoding.baselines import default_skip_layers  # noqa: E402
+from pipeline.evaluation import methods  # noqa: E402
+from pipeline.evaluation.method_runner import DecodingResources, runnables  # noqa: E402
+from pipeline.evaluation.methods import MethodSpec  # noqa: E402
 from pipeline.evaluation.speed import expected_speedup, identical_share, time_methods  # noqa: E402
 from pipeline.io import atomic_write_json  # noqa: E402
 from pipeline.models.imitation import as_draft_head, load_imitation  # noqa: E402
 from pipeline.models.loading import load_backbone  # noqa: E402
 
-REFERENCE = "hf_generate"
-LAYERSKIP = "layerskip:"  # methods on the LayerSkip backbone: identity is checked against its own greedy output
+REFERENCE = methods.hf_generate(label="model.generate")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -71,12 +64,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def build_prompts(args, backbone, params) -> list[dict]:
+def build_prompts(args: argparse.Namespace, backbone, params) -> list[dict]:
     data_dir = Path(args.data or params.data.out_dir)
     test = load_prepared(data_dir)["test"]
-    builder = PromptBuilder(
-        backbone.tokenizer, params.data.prompts, backbone.adapter.image_token_id, backbone.adapter.num_image_tokens
-    )
+    builder = backbone.prompt_builder(params.data.prompts)
     described = [i for i, r in enumerate(test.images) if r.image_id in test.descriptions]
     chosen = [("caption", i) for i in range(args.captions)] + [("description", i) for i in described[: args.descriptions]]
     pixels = PixelStore([test.images[i].image_path for _, i in chosen], backbone.image_processor)
@@ -86,108 +77,72 @@ def build_prompts(args, backbone, params) -> list[dict]:
             "task": task,
             "input_ids": torch.tensor([builder.prompt_ids(task)], device=device),
             "pixel_values": pixels[k].unsqueeze(0).to(device, dtype),
+            "max_new_tokens": args.max_new_tokens,
         }
         for k, (task, _) in enumerate(chosen)
     ]
 
 
-def build_methods(model, num_layers: int, args, eos: int) -> dict:
-    budget = args.max_new_tokens
+def method_specs(num_layers: int, args: argparse.Namespace, heads: dict[str, int], layerskip: bool) -> list[MethodSpec]:
+    """Every method timed, from the method registry: Hugging Face's greedy and early-exit generate, our decoders on the
+    fine-tuned backbone (and on LayerSkip's), with each trained imitation network in `heads` (name → n)."""
     draft_layers = args.draft_layers or sorted({max(1, num_layers // 4), num_layers // 2})
-
-    def ours(decoder):
-        def run(p):
-            out = decoder.generate(p["input_ids"], budget, eos, pixel_values=p["pixel_values"])
-            return out.sequences[0, p["input_ids"].shape[1] :], out.stats
-
-        return run
-
-    def hf(**kw):
-        def run(p):
-            fn = hf_early_exit if kw else hf_greedy
-            seq = fn(model, p["input_ids"], budget, eos, pixel_values=p["pixel_values"], **kw)
-            return seq[0, p["input_ids"].shape[1] :], None
-
-        return run
-
-    methods = {REFERENCE: hf(), "ours_autoregressive": ours(AutoregressiveDecoder(model))}
-    growing = GrowingDraftLength(*args.growing)
+    specs = [REFERENCE, methods.autoregressive(label="ours, autoregressive")]
     for n in draft_layers:
         for d in args.draft_lens:
-            methods[f"hf_early_exit n={n} d={d}"] = hf(draft_layers=n, draft_len=d)
-            methods[f"ssd n={n} d={d}"] = ours(SelfSpeculativeDecoder(model, n, None, d))
-        methods[f"ssd n={n} d=growing"] = ours(SelfSpeculativeDecoder(model, n, None, growing))
-        methods[f"draft_only n={n}"] = ours(DraftOnlyDecoder(model, n))
-    methods["draft_and_verify"] = ours(DraftAndVerifyDecoder(model))
+            specs += [methods.hf_early_exit(n, d, f"HF assistant_early_exit n={n} d={d}"), methods.ssd(None, n, d, f"SSD n={n} d={d}")]
+        specs += [methods.ssd(None, n, "growing", f"SSD n={n} growing d"), methods.draft_only(None, n, f"draft alone n={n}")]
+    specs.append(methods.draft_verify(default_skip_layers(num_layers), 0.6, 8, "Draft & Verify (default skip set)"))
     if args.draft_verify:
         found = json.loads(Path(args.draft_verify).read_text())
-        policy = ConfidenceStop(found["threshold"], found.get("max_draft_len", 8))
-        methods["draft_and_verify(searched)"] = ours(DraftAndVerifyDecoder(model, found["skip_layers"], policy))
-    for variant, (network, n) in imitation_heads(args, model).items():
-        head = as_draft_head(network)
-        for d in args.draft_lens:
-            methods[f"ssd+imitation({variant}) n={n} d={d}"] = ours(SelfSpeculativeDecoder(model, n, head, d))
-        methods[f"ssd+imitation({variant}) n={n} d=growing"] = ours(SelfSpeculativeDecoder(model, n, head, growing))
-        methods[f"draft_only+imitation({variant}) n={n}"] = ours(DraftOnlyDecoder(model, n, head))
-    return methods
+        specs.append(methods.draft_verify(found["skip_layers"], found["threshold"], found.get("max_draft_len", 8),
+                                          "Draft & Verify (searched)"))
+    for name, n in heads.items():
+        specs += [methods.ssd(name, n, d, f"SSD + imitation ({name}) n={n} d={d}") for d in args.draft_lens]
+        specs += [methods.ssd(name, n, "growing", f"SSD + imitation ({name}) n={n} growing d"),
+                  methods.draft_only(name, n, f"draft alone + imitation ({name}) n={n}")]
+    if layerskip:
+        specs.append(methods.hf_generate(methods.LAYERSKIP, "LayerSkip: model.generate"))
+        for n in args.draft_layers or [max(1, num_layers // 4)]:
+            specs += [methods.ssd(None, n, d, f"LayerSkip SSD n={n} d={d}", backbone=methods.LAYERSKIP) for d in args.draft_lens]
+    return methods.dedupe(specs)
 
 
-def layerskip_methods(args, layerskip_model, draft_layers: list[int]) -> dict:
-    """SSD on the LayerSkip-trained backbone (its own greedy output is its reference: `layerskip:hf_generate`)."""
-    budget = args.max_new_tokens
-    eos = layerskip_model.generation_config.eos_token_id
-
-    def run_hf(p):
-        seq = hf_greedy(layerskip_model, p["input_ids"], budget, eos, pixel_values=p["pixel_values"])
-        return seq[0, p["input_ids"].shape[1] :], None
-
-    methods = {f"{LAYERSKIP}hf_generate": run_hf}
-    for n in draft_layers:
-        for d in args.draft_lens:
-            decoder = SelfSpeculativeDecoder(layerskip_model, n, None, d)
-
-            def run(p, decoder=decoder):
-                out = decoder.generate(p["input_ids"], budget, eos, pixel_values=p["pixel_values"])
-                return out.sequences[0, p["input_ids"].shape[1] :], out.stats
-
-            methods[f"{LAYERSKIP}ssd n={n} d={d}"] = run
-    return methods
-
-
-def imitation_heads(args, model) -> dict:
-    """Trained imitation networks on the benchmarked backbone (the mixed schedule's has its own backbone)."""
+def imitation_heads(args: argparse.Namespace, model) -> tuple[dict, dict[str, int]]:
+    """Trained imitation networks on the benchmarked backbone (the mixed schedule's has its own backbone): draft heads
+    and their n."""
     if not args.imitation:
-        return {}
-    heads = {}
+        return {}, {}
+    heads, depth = {}, {}
+    parameter = next(model.parameters())
     for folder in sorted(Path(args.imitation).iterdir()):
         if not (folder / "config.json").exists():
             continue
         network, extra = load_imitation(folder)
         # The mixed schedule's head drafts for its own backbone: only when asked for (with --model models/mixed_backbone)
-        wanted = folder.name in args.variants if args.variants is not None else not extra.get("mixed")
-        if not wanted:
-            continue
-        parameter = next(model.parameters())
-        heads[folder.name] = (network.to(parameter.device, parameter.dtype).eval(), int(extra["draft_layers"]))
-    return heads
+        if folder.name in args.variants if args.variants is not None else not extra.get("mixed"):
+            heads[folder.name] = as_draft_head(network.to(parameter.device, parameter.dtype).eval())
+            depth[folder.name] = int(extra["draft_layers"])
+    return heads, depth
 
 
-def summarise(timings, prompts, num_layers: int) -> list[dict]:
-    reference = timings[REFERENCE]
+def summarise(timings, prompts, specs: list[MethodSpec], num_layers: int) -> list[dict]:
+    reference = timings[REFERENCE.key]
     tasks = sorted({p["task"] for p in prompts})
     by_task = {t: [i for i, p in enumerate(prompts) if p["task"] == t] for t in tasks}
     rows = []
-    for name, t in timings.items():
+    for spec in specs:
+        t = timings[spec.key]
         latency = t.latency()
+        greedy = timings[methods.hf_generate(spec.backbone).key]  # the backbone's own greedy output
         row = {
-            "method": name,
+            "method": spec.key,
+            "label": spec.label,
             "new_tokens": t.new_tokens(),
             "latency_ms_per_token": latency * 1e3,
             "tokens_per_second": 1.0 / latency,
             "speedup_vs_hf_generate": reference.latency() / latency,
-            "identical_to_greedy": identical_share(
-                t.outputs, (timings[f"{LAYERSKIP}{REFERENCE}"] if name.startswith(LAYERSKIP) else reference).outputs
-            ),
+            "identical_to_greedy": identical_share(t.outputs, greedy.outputs),
             "speedup_by_task": {task: reference.latency(ix) / t.latency(ix) for task, ix in by_task.items()},
             "seconds_per_repeat": [sum(run) for run in t.seconds],
         }
@@ -197,10 +152,10 @@ def summarise(timings, prompts, num_layers: int) -> list[dict]:
             row["acceptance_by_position"] = [
                 a / d if d else 0.0 for a, d in zip(stats["accepted_by_position"], stats["drafted_by_position"])
             ]
-            if name.startswith("ssd n=") and "d=growing" not in name:
-                n, d = (int(part.split("=")[1]) for part in name.split()[1:3])
+            if spec.kind == "ssd" and spec.head is None and isinstance(spec.draft_len, int):
                 # Draft cost per token ≈ n / L of a full forward pass (the head-less draft)
-                row["expected_speedup_leviathan"] = expected_speedup(t.stats.acceptance_rate, n / num_layers, d)
+                row["expected_speedup_leviathan"] = expected_speedup(t.stats.acceptance_rate, (spec.draft_layers or 0) / num_layers,
+                                                                     spec.draft_len)
         rows.append(row)
     return rows
 
@@ -212,7 +167,7 @@ def print_table(rows: list[dict], title: str) -> None:
     for r in rows:
         by_task = r["speedup_by_task"]
         table.add_row(
-            r["method"],
+            r["label"],
             f"{r['tokens_per_second']:.1f}",
             f"{r['latency_ms_per_token']:.2f}",
             f"{r['speedup_vs_hf_generate']:.2f}×",
@@ -234,17 +189,18 @@ def main(argv: list[str] | None = None) -> dict:
     model = backbone.model.to(args.device, getattr(torch, args.dtype)).eval()
     num_layers = backbone.adapter.num_layers
     prompts = build_prompts(args, backbone, params)
-    eos = backbone.tokenizer.eos_token_id
-    methods = build_methods(model, num_layers, args, eos)
+    models = {methods.FINETUNED: model}
     if args.layerskip:
-        layerskip = load_backbone(args.layerskip).model.to(args.device, getattr(torch, args.dtype)).eval()
-        methods.update(layerskip_methods(args, layerskip, args.draft_layers or [max(1, num_layers // 4)]))
+        models[methods.LAYERSKIP] = load_backbone(args.layerskip).model.to(args.device, getattr(torch, args.dtype)).eval()
+    heads, depth = imitation_heads(args, model)
+    specs = method_specs(num_layers, args, depth, bool(args.layerskip))
+    growing = GrowingScheduleConfig(d_min=args.growing[0], d_max=args.growing[1], step=args.growing[2])
+    resources = DecodingResources(models, heads, backbone.tokenizer.eos_token_id, growing)
     console = Console(stderr=True, markup=False, highlight=False)
-    console.print(f"{len(methods)} methods × {len(prompts)} prompts × {args.repeats} repeats, L = {num_layers}")
-    timings = time_methods(
-        methods, prompts, repeats=args.repeats, device=torch.device(args.device), progress=console.print
-    )
-    rows = summarise(timings, prompts, num_layers)
+    console.print(f"{len(specs)} methods × {len(prompts)} prompts × {args.repeats} repeats, L = {num_layers}")
+    timings = time_methods(runnables(specs, resources), prompts, repeats=args.repeats, device=torch.device(args.device),
+                           progress=console.print)
+    rows = summarise(timings, prompts, specs, num_layers)
     device_name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else platform.processor() or "cpu"
     result = {
         "command": "python experiments/benchmark_decoding.py " + " ".join(sys.argv[1:] if argv is None else argv),

@@ -15,11 +15,21 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 
 from pipeline.errors import PipelineError
+
+if TYPE_CHECKING:
+    from pipeline.config import Params
+    from pipeline.evaluation.method_runner import DecodingResources
+    from pipeline.evaluation.methods import DraftLength, MethodSpec
+    from pipeline.models.loading import Backbone
+
+T = TypeVar("T")
 
 METHODS = ("ssd", "full", "draft", "layerskip", "draft-verify")
 
@@ -45,56 +55,60 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def _params(path: Path):
+def _params(path: Path) -> Params:
     from pipeline.config import Params, load_params
 
     return load_params(path) if path.exists() else Params()
 
 
-def _policy(args, params):
-    from pipeline.decoding import GrowingDraftLength
-
+def _draft_len(args: argparse.Namespace, params: Params) -> DraftLength:
     value = args.draft_len if args.draft_len is not None else params.decoding.draft_len
     if str(value) == "growing":
-        return GrowingDraftLength(**params.decoding.growing.model_dump())
+        return "growing"
     try:
         return int(value)
     except ValueError:
         raise PipelineError(f"--draft-len must be an integer or 'growing', got {value!r}") from None
 
 
-def _decoder(args, backbone, params):
-    """The method's decoder, the model it decodes with, and a line saying what it is."""
-    from pipeline.decoding import ConfidenceStop, DraftAndVerifyDecoder, DraftOnlyDecoder, SelfSpeculativeDecoder
+def _method(args: argparse.Namespace, backbone: Backbone, params: Params) -> tuple[MethodSpec, DecodingResources, str]:
+    """The method `--method` names, what it decodes with, and a line saying what it is."""
+    from pipeline.evaluation import methods
     from pipeline.evaluation.layer_choice import resolve_draft_layers
+    from pipeline.evaluation.method_runner import DecodingResources
     from pipeline.models.imitation import as_draft_head, load_imitation
     from pipeline.models.loading import load_backbone
 
-    model = backbone.model
+    resources = DecodingResources({methods.FINETUNED: backbone.model}, {}, backbone.tokenizer.eos_token_id, params.decoding.growing)
     num_layers = backbone.adapter.num_layers
+    if args.method == "full":
+        return methods.hf_generate(), resources, "full model (model.generate, greedy)"
     if args.method == "draft-verify":
         if not args.draft_verify.exists():
             raise PipelineError(f"{args.draft_verify} not found: run `dvc repro train_baselines` (or pass --draft-verify)")
         found = json.loads(args.draft_verify.read_text())
-        policy = ConfidenceStop(found["threshold"], found.get("max_draft_len", 8))
-        return DraftAndVerifyDecoder(model, found["skip_layers"], policy), model, f"Draft & Verify, skipping layers {found['skip_layers']}"
+        spec = methods.draft_verify(found["skip_layers"], found["threshold"], found.get("max_draft_len", 8))
+        return spec, resources, f"Draft & Verify, skipping layers {found['skip_layers']}"
     head, n, what = None, None, "early exit (no imitation network)"
     if args.method in ("ssd", "draft") and args.imitation.exists():
         network, extra = load_imitation(args.imitation)
-        head, n, what = as_draft_head(network.eval()), int(extra["draft_layers"]), f"imitation network {args.imitation}"
+        head, n, what = args.imitation.name, int(extra["draft_layers"]), f"imitation network {args.imitation}"
+        resources.heads = {head: as_draft_head(network.eval())}
     if n is None:
         n = resolve_draft_layers(params.imitation.draft_layers, num_layers, Path("metrics/layer_choice.json"), "imitation.draft_layers")
     if args.method == "draft":
-        return DraftOnlyDecoder(model, n, head), model, f"draft alone: layers 0..{n - 1} + {what}"
+        return methods.draft_only(head, n), resources, f"draft alone: layers 0..{n - 1} + {what}"
     if args.method == "layerskip":
         if not args.layerskip.exists():
             raise PipelineError(f"{args.layerskip} not found: run `dvc repro train_baselines` (or pass --layerskip)")
-        model = load_backbone(args.layerskip).model.eval()
-        return SelfSpeculativeDecoder(model, n, None, _policy(args, params)), model, f"LayerSkip backbone, early exit at layer {n}"
-    return SelfSpeculativeDecoder(model, n, head, _policy(args, params)), model, f"self-speculative: layers 0..{n - 1} + {what}, verified by all {num_layers}"
+        resources.models = {methods.LAYERSKIP: load_backbone(args.layerskip).model.eval()}
+        return (methods.ssd(None, n, _draft_len(args, params), backbone=methods.LAYERSKIP), resources,
+                f"LayerSkip backbone, early exit at layer {n}")
+    return (methods.ssd(head, n, _draft_len(args, params)), resources,
+            f"self-speculative: layers 0..{n - 1} + {what}, verified by all {num_layers}")
 
 
-def _timed(fn, repeats: int = 3):
+def _timed(fn: Callable[[], T], repeats: int = 3) -> tuple[T, float]:
     """The result and the median wall time of `repeats` calls (one call is at the mercy of the scheduler)."""
     times = []
     for _ in range(repeats):
@@ -109,9 +123,9 @@ def caption(argv: list[str]) -> int:
     from rich.text import Text
 
     from pipeline.data.images import load_image
-    from pipeline.data.prompts import PromptBuilder
     from pipeline.decoding.hf_reference import hf_greedy
-    from pipeline.evaluation.methods import MAX_NEW_TOKENS
+    from pipeline.evaluation.method_runner import build_decoder
+    from pipeline.evaluation.prompts import MAX_NEW_TOKENS
     from pipeline.models.loading import load_backbone
 
     args = parse_args(argv)
@@ -119,19 +133,20 @@ def caption(argv: list[str]) -> int:
     image = load_image(args.image)  # a clean ImageError for a missing or corrupt file
     backbone = load_backbone(args.model)
     backbone.model.eval()
-    adapter, tokenizer = backbone.adapter, backbone.tokenizer
-    builder = PromptBuilder(tokenizer, params.data.prompts, adapter.image_token_id, adapter.num_image_tokens)
-    input_ids = torch.tensor([builder.prompt_ids(args.task, args.question)])
+    tokenizer = backbone.tokenizer
+    input_ids = torch.tensor([backbone.prompt_builder(params.data.prompts).prompt_ids(args.task, args.question)])
     pixels = backbone.image_processor(images=[image], return_tensors="pt")["pixel_values"]
     budget = args.max_new_tokens or MAX_NEW_TOKENS[args.task]
     eos = tokenizer.eos_token_id
     console = Console(highlight=False)
+    spec, resources, what = _method(args, backbone, params)
+    model = resources.model(spec)
     with torch.no_grad():
-        if args.method == "full":
-            sequences, seconds = _timed(lambda: hf_greedy(backbone.model, input_ids, budget, eos, pixel_values=pixels))
-            stats, what, model = None, "full model (model.generate, greedy)", backbone.model
+        if spec.kind == "hf_generate":
+            sequences, seconds = _timed(lambda: hf_greedy(model, input_ids, budget, eos, pixel_values=pixels))
+            stats = None
         else:
-            decoder, model, what = _decoder(args, backbone, params)
+            decoder = build_decoder(spec, resources)
             decoder.generate(input_ids, budget, eos, pixel_values=pixels)  # warm-up: first-call allocations
             out, seconds = _timed(lambda: decoder.generate(input_ids, budget, eos, pixel_values=pixels))
             sequences, stats = out.sequences, out.stats
@@ -145,8 +160,10 @@ def caption(argv: list[str]) -> int:
             console.print(line)
             console.print(f"^ / green: drafted and accepted ({stats.accepted} of {stats.drafted} drafted, "
                           f"acceptance {stats.acceptance_rate:.2f}); the rest came from {stats.verify_calls} verification passes")
-        if not args.no_compare and args.method != "full":
-            reference = lambda: hf_greedy(model, input_ids, budget, eos, pixel_values=pixels)  # noqa: E731
+        if not args.no_compare and spec.kind != "hf_generate":
+            def reference() -> torch.Tensor:
+                return hf_greedy(model, input_ids, budget, eos, pixel_values=pixels)
+
             reference()
             full, full_seconds = _timed(reference)
             full_new = full[0, input_ids.shape[1]:].tolist()

@@ -142,26 +142,49 @@ class TaskWeights(StrictModel):
         return self
 
 
-class FinetuneConfig(StrictModel):
-    max_steps: int = Field(600, ge=1)
-    batch_size: int = Field(32, ge=1)
+Accelerator = Literal["auto", "cpu", "gpu", "cuda", "mps"]
+Precision = Literal["32-true", "16-mixed", "bf16-mixed", "bf16-true", "64-true"]
+
+
+class OptimizerConfig(StrictModel):
+    """AdamW; the learning rate warms up linearly for `warmup_steps`, then follows a cosine down to `min_lr_ratio · lr`
+    at the last step; gradients are clipped to norm `grad_clip`."""
+
     lr: float = Field(1e-3, gt=0)
     min_lr_ratio: float = Field(0.05, ge=0, le=1)
     weight_decay: float = Field(0.01, ge=0)
     warmup_steps: int = Field(30, ge=0)
     grad_clip: float = Field(1.0, gt=0)
-    # LLaVA-1.5 keeps its CLIP tower frozen in every training stage; from scratch, a frozen random tower
-    # still carries the pixels (random features), whereas a trainable one collapses (see README)
-    train_vision_tower: bool = False
+
+
+class TrainerConfig(StrictModel):
+    """Where and how Lightning trains: the same code runs one CPU process or multi-GPU DDP."""
+
+    accelerator: Accelerator = "cpu"
+    devices: int | Literal["auto"] = 1
+    strategy: str = "auto"  # e.g. ddp; ddp_find_unused_parameters_true when some parameters get no gradient in a step
+    precision: Precision = "32-true"
+    num_workers: int = Field(0, ge=0)  # data-loader worker processes
+    num_threads: int = Field(0, ge=0)  # torch CPU threads; 0: leave torch's default
+
+
+class TrainingConfig(StrictModel):
+    """What every training stage (fine-tune, imitation, LayerSkip) shares: a step budget, task-mixed batches, a
+    validation cadence, the optimizer and the trainer. Each stage subclasses it with its own defaults."""
+
+    max_steps: int = Field(600, ge=1)
+    batch_size: int = Field(32, ge=1)
     task_weights: TaskWeights = TaskWeights()
     val_every_steps: int = Field(200, ge=1)
     val_batches: int = Field(4, ge=1)
-    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "cpu"
-    devices: int | Literal["auto"] = 1
-    strategy: str = "auto"
-    precision: Literal["32-true", "16-mixed", "bf16-mixed", "bf16-true", "64-true"] = "32-true"
-    num_workers: int = Field(0, ge=0)
-    num_threads: int = Field(0, ge=0)  # 0: leave torch's default
+    optimizer: OptimizerConfig = OptimizerConfig()
+    trainer: TrainerConfig = TrainerConfig()
+
+
+class FinetuneConfig(TrainingConfig):
+    # LLaVA-1.5 keeps its CLIP tower frozen in every training stage; from scratch, a frozen random tower
+    # still carries the pixels (random features), whereas a trainable one collapses (see README)
+    train_vision_tower: bool = False
     eval_samples: int = Field(500, ge=1)  # test images captioned for the end-of-stage CIDEr check
     eval_batch_size: int = Field(100, ge=1)
     eval_max_new_tokens: int = Field(32, ge=1)
@@ -178,13 +201,16 @@ class LayerChoiceConfig(StrictModel):
 
 
 class ImitationArchitecture(StrictModel):
+    """The imitation network's architecture (pipeline/models/imitation.py builds it; the NAS searches over these
+    fields). The default is the paper's NAS result: two linear layers of the hidden size and a layer norm."""
+
     num_linear: Literal[1, 2] = 2
     activation: Literal["gelu", "relu", "silu", "tanh"] = "gelu"
     dropout: float = Field(0.0, ge=0, lt=1)
-    attention: bool = False
+    attention: bool = False  # one causal self-attention layer (context beyond the current position)
     num_heads: int = Field(4, ge=1)
     layer_norm: bool = True
-    residual: bool = True
+    residual: bool = True  # output = h_n + f(h_n): starts as the early-exit draft and learns the difference
 
 
 class LossWeights(StrictModel):
@@ -198,7 +224,7 @@ class MixedSchedule(StrictModel):
     backbone_lr: float = Field(2e-4, gt=0)
 
 
-class ImitationConfig(StrictModel):
+class ImitationConfig(TrainingConfig):
     draft_layers: int | Literal["auto"] = "auto"  # auto: the select_layer stage's choice
     architecture: ImitationArchitecture = ImitationArchitecture()
     fusion: Literal["average", "concat", "attention"] = "average"
@@ -210,22 +236,13 @@ class ImitationConfig(StrictModel):
     temperature: float = Field(2.0, gt=0)
     mixed: MixedSchedule = MixedSchedule()
     max_steps: int = Field(150, ge=1)
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(2e-3, gt=0)
-    min_lr_ratio: float = Field(0.05, ge=0, le=1)
-    weight_decay: float = Field(0.0, ge=0)
-    warmup_steps: int = Field(10, ge=0)
-    grad_clip: float = Field(1.0, gt=0)
     task_weights: TaskWeights = TaskWeights(caption=0.6, description=0.3, vqa=0.1)  # drafting is long-form text
     val_every_steps: int = Field(75, ge=1)
     val_batches: int = Field(2, ge=1)
     val_decode_prompts: int = Field(8, ge=0)  # validation prompts decoded by SSD to log acceptance
-    parallel_heads: int | Literal["auto"] = "auto"  # heads trained at once in worker processes; auto: one per 2 cores on CPU, 1 otherwise
-    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "cpu"
-    devices: int | Literal["auto"] = 1
-    strategy: str = "auto"
-    precision: Literal["32-true", "16-mixed", "bf16-mixed", "bf16-true", "64-true"] = "32-true"
-    num_workers: int = Field(0, ge=0)
+    optimizer: OptimizerConfig = OptimizerConfig(lr=2e-3, weight_decay=0.0, warmup_steps=10)
+    # heads trained at once in worker processes; auto: one per 2 cores on CPU, 1 otherwise
+    parallel_heads: int | Literal["auto"] = "auto"
 
     @field_validator("variants")
     @classmethod
@@ -258,40 +275,29 @@ class ImitationConfig(StrictModel):
     def _parallel_heads(self) -> "ImitationConfig":
         if self.parallel_heads != "auto" and self.parallel_heads < 1:
             raise ValueError("parallel_heads must be auto or ≥ 1")
-        if self.parallel_heads not in ("auto", 1) and self.devices != 1:
+        if self.parallel_heads not in ("auto", 1) and self.trainer.devices != 1:
             raise ValueError("parallel_heads > 1 trains heads in separate processes; with several devices (DDP) use parallel_heads: 1")
         return self
 
 
-class LayerSkipConfig(StrictModel):
+class LayerSkipConfig(TrainingConfig):
     """LayerSkip (Elhoushi et al. 2024): continue training the fine-tuned backbone with early-exit losses and
     layer dropout (pipeline/training/layerskip.py), then draft by early exit at `draft_layers`.
 
     Loss = CE(final layer) + early_exit_scale · Σ_{l=1}^{L-1} (l / Σ_j j) · CE(exit after layer l);
     layer l (0-based) is skipped during training with probability p_max · l / (L − 1).
+    Multi-GPU: `trainer.strategy: ddp_find_unused_parameters_true` (a dropped layer gets no gradient in that step).
     """
 
     draft_layers: int | Literal["auto"] = "auto"  # auto: the select_layer stage's choice (metrics/layer_choice.json)
     p_max: float = Field(0.1, ge=0, lt=1)  # layer-dropout rate of the last layer; 0 for the first, linear between
     early_exit_scale: float = Field(1.0, ge=0)  # total weight of the early-exit terms relative to the final layer's CE
     max_steps: int = Field(100, ge=1)
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(1e-4, gt=0)
-    min_lr_ratio: float = Field(0.05, ge=0, le=1)
-    weight_decay: float = Field(0.01, ge=0)
-    warmup_steps: int = Field(10, ge=0)
-    grad_clip: float = Field(1.0, gt=0)
-    task_weights: TaskWeights = TaskWeights()  # the fine-tune mixture: LayerSkip continues the backbone's training
     val_every_steps: int = Field(50, ge=1)
     val_batches: int = Field(2, ge=1)
+    optimizer: OptimizerConfig = OptimizerConfig(lr=1e-4, warmup_steps=10)
     val_decode_prompts: int = Field(16, ge=0)  # validation prompts decoded by early-exit self-speculation
     eval_samples: int = Field(200, ge=1)  # test images captioned for the full-model CIDEr check
-    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "cpu"
-    devices: int | Literal["auto"] = 1
-    # multi-GPU: "ddp_find_unused_parameters_true" (a dropped layer gets no gradient in that step)
-    strategy: str = "auto"
-    precision: Literal["32-true", "16-mixed", "bf16-mixed", "bf16-true", "64-true"] = "32-true"
-    num_workers: int = Field(0, ge=0)
 
 
 class DraftVerifyConfig(StrictModel):

@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,29 @@ def tracking_uri() -> str:
     if uri:
         return uri
     return f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """An open MLflow run as library integrations need it (Lightning's MLflow logger, possibly in another process):
+    the store's URI and the run's id."""
+
+    uri: str
+    run_id: str
+
+
+def run_ref(run_id: str | None = None) -> RunRef | None:
+    """`run_id` (default: the active run) with this process's tracking URI; None without a run (e.g. rank > 0)."""
+    if run_id is None:
+        run_id = active_run_id() if is_rank_zero() else None
+    return RunRef(tracking_uri(), run_id) if run_id is not None else None
+
+
+def child_run_tags(parent_run_id: str | None, **tags: str) -> dict[str, str]:
+    """Tags of a run nested under `parent_run_id` (the MLflow UI groups runs by `mlflow.parentRunId`): for child runs
+    opened here and for runs another library opens (Ray Tune's MLflow callback logs every trial as one)."""
+    nested = {"mlflow.parentRunId": parent_run_id} if parent_run_id else {}
+    return {**nested, **tags}
 
 
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
@@ -178,7 +202,7 @@ def open_child_run(name: str, params: Mapping[str, Any] | None = None, tags: Map
     client = mlflow.MlflowClient(tracking_uri())
     stage = client.get_run(parent.info.run_id).data.tags.get("dvc_stage", "")
     run = client.create_run(parent.info.experiment_id, run_name=name,
-                            tags={"mlflow.parentRunId": parent.info.run_id, "dvc_stage": stage, "variant": name, **(tags or {})})
+                            tags=child_run_tags(parent.info.run_id, dvc_stage=stage, variant=name, **(tags or {})))
     for key, value in flatten(params or {}).items():
         client.log_param(run.info.run_id, key, str(value)[:6000])
     return run.info.run_id

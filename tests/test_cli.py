@@ -10,18 +10,15 @@ import pytest
 import torch
 
 from pipeline.cli import main
-from pipeline.models.imitation import ImitationNetwork, ImitationNetworkConfig, save_imitation
-from tests.search.conftest import tiny_repo  # noqa: F401 - the fixture
-from tests.training.conftest import TINY
-
-ROOT = Path(__file__).resolve().parents[1]
+from pipeline.models.imitation import ImitationNetwork, save_imitation
+from tests.conftest import ROOT, TINY
 
 
 @pytest.fixture
-def repo(tiny_repo, monkeypatch):  # noqa: F811
+def repo(tiny_repo, monkeypatch):
     monkeypatch.chdir(tiny_repo)
     torch.manual_seed(0)
-    save_imitation(ImitationNetwork(ImitationNetworkConfig(hidden_size=TINY.hidden_size)), tiny_repo / "models/imitation/ce+cs+kd",
+    save_imitation(ImitationNetwork(TINY.hidden_size), tiny_repo / "models/imitation/ce+cs+kd",
                    {"draft_layers": 1, "variant": "ce+cs+kd"})
     return tiny_repo
 
@@ -44,9 +41,10 @@ def test_other_methods(repo, capsys, method, expected):
     assert expected in capsys.readouterr().out
 
 
-def test_vqa_needs_a_question(repo):
-    with pytest.raises(SystemExit):
+def test_vqa_needs_a_question(repo, capsys):
+    with pytest.raises(SystemExit) as info:
         main(["caption", str(_image(repo)), "--task", "vqa"])
+    assert info.value.code == 2 and "error: --task vqa needs --question" in capsys.readouterr().err
 
 
 def test_missing_and_corrupt_images_are_clean_errors(repo, capsys):

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from pipeline.data.examples import Example
+from pipeline.data.prepared import Example
 from pipeline.data.pixels import PixelStore
 from pipeline.data.prompts import PromptBuilder
 

@@ -13,7 +13,11 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.data.datasets import IGNORE_INDEX
+from pipeline.config import LayerChoiceConfig, PromptConfig
+from pipeline.data.datasets import IGNORE_INDEX, balanced_batches
+from pipeline.data.pixels import PixelStore
+from pipeline.data.prepared import SplitData
+from pipeline.models.loading import Backbone
 
 
 @dataclass
@@ -25,6 +29,11 @@ class LayerChoice:
 
     def to_dict(self) -> dict:
         return {"chosen_n": self.chosen, "layers": self.layers, "confidence": self.confidence, "reward": self.reward}
+
+    def rows(self) -> list[dict[str, int | str]]:
+        """One row per candidate layer: the reward curve (6 decimals)."""
+        return [{"layer": i, "confidence": f"{c:.6f}", "reward": f"{r:.6f}"}
+                for i, c, r in zip(self.layers, self.confidence, self.reward)]
 
 
 @torch.no_grad()
@@ -51,6 +60,21 @@ def choose_layer(confidence: list[float], mu: float, layer_cost: float) -> Layer
     reward = [conf - mu * i * layer_cost for i, conf in zip(layers, confidence)]
     best = max(range(len(reward)), key=lambda k: (reward[k], -k))
     return LayerChoice(layers, list(confidence), reward, layers[best])
+
+
+def choose_draft_layers(cfg: LayerChoiceConfig, backbone: Backbone, val: SplitData, prompts: PromptConfig) -> LayerChoice:
+    """The reward of every candidate layer i ≤ `max_layer_fraction` · L on task-balanced validation batches, and the
+    chosen n; the layer cost c defaults to 1/L."""
+    adapter = backbone.adapter
+    pixels = PixelStore([r.image_path for r in val.images], backbone.image_processor)
+    batches = balanced_batches(val, backbone.prompt_builder(prompts), pixels, cfg.val_examples, cfg.batch_size)
+    max_layer = max(1, int(cfg.max_layer_fraction * adapter.num_layers))
+    return choose_layer(early_exit_confidence(adapter, batches, max_layer), cfg.mu, layer_cost(cfg, adapter.num_layers))
+
+
+def layer_cost(cfg: LayerChoiceConfig, num_layers: int) -> float:
+    """c: one layer's share of a forward pass (params' `layer_cost`, or 1/L)."""
+    return cfg.layer_cost if cfg.layer_cost is not None else 1.0 / num_layers
 
 
 def resolve_draft_layers(chosen: int | str, num_layers: int, layer_choice_file, knob: str) -> int:

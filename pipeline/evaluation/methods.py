@@ -1,153 +1,236 @@
-"""Decoding methods evaluated side by side: speed against the full model and the quality of what they wrote.
+"""The method registry: every decoding method the pipeline compares, as typed values built in one place.
 
-A *method* decodes one prompt (`pipeline.evaluation.speed.Method`). `evaluate_methods` times all of them on
-the same prompts in one process, then scores each: speed-up = the reference's per-token latency ÷ the
-method's (DESIGN.md), tokens/s, acceptance counts, the share of outputs identical to the reference's, and
-caption metrics (pycocoevalcap) of its captions against the references.
+A `MethodSpec` says what a method *is* — its kind, the backbone that decodes, the imitation network that drafts,
+the draft depth n and the draft-length policy — and `key` names it stably (file keys, MLflow tags). Its `label`
+is for people only: no code reads a label back. `evaluate` builds its methods with `evaluation_plan`, the
+report selects rows with the plan's selectors (Table 1, the fusion table, Fig. 5, Fig. 9), the sweep, the
+decoding benchmark and the caption command build theirs with the constructors below, and
+`pipeline.evaluation.method_runner` turns any spec into something that decodes.
+
+This module is torch-free, so the report stage reads the plan back from `metrics/evaluate.json` without torch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
 
-import torch
+from pipeline.config import Params
+from pipeline.errors import PipelineError
 
-from pipeline.data.examples import SplitData
-from pipeline.data.pixels import PixelStore
-from pipeline.data.prompts import PromptBuilder
-from pipeline.decoding.engine import Decoder
-from pipeline.decoding.hf_reference import hf_greedy
-from pipeline.evaluation.caption_metrics import caption_scores
-from pipeline.evaluation.speed import Method, identical_share, time_methods
+MethodKind = Literal["autoregressive", "hf_generate", "hf_early_exit", "draft_only", "ssd", "draft_verify"]
+DraftLength = int | Literal["growing"]
 
-MAX_NEW_TOKENS = {"caption": 32, "description": 96, "vqa": 8}
-
-
-def decoder_method(decoder: Decoder, eos_token_id: int | None) -> Method:
-    def run(prompt: dict):
-        out = decoder.generate(prompt["input_ids"], prompt["max_new_tokens"], eos_token_id, pixel_values=prompt["pixel_values"])
-        return out.sequences[0, prompt["input_ids"].shape[1] :], out.stats
-
-    return run
+FINETUNED = "finetuned"  # the fine-tuned backbone; the other backbones are LayerSkip's and the mixed schedule's
+LAYERSKIP = "layerskip"
+MIXED = "mixed"
+EARLY_EXIT = "early-exit"  # how a key names the head-less draft
+VERIFIED_KINDS = ("ssd", "draft_verify", "hf_early_exit")  # lossless by construction: checked token for token
 
 
-def generate_method(model: torch.nn.Module, eos_token_id: int | None) -> Method:
-    """`model.generate` greedy: the full model, the reference for speed and losslessness."""
+@dataclass(frozen=True)
+class MethodSpec:
+    kind: MethodKind
+    label: str = ""  # display only
+    backbone: str = FINETUNED
+    head: str | None = None  # an imitation network (a folder of models/imitation); None: the early-exit draft
+    draft_layers: int | None = None  # n: the draft runs layers 0..n-1 (early-exit kinds)
+    draft_len: DraftLength | None = None  # d: fixed, or "growing" (decoding.growing); None: the kind has none
+    skip_layers: tuple[int, ...] = ()  # Draft & Verify: the layers its draft skips
+    threshold: float | None = None  # Draft & Verify: the confidence stop's threshold
+    max_draft_len: int | None = None  # Draft & Verify: the confidence stop's longest round
 
-    def run(prompt: dict):
-        sequences = hf_greedy(model, prompt["input_ids"], prompt["max_new_tokens"], eos_token_id, pixel_values=prompt["pixel_values"])
-        return sequences[0, prompt["input_ids"].shape[1] :], None
-
-    return run
-
-
-def caption_prompts(split: SplitData, builder: PromptBuilder, image_processor, captions: int, descriptions: int = 0) -> list[dict]:
-    """The first `captions` images as caption prompts (with their references) and `descriptions` described
-    images as description prompts (with the description as reference)."""
-    described = [i for i, r in enumerate(split.images) if r.image_id in split.descriptions]
-    chosen = [("caption", i) for i in range(min(captions, len(split.images)))]
-    chosen += [("description", i) for i in described[:descriptions]]
-    pixels = PixelStore([split.images[i].image_path for _, i in chosen], image_processor)
-    prompts = []
-    for k, (task, i) in enumerate(chosen):
-        record = split.images[i]
-        references = list(record.captions) if task == "caption" else [split.descriptions[record.image_id]]
-        prompts.append({
-            "task": task,
-            "key": f"{task}:{record.image_id}",
-            "references": references,
-            "input_ids": torch.tensor([builder.prompt_ids(task)]),
-            "pixel_values": pixels[k].unsqueeze(0),
-            "max_new_tokens": MAX_NEW_TOKENS[task],
-        })
-    return prompts
-
-
-def vqa_prompts(split: SplitData, builder: PromptBuilder, image_processor, count: int) -> list[dict]:
-    """The first `count` questions with answers, one prompt each (references: the annotators' answers)."""
-    by_id = {r.image_id: r for r in split.images}
-    records = [q for q in split.vqa if q.answers and q.image_id in by_id][:count]
-    pixels = PixelStore([by_id[q.image_id].image_path for q in records], image_processor)
-    return [
-        {
-            "task": "vqa",
-            "key": f"vqa:{q.question_id}",
-            "references": list(q.answers),
-            "answer_type": q.answer_type or "all",
-            "input_ids": torch.tensor([builder.prompt_ids("vqa", q.question)]),
-            "pixel_values": pixels[k].unsqueeze(0),
-            "max_new_tokens": MAX_NEW_TOKENS["vqa"],
-        }
-        for k, q in enumerate(records)
-    ]
-
-
-def task_scores(prompts: Sequence[dict], texts: Sequence[str], *, meteor=False, spice: bool = False) -> dict[str, dict[str, Any]]:
-    """Quality per task: caption metrics for captions and descriptions (pycocoevalcap), VQA accuracy for answers."""
-    from pipeline.evaluation.vqa_accuracy import vqa_scores
-
-    scores: dict[str, dict[str, Any]] = {}
-    for task in sorted({p["task"] for p in prompts}):
-        index = [i for i, p in enumerate(prompts) if p["task"] == task]
-        if task == "vqa":
-            scores[task] = vqa_scores({i: texts[i] for i in index}, {i: prompts[i]["references"] for i in index},
-                                      {i: prompts[i]["answer_type"] for i in index})
+    @property
+    def key(self) -> str:
+        """A stable identifier, e.g. `ssd:ce+cs+kd:n1:d3`, `layerskip:full`, `draft-verify:skip6-8:t0.6`."""
+        head = self.head or EARLY_EXIT
+        if self.kind == "autoregressive":
+            name = "full"
+        elif self.kind == "hf_generate":
+            name = "generate"
+        elif self.kind == "hf_early_exit":
+            name = f"hf-early-exit:n{self.draft_layers}:d{self.draft_len}"
+        elif self.kind == "draft_only":
+            name = f"draft:{head}:n{self.draft_layers}"
+        elif self.kind == "ssd":
+            name = f"ssd:{head}:n{self.draft_layers}:d{self.draft_len}"
         else:
-            scores[task] = caption_scores({i: prompts[i]["references"] for i in index}, {i: texts[i] for i in index},
-                                          meteor=meteor, spice=spice and task == "caption")
-    return scores
+            name = f"draft-verify:skip{'-'.join(map(str, self.skip_layers))}:t{self.threshold:g}"
+        return name if self.backbone == FINETUNED else f"{self.backbone}:{name}"
+
+    @property
+    def verified(self) -> bool:
+        """The full model verifies every token: greedy output must equal the backbone's own, token for token."""
+        return self.kind in VERIFIED_KINDS
+
+    @property
+    def identity_reference(self) -> MethodSpec:
+        """The method whose output this one must reproduce: its own backbone decoded token by token."""
+        return autoregressive(self.backbone)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "skip_layers": list(self.skip_layers)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MethodSpec:
+        return cls(**{**data, "skip_layers": tuple(data.get("skip_layers", ()))})
 
 
-def evaluate_methods(
-    methods: dict[str, Method],
-    prompts: Sequence[dict],
-    tokenizer,
-    *,
-    reference: str,
-    identity_references: dict[str, str] | None = None,
-    repeats: int = 1,
-    warmup_prompts: int = 1,
-    caption_metrics: bool = True,
-    meteor=False,
-    spice: bool = False,
-) -> dict[str, dict[str, Any]]:
-    """Time every method on `prompts` and score it.
+def autoregressive(backbone: str = FINETUNED, label: str = "full model") -> MethodSpec:
+    return MethodSpec("autoregressive", label, backbone)
 
-    `reference` names the full model: every speed-up is relative to its latency. A method that decodes with
-    another backbone (LayerSkip, the mixed schedule) is checked for losslessness against its own backbone's
-    greedy output: `identity_references` maps it to that method's name.
-    """
-    if reference not in methods:
-        raise ValueError(f"reference method {reference!r} is not among {sorted(methods)}")
-    identity_references = identity_references or {}
-    timings = time_methods(methods, prompts, repeats=repeats, warmup_prompts=warmup_prompts)
-    base = timings[reference]
-    tasks = {t: [i for i, p in enumerate(prompts) if p["task"] == t] for t in sorted({p["task"] for p in prompts})}
-    results: dict[str, dict[str, Any]] = {}
-    for name, timing in timings.items():
-        latency = timing.latency()
-        identity = timings[identity_references.get(name, reference)]
-        row: dict[str, Any] = {
-            "speedup": base.latency() / latency,
-            "tokens_per_second": 1.0 / latency,
-            "ms_per_token": 1e3 * latency,
-            "new_tokens": float(timing.new_tokens()),
-            "identical_share": identical_share(timing.outputs, identity.outputs),
-            "speedup_by_task": {t: base.latency(ix) / timing.latency(ix) for t, ix in tasks.items()},
-        }
-        if timing.has_stats and timing.stats.verify_calls:
-            stats = timing.stats
-            row.update({
-                "acceptance_rate": stats.acceptance_rate,
-                "mean_accepted_length": stats.mean_accepted_length,
-                "verify_calls": float(stats.verify_calls),
-                "acceptance_by_position": [a / d if d else 0.0 for a, d in zip(stats.accepted_by_position, stats.drafted_by_position)],
-            })
-        if caption_metrics:
-            texts = [t.strip() for t in tokenizer.batch_decode(timing.outputs, skip_special_tokens=True)]
-            row["tasks"] = task_scores(prompts, texts, meteor=meteor, spice=spice)
-            if "caption" in row["tasks"]:
-                row.update({"cider": row["tasks"]["caption"]["cider"], "bleu4": row["tasks"]["caption"]["bleu4"]})
-        results[name] = row
-    return results
+
+def hf_generate(backbone: str = FINETUNED, label: str = "model.generate") -> MethodSpec:
+    return MethodSpec("hf_generate", label, backbone)
+
+
+def hf_early_exit(draft_layers: int, draft_len: int, label: str = "", backbone: str = FINETUNED) -> MethodSpec:
+    return MethodSpec("hf_early_exit", label, backbone, draft_layers=draft_layers, draft_len=draft_len)
+
+
+def draft_only(head: str | None, draft_layers: int, label: str = "", backbone: str = FINETUNED) -> MethodSpec:
+    return MethodSpec("draft_only", label, backbone, head=head, draft_layers=draft_layers)
+
+
+def ssd(head: str | None, draft_layers: int, draft_len: DraftLength, label: str = "", backbone: str = FINETUNED) -> MethodSpec:
+    return MethodSpec("ssd", label, backbone, head=head, draft_layers=draft_layers, draft_len=draft_len)
+
+
+def draft_verify(skip_layers: Iterable[int], threshold: float, max_draft_len: int, label: str = "Draft & Verify",
+                 backbone: str = FINETUNED) -> MethodSpec:
+    return MethodSpec("draft_verify", label, backbone, skip_layers=tuple(skip_layers), threshold=threshold,
+                      max_draft_len=max_draft_len)
+
+
+@dataclass(frozen=True)
+class EvaluationPlan:
+    """The methods `evaluate` decodes, and which of them form each table and figure of the report."""
+
+    methods: tuple[MethodSpec, ...]
+    main_head: str  # the imitation network of "ours": Table 1's draft with imitation, growing d, Fig. 9
+    variants: tuple[str, ...]  # the loss-variant heads (imitation.variants that were trained)
+    draft_layers: int
+    draft_len: int  # the default fixed d
+    fusion_heads: dict[str, str] = field(default_factory=dict)  # fusion → its ce+cs+kd head (the fusion table)
+
+    @property
+    def reference(self) -> MethodSpec:
+        """The full model decoded token by token by our engine: every speed-up is relative to it."""
+        return autoregressive()
+
+    @property
+    def main(self) -> MethodSpec:
+        return self._find("ssd", FINETUNED, self.main_head, self.draft_len)
+
+    def _find(self, kind: str, backbone: str, head: str | None = None, draft_len: DraftLength | None = None) -> MethodSpec:
+        for spec in self.methods:
+            if (spec.kind, spec.backbone, spec.head) == (kind, backbone, head) and (draft_len is None or spec.draft_len == draft_len):
+                return spec
+        raise KeyError(f"no {kind} method on {backbone} with head {head} and d {draft_len} in the plan")
+
+    def _present(self, candidates: Iterable[tuple[str, str, str | None, DraftLength | None]]) -> list[MethodSpec]:
+        found = []
+        for candidate in candidates:
+            try:
+                found.append(self._find(*candidate))
+            except KeyError:
+                continue
+        return found
+
+    def table1(self) -> list[MethodSpec]:
+        """Paper Table 1's rows, in its order: the full model, the drafts alone, the baselines, ours."""
+        d = self.draft_len
+        return self._present([
+            ("autoregressive", FINETUNED, None, None), ("hf_generate", FINETUNED, None, None),
+            ("draft_only", FINETUNED, None, None), ("draft_only", FINETUNED, self.main_head, None),
+            ("draft_verify", FINETUNED, None, None), ("ssd", LAYERSKIP, None, d),
+            *[("ssd", FINETUNED, variant, d) for variant in self.variants],
+            ("ssd", FINETUNED, self.main_head, "growing"), ("ssd", MIXED, MIXED, d),
+        ])
+
+    def ours(self) -> list[MethodSpec]:
+        """Our method as trained (each loss variant at the default d, growing d, the mixed schedule): Fig. 5's curves."""
+        d = self.draft_len
+        return self._present([*[("ssd", FINETUNED, variant, d) for variant in self.variants],
+                              ("ssd", FINETUNED, self.main_head, "growing"), ("ssd", MIXED, MIXED, d)])
+
+    def by_draft_len(self) -> list[MethodSpec]:
+        """Ours (the main head) at every fixed d, shortest first: Fig. 9."""
+        fixed = [s for s in self.methods if (s.kind, s.backbone, s.head) == ("ssd", FINETUNED, self.main_head)
+                 and isinstance(s.draft_len, int)]
+        return sorted(fixed, key=lambda s: int(s.draft_len or 0))
+
+    def fusion_rows(self) -> list[tuple[str, MethodSpec, MethodSpec]]:
+        """Per fusion of the fusion table: (fusion, ours with its head at the default d, its draft alone)."""
+        rows = []
+        for kind, head in self.fusion_heads.items():
+            found = self._present([("ssd", FINETUNED, head, self.draft_len), ("draft_only", FINETUNED, head, None)])
+            if len(found) == 2:
+                rows.append((kind, found[0], found[1]))
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"methods": [m.to_dict() for m in self.methods], "main_head": self.main_head, "variants": list(self.variants),
+                "draft_layers": self.draft_layers, "draft_len": self.draft_len, "fusion_heads": dict(self.fusion_heads)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EvaluationPlan:
+        return cls(tuple(MethodSpec.from_dict(m) for m in data["methods"]), data["main_head"], tuple(data["variants"]),
+                   data["draft_layers"], data["draft_len"], dict(data["fusion_heads"]))
+
+
+def main_head_name(heads: Iterable[str]) -> str:
+    """The head "ours" stands for: the full-loss variant when trained, else the first head by name."""
+    names = sorted(heads)
+    if not names:
+        raise ValueError("no imitation networks to evaluate")
+    return "ce+cs+kd" if "ce+cs+kd" in names else names[0]
+
+
+def evaluation_plan(params: Params, heads: Mapping[str, int], draft_verify_found: Mapping[str, Any], *,
+                    layerskip: bool = True) -> EvaluationPlan:
+    """Every method `evaluate` compares. `heads`: the trained imitation networks (name → draft layers n), `mixed`
+    for the mixed schedule's; `draft_verify_found`: train_baselines' search result (skip_layers, threshold,
+    max_draft_len); `layerskip`: whether LayerSkip's backbone exists."""
+    imitation, d = params.imitation, params.decoding.draft_len
+    main = main_head_name(h for h in heads if h != MIXED)
+    n = heads[main]
+    fusion_heads = imitation.fusion_table_heads()
+    missing = {kind: head for kind, head in fusion_heads.items() if head not in heads}
+    if missing:
+        raise PipelineError(f"the fusion table's imitation networks {missing} are missing; run `dvc repro train_imitation`")
+    variants = tuple(v for v in imitation.variants if v in heads)
+    methods = [
+        autoregressive(), hf_generate(),
+        draft_only(None, n, "draft without imitation"), draft_only(main, n, "draft with imitation"),
+        draft_verify(draft_verify_found["skip_layers"], draft_verify_found["threshold"],
+                     draft_verify_found.get("max_draft_len", 8)),
+        ssd(None, n, d, f"SSD, no imitation (d={d})"),
+        *[ssd(variant, n, d, f"ours ({variant})") for variant in variants],
+        ssd(main, n, "growing", "ours, growing d"),
+    ]
+    main_label = f"ours ({main})"
+    for kind, head in fusion_heads.items():
+        if head != main:
+            methods += [ssd(head, heads[head], d, f"{main_label}, {kind} fusion"),
+                        draft_only(head, heads[head], f"draft with imitation, {kind} fusion")]
+    methods += [ssd(main, n, length, f"{main_label} d={length}") for length in params.evaluate.draft_lens if length != d]
+    if layerskip:
+        methods += [autoregressive(LAYERSKIP, "LayerSkip: its full model"), ssd(None, n, d, "LayerSkip", backbone=LAYERSKIP)]
+    if MIXED in heads:
+        methods += [autoregressive(MIXED, "mixed schedule: its full model"),
+                    ssd(MIXED, heads[MIXED], d, "ours, mixed schedule", backbone=MIXED)]
+    return EvaluationPlan(tuple(dedupe(methods)), main, variants, n, d, fusion_heads)
+
+
+def dedupe(methods: Iterable[MethodSpec]) -> list[MethodSpec]:
+    """Methods with distinct keys, the first label kept."""
+    seen: dict[str, MethodSpec] = {}
+    for spec in methods:
+        seen.setdefault(spec.key, spec)
+    return list(seen.values())
+
+
+def relabel(spec: MethodSpec, label: str) -> MethodSpec:
+    return replace(spec, label=label)

@@ -1,8 +1,9 @@
 """The imitation network: layer-`n` hidden states → an imitation of the deep layers' representation.
 
 Its output goes through the backbone's own final norm and LM head (it owns neither), so the draft is
-`lm_head(final_norm(imitation(h_n)))`. The architecture comes from `ImitationNetworkConfig`; the default is the
-paper's NAS result: two linear layers of the hidden size and a layer norm. An optional single causal
+`lm_head(final_norm(imitation(h_n)))`. Its architecture is `pipeline.config.ImitationArchitecture` (the type
+params.yaml and the NAS use too); the default is the paper's NAS result: two linear layers of the hidden size
+and a layer norm. An optional single causal
 self-attention layer gives the draft context beyond the current position; it then keeps its own KV cache
 while decoding and implements the decoder's `StatefulHead` protocol (`reset`, `crop`).
 
@@ -12,45 +13,19 @@ The module is saved as `config.json` + `model.safetensors` and loads without any
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from pipeline.config import ImitationArchitecture
 from pipeline.errors import ModelLoadError
 from pipeline.io import atomic_directory
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh}
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-
-
-@dataclass(frozen=True)
-class ImitationNetworkConfig:
-    hidden_size: int
-    num_linear: Literal[1, 2] = 2
-    activation: str = "gelu"
-    dropout: float = 0.0
-    attention: bool = False
-    num_heads: int = 4
-    layer_norm: bool = True
-    residual: bool = True  # output = h_n + f(h_n): starts as the early-exit draft and learns the difference
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.num_linear not in (1, 2):
-            problems.append(f"num_linear must be 1 or 2, got {self.num_linear!r}")
-        if self.activation not in ACTIVATIONS:
-            problems.append(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            problems.append(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if self.attention and self.hidden_size % self.num_heads:
-            problems.append(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
-        if problems:
-            raise ValueError("invalid imitation network config: " + "; ".join(problems))
 
 
 class _CausalSelfAttention(nn.Module):
@@ -94,10 +69,14 @@ class _CausalSelfAttention(nn.Module):
 
 
 class ImitationNetwork(nn.Module):
-    def __init__(self, config: ImitationNetworkConfig) -> None:
+    def __init__(self, hidden_size: int, architecture: ImitationArchitecture | None = None) -> None:
         super().__init__()
-        self.config = config
-        hidden = config.hidden_size
+        config = architecture or ImitationArchitecture()
+        if config.attention and hidden_size % config.num_heads:
+            raise ValueError(f"hidden_size {hidden_size} is not divisible by the attention's num_heads {config.num_heads}")
+        self.hidden_size = hidden_size
+        self.architecture = config
+        hidden = hidden_size
         self.attention = _CausalSelfAttention(hidden, config.num_heads) if config.attention else None
         layers: list[nn.Module] = [nn.Linear(hidden, hidden)]
         if config.num_linear == 2:
@@ -112,7 +91,7 @@ class ImitationNetwork(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         # Pre-norm residual form: with `residual` the output is h_n + f(h_n), so the zero-initialised
         # network starts as exactly the early-exit draft; without it, norm(f(h_n)) as in the paper's sketch.
-        if not self.config.residual:
+        if not self.architecture.residual:
             x = hidden if self.attention is None else self.attention(hidden)
             return self.norm(self.mlp(x))
         x = self.norm(hidden)
@@ -162,22 +141,22 @@ class _StatelessHead(nn.Module):
         return self.network(hidden)
 
 
-def architecture_spec(base: dict, searched: str | Path | None = None) -> dict:
-    """The architecture fields to build: params' `base`, overridden by the nas stage's winner when its file exists."""
-    spec = dict(base)
-    if searched is not None and Path(searched).exists():
-        try:
-            spec.update(json.loads(Path(searched).read_text())["architecture"])
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ModelLoadError(f"{searched} is not a nas result with an 'architecture' mapping: {exc}; re-run the nas stage") from None
-    spec.pop("hidden_size", None)
-    return spec
+def searched_architecture(base: ImitationArchitecture, searched: str | Path | None = None) -> ImitationArchitecture:
+    """The architecture to build: params' `base`, overridden by the nas stage's winner when its file exists."""
+    if searched is None or not Path(searched).exists():
+        return base
+    try:
+        found = json.loads(Path(searched).read_text())["architecture"]
+        return ImitationArchitecture.model_validate({**base.model_dump(), **found})
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ModelLoadError(f"{searched} is not a nas result with a valid 'architecture' mapping: {exc}; re-run the nas stage") from None
 
 
 def save_imitation(network: ImitationNetwork, path: str | Path, extra: dict | None = None) -> None:
     """`config.json` (architecture + `extra`, e.g. the draft layer n) and `model.safetensors`, atomically."""
+    saved = {"hidden_size": network.hidden_size, "architecture": network.architecture.model_dump(), **(extra or {})}
     with atomic_directory(path) as tmp:
-        (tmp / CONFIG_FILE).write_text(json.dumps({"architecture": asdict(network.config), **(extra or {})}, indent=1))
+        (tmp / CONFIG_FILE).write_text(json.dumps(saved, indent=1))
         save_file({k: v.detach().contiguous() for k, v in network.state_dict().items()}, str(tmp / WEIGHTS_FILE))
 
 
@@ -189,10 +168,13 @@ def load_imitation(path: str | Path) -> tuple[ImitationNetwork, dict]:
         raise ModelLoadError(f"{path} is not a saved imitation network (needs {CONFIG_FILE} and {WEIGHTS_FILE}); run train_imitation")
     try:
         saved = json.loads(config_file.read_text())
-        config = ImitationNetworkConfig(**saved.pop("architecture"))
+        architecture = dict(saved.pop("architecture"))
+        # heads saved before the architecture became its own type kept the hidden size inside it
+        hidden_size = int(saved.pop("hidden_size", None) or architecture.pop("hidden_size"))
+        architecture.pop("hidden_size", None)
+        network = ImitationNetwork(hidden_size, ImitationArchitecture.model_validate(architecture))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise ModelLoadError(f"{config_file} is not a valid imitation network config: {exc}") from None
-    network = ImitationNetwork(config)
     state = load_file(str(weights_file))
     missing, unexpected = network.load_state_dict(state, strict=False)
     if missing or unexpected:

@@ -9,11 +9,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from pipeline.config import ModelConfig
+from pipeline.config import ModelConfig, PromptConfig
+from pipeline.data.prepared import read_manifest
+from pipeline.data.prompts import PromptBuilder
+from pipeline.data.tokenizer import load_word_tokenizer
 from pipeline.errors import ModelLoadError
 from pipeline.io import atomic_directory
 from pipeline.models.adapter import BackboneAdapter, adapter_for
@@ -26,8 +30,12 @@ SUPPORTED_MODEL_TYPES = {"llava": "LlavaForConditionalGeneration"}
 class Backbone:
     model: nn.Module
     tokenizer: PreTrainedTokenizerBase
-    image_processor: object
+    image_processor: Any
     adapter: BackboneAdapter
+
+    def prompt_builder(self, prompts: PromptConfig) -> PromptBuilder:
+        """Prompts for this backbone: its tokenizer and its image-token layout."""
+        return PromptBuilder(self.tokenizer, prompts, self.adapter.image_token_id, self.adapter.num_image_tokens)
 
 
 def _special_id(tokenizer: PreTrainedTokenizerBase, token: str) -> int:
@@ -58,6 +66,16 @@ def build_backbone(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase | None, 
     return Backbone(model, tokenizer, tiny_image_processor(cfg.tiny.image_size), adapter_for(model))
 
 
+def initial_backbone(cfg: ModelConfig, data_dir: str | Path, seed: int) -> Backbone:
+    """The backbone the fine-tune stage starts from: a preset built from scratch with the prepared data's tokenizer,
+    or a pretrained checkpoint."""
+    tokenizer = None
+    if not PRESETS[cfg.preset].needs_pretrained_path:
+        data_dir = Path(data_dir)
+        tokenizer = load_word_tokenizer(data_dir / read_manifest(data_dir)["tokenizer_dir"])
+    return build_backbone(cfg, tokenizer, seed)
+
+
 def load_backbone(path: str | Path | None) -> Backbone:
     """Load a saved or pretrained backbone directory, failing loudly on anything that does not fit."""
     if path is None:
@@ -76,7 +94,8 @@ def load_backbone(path: str | Path | None) -> Backbone:
 
     model_class = getattr(transformers, SUPPORTED_MODEL_TYPES[model_type])
     try:
-        model, info = model_class.from_pretrained(path, output_loading_info=True)
+        # mismatched shapes are collected (and reported below, by key) instead of raised with a pointer to a log
+        model, info = model_class.from_pretrained(path, output_loading_info=True, ignore_mismatched_sizes=True)
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelLoadError(f"cannot load the model in {path}: {exc}") from None
     problems = {k: v for k, v in info.items() if k in ("missing_keys", "mismatched_keys", "unexpected_keys") and v}

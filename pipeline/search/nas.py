@@ -13,26 +13,37 @@ trials whose score trails at a rung.
 
 from __future__ import annotations
 
-import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from pipeline import tracking
+from pipeline.config import ImitationArchitecture, NASConfig, Params
 from pipeline.evaluation.flops import per_token_flops
-from pipeline.models.fusion import build_fusion, fused_layer_count
-from pipeline.models.imitation import ImitationNetwork, ImitationNetworkConfig
+from pipeline.evaluation.layer_choice import resolve_draft_layers
+from pipeline.models.deep_layer_fusion import build_fusion, fused_layer_count
+from pipeline.models.imitation import ImitationNetwork
+from pipeline.models.loading import load_backbone
+from pipeline.search.space import load_search_space
+from pipeline.search.stage_search import run_stage_search
 from pipeline.search.trial_setup import TrialContext, load_for_trial
+from pipeline.search.tuning import SearchSpec, inputs_fingerprint, result_rows
 from pipeline.training.imitation import ValidationReporter, fit_imitation
 from pipeline.training.imitation_losses import variant_weights
 
-# Keys a NAS search space may name: the architecture fields (hidden_size is the backbone's)
-ARCHITECTURE_KEYS = {f.name for f in dataclasses.fields(ImitationNetworkConfig)} - {"hidden_size"}
+# Keys a NAS search space may name: the architecture's fields
+ARCHITECTURE_KEYS = set(ImitationArchitecture.model_fields)
 REPORTED = ["score", "agreement", "acceptance_rate", "mean_accepted_length", "agreement_early_exit",
             "draft_cost_ratio", "flops_imitation", "flops_draft", "parameters", "step"]
+PAPER_CHOICE = {"num_linear": 2, "attention": False}  # the paper's NAS result: two linear layers, no attention
 
 
-def architecture(base: dict[str, Any], sampled: dict[str, Any], hidden_size: int) -> ImitationNetworkConfig:
-    return ImitationNetworkConfig(hidden_size=hidden_size, **{**base, **{k: sampled[k] for k in sampled if k in ARCHITECTURE_KEYS}})
+def architecture(base: ImitationArchitecture, sampled: dict[str, Any]) -> ImitationArchitecture:
+    """`base` (params' architecture) with the fields a trial sampled."""
+    return ImitationArchitecture.model_validate({**base.model_dump(), **{k: v for k, v in sampled.items() if k in ARCHITECTURE_KEYS}})
 
 
 def score(accuracy: float, draft_cost_ratio: float, flops_weight: float) -> float:
@@ -47,9 +58,9 @@ def nas_trial(config: dict[str, Any], context: TrialContext) -> None:
     loaded = load_for_trial(context)
     backbone, n = loaded.backbone, context.draft_layers
     adapter = backbone.adapter
-    arch = architecture(imitation.architecture.model_dump(), config, adapter.hidden_size)
+    arch = architecture(imitation.architecture, config)
     torch.manual_seed(params.seed)
-    head = ImitationNetwork(arch)
+    head = ImitationNetwork(adapter.hidden_size, arch)
     flops = per_token_flops(adapter, n, head)
     fixed = {
         "flops_imitation": flops["imitation"],
@@ -72,8 +83,9 @@ def nas_trial(config: dict[str, Any], context: TrialContext) -> None:
         "val_every_steps": nas.report_every_steps,
         "val_batches": nas.val_batches,
         "val_decode_prompts": nas.val_decode_prompts,
-        "warmup_steps": min(imitation.warmup_steps, max(0, nas.max_steps // 4)),
-        "accelerator": "auto" if torch.cuda.is_available() else "cpu",
+        "optimizer": imitation.optimizer.model_copy(
+            update={"warmup_steps": min(imitation.optimizer.warmup_steps, max(0, nas.max_steps // 4))}),
+        "trainer": imitation.trainer.model_copy(update={"accelerator": "auto" if torch.cuda.is_available() else "cpu"}),
     })
     weights = variant_weights("ce+cs+kd", imitation.weights)
     fusion = build_fusion(imitation.fusion, adapter.hidden_size, fused_layer_count(imitation.fusion_layers, adapter.num_layers, n))
@@ -81,3 +93,77 @@ def nas_trial(config: dict[str, Any], context: TrialContext) -> None:
         backbone.model, head, fusion, loaded.builder, backbone.image_processor, loaded.splits, cfg,
         draft_layers=n, loss_weights=weights, seed=params.seed, callbacks=[ValidationReporter(report)], progress_bar=False,
     )
+
+
+def max_reports(cfg: NASConfig) -> int:
+    return max(1, cfg.max_steps // cfg.report_every_steps)
+
+
+def asha_scheduler(cfg: NASConfig) -> Any:
+    """ASHA in units of reports (one validation each): trials whose score trails at a rung stop there."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    reports = max_reports(cfg)
+    return ASHAScheduler(time_attr="training_iteration", max_t=reports, grace_period=min(cfg.grace_reports, reports),
+                         reduction_factor=cfg.reduction_factor)
+
+
+@dataclass
+class NASOutcome:
+    draft_layers: int
+    rows: list[dict[str, Any]]  # one per trial, best first: reports/nas_trials.csv
+    summary: dict[str, Any]  # the winner against the paper's choice: metrics/nas.json
+    best: dict[str, Any]  # the architecture train_imitation builds: models/nas/best_architecture.json
+
+    def headline(self) -> str:
+        best = self.summary["best"]
+        agreement = best["agreement"] if best.get("agreement") is not None else float("nan")
+        return (f"nas: best of {len(self.rows)} trials at n = {self.draft_layers}: {self.best['architecture']} score "
+                f"{best['score']:.3f} (agreement {agreement:.3f}, cost ratio {best['draft_cost_ratio']:.3f})")
+
+
+def summarise(results: Any, cfg: NASConfig, base: ImitationArchitecture, draft_layers: int) -> NASOutcome:
+    """The trial table, the winner (last reported score) and the paper's choice among the trials, if it was one."""
+    rows = sorted(result_rows(results, REPORTED), key=lambda r: -(r["score"] if r["score"] is not None else float("-inf")))
+    best = results.get_best_result(metric="score", mode="max", scope="last")
+    winner = architecture(base, best.config)
+    paper = [r for r in rows if all(r.get(f"config.{k}") == v for k, v in PAPER_CHOICE.items()) and r["score"] is not None]
+    summary = {
+        "draft_layers": draft_layers,
+        "trials": len(rows),
+        "failed_trials": sum(bool(r["error"]) for r in rows),
+        "stopped_early": sum(r["reports"] < max_reports(cfg) for r in rows if not r["error"]),
+        "best": {k: best.metrics.get(k) for k in REPORTED} | {"architecture": best.config},
+        "paper_choice": (
+            {k: paper[0][k] for k in REPORTED}
+            | {"architecture": {k.removeprefix("config."): v for k, v in paper[0].items() if k.startswith("config.")}}
+        ) if paper else None,
+    }
+    chosen = {"architecture": winner.model_dump(), "score": best.metrics["score"], "draft_layers": draft_layers}
+    return NASOutcome(draft_layers, rows, summary, chosen)
+
+
+def run_nas(params: Params, model_dir: Path, layer_choice: Path, write: Callable[[NASOutcome], None]) -> NASOutcome:
+    """Search imitation architectures at the chosen n on Ray Tune; `write(outcome)` runs inside the stage's MLflow run
+    (the stage's outputs, logged as its artifacts). Paths are relative to the repository root."""
+    cfg = params.nas
+    root = tracking.repo_root()
+    model_dir, data_dir = (root / model_dir).resolve(), (root / params.data.out_dir).resolve()
+    space = load_search_space(root / params.nas.search_space, allowed_keys=ARCHITECTURE_KEYS)
+    num_layers = load_backbone(model_dir).adapter.num_layers
+    n = resolve_draft_layers(params.imitation.draft_layers, num_layers, root / layer_choice, "imitation.draft_layers")
+    context = TrialContext(str(model_dir), str(data_dir), params.model_dump(), n, threads=max(1, int(params.ray.cpus_per_trial)))
+    settings = params.model_dump(include={"seed", "nas", "imitation"}) | {"space": space.space, "first": space.evaluate_first, "n": n}
+    spec = SearchSpec(
+        name="nas", fingerprint=inputs_fingerprint(settings, [model_dir, data_dir]),
+        metric="score", mode="max", num_samples=cfg.num_samples, seed=params.seed, max_failures=params.ray.max_failures,
+        max_concurrent_trials=cfg.max_concurrent_trials, scheduler=asha_scheduler(cfg),
+    )
+    outcome: list[NASOutcome] = []
+
+    def finish(results: Any) -> None:
+        outcome.append(summarise(results, cfg, params.imitation.architecture, n))
+        write(outcome[0])
+
+    run_stage_search("nas", params, nas_trial, context, space, spec, {"draft_layers": str(n)}, finish)
+    return outcome[0]

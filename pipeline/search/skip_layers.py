@@ -53,6 +53,10 @@ class SkipSearchResult:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def summary(self) -> dict:
+        """Everything but the search trace."""
+        return {k: v for k, v in self.to_dict().items() if k != "trace"}
+
 
 @torch.no_grad()
 def reference_continuations(model: nn.Module, prompts: Sequence[dict]) -> list[torch.Tensor]:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from pipeline.config import Params
-from pipeline.data.examples import SplitData, load_prepared
+from pipeline.data.prepared import SplitData, load_prepared
 from pipeline.data.prompts import PromptBuilder
 from pipeline.models.loading import Backbone, load_backbone
 

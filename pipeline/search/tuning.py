@@ -21,6 +21,7 @@ from typing import Any
 
 from pipeline.errors import PipelineError
 from pipeline.search.ray_runtime import RayRuntime
+from pipeline.tracking import RunRef, child_run_tags
 from pipeline.search.space import SearchSpace
 
 STATE_FILE = "fastvlm_search.json"
@@ -100,13 +101,13 @@ def _clear(runtime: RayRuntime, name: str) -> None:
         fs.delete_dir(folder)
 
 
-def _mlflow_callback(tracking_uri: str, experiment: str | None, parent_run_id: str | None, tags: Mapping[str, str]):
+def _mlflow_callback(parent: RunRef, experiment: str | None, tags: Mapping[str, str]) -> Any:
+    """Ray's MLflow integration logs every trial from the driver, into the store and under the parent run that
+    `pipeline.tracking` names."""
     from ray.air.integrations.mlflow import MLflowLoggerCallback
 
-    run_tags = dict(tags)
-    if parent_run_id:
-        run_tags["mlflow.parentRunId"] = parent_run_id  # what the MLflow UI nests runs by
-    return MLflowLoggerCallback(tracking_uri=tracking_uri, experiment_name=experiment, tags=run_tags, save_artifact=True)
+    return MLflowLoggerCallback(tracking_uri=parent.uri, experiment_name=experiment, save_artifact=True,
+                                tags=child_run_tags(parent.run_id, **tags))
 
 
 def run_search(
@@ -116,24 +117,24 @@ def run_search(
     spec: SearchSpec,
     plan: SearchPlan,
     *,
-    tracking_uri: str | None = None,
+    parent_run: RunRef | None = None,
     experiment: str | None = None,
-    parent_run_id: str | None = None,
     tags: Mapping[str, str] | None = None,
-):
-    """Run (or resume) the search and return Ray's `ResultGrid`; raises if every trial failed."""
+) -> Any:
+    """Run (or resume) the search and return Ray's `ResultGrid`; raises if every trial failed. Trials are logged as
+    MLflow runs nested under `parent_run` when given."""
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     trainable = tune.with_resources(trainable, dict(runtime.resources))
     path = experiment_path(runtime, spec.name)
-    state = {"fingerprint": spec.fingerprint, "parent_run_id": parent_run_id, "complete": False}
+    state = {"fingerprint": spec.fingerprint, "parent_run_id": parent_run.run_id if parent_run else None, "complete": False}
     if plan.resume:
         print(f"search {spec.name}: resuming the interrupted search in {path}")
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
     else:
         _clear(runtime, spec.name)
-        callbacks = [_mlflow_callback(tracking_uri, experiment, parent_run_id, tags or {})] if tracking_uri else []
+        callbacks = [_mlflow_callback(parent_run, experiment, tags or {})] if parent_run else []
         tuner = tune.Tuner(
             trainable,
             param_space=space.to_tune(),

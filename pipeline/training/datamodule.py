@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import math
-from typing import Protocol
 
 import lightning as L
 from torch.utils.data import DataLoader
 
-from pipeline.config import TaskWeights
+from pipeline.config import TrainingConfig
 from pipeline.data.datasets import ExampleDataset, TaskBatchSampler, collate_for_training
-from pipeline.data.examples import Example, SplitData
+from pipeline.data.prepared import Example, SplitData
 from pipeline.data.pixels import PixelStore
 from pipeline.data.prompts import TASKS, PromptBuilder
-
-
-class BatchingConfig(Protocol):
-    """What the data module reads from a stage's config (FinetuneConfig, ImitationConfig, ...)."""
-
-    batch_size: int
-    task_weights: TaskWeights
-    val_batches: int
-    num_workers: int
 
 
 def split_examples(split: SplitData, weights: dict[str, float]) -> list[Example]:
@@ -34,7 +24,7 @@ class VLMDataModule(L.LightningDataModule):
         splits: dict[str, SplitData],
         builder: PromptBuilder,
         image_processor,
-        cfg: BatchingConfig,
+        cfg: TrainingConfig,
         seed: int,
     ) -> None:
         super().__init__()
@@ -71,8 +61,8 @@ class VLMDataModule(L.LightningDataModule):
             dataset,
             batch_sampler=sampler,
             collate_fn=self._collate,
-            num_workers=self.cfg.num_workers,
-            persistent_workers=self.cfg.num_workers > 0,
+            num_workers=self.cfg.trainer.num_workers,
+            persistent_workers=self.cfg.trainer.num_workers > 0,
         )
 
     def val_dataloader(self) -> DataLoader:

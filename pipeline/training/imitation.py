@@ -14,21 +14,23 @@ self-speculative decoder — the end-to-end acceptance rate and mean accepted le
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import lightning as L
 import torch
 from torch import nn
-from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from pipeline.config import ImitationConfig
-from pipeline.data.examples import SplitData
-from pipeline.data.pixels import PixelStore
+from pipeline.data.prepared import SplitData
+from pipeline.evaluation.prompts import validation_prompts
 from pipeline.data.prompts import PromptBuilder
 from pipeline.decoding import SelfSpeculativeDecoder
 from pipeline.models.adapter import adapter_for
 from pipeline.models.imitation import as_draft_head
+from pipeline.tracking import RunRef
 from pipeline.training import imitation_losses as losses
 from pipeline.training.datamodule import VLMDataModule
+from pipeline.training.optimizer import adamw_cosine
 from pipeline.training.trainer import fit_module
 
 
@@ -135,17 +137,14 @@ class ImitationModule(L.LightningModule):
         self.log("val/acceptance_rate", stats.acceptance_rate, rank_zero_only=True)
         self.log("val/mean_accepted_length", stats.mean_accepted_length, rank_zero_only=True)
 
-    def configure_optimizers(self):
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = self.cfg.optimizer
         draft = [p for p in [*self.head.parameters(), *self.fusion.parameters()] if p.requires_grad]
-        groups = [{"params": draft, "lr": self.cfg.lr, "weight_decay": self.cfg.weight_decay}]
+        groups: list[dict[str, Any]] = [{"params": draft, "lr": optimizer.lr, "weight_decay": optimizer.weight_decay}]
         backbone = [p for p in self.model.parameters() if p.requires_grad]
-        if backbone:
+        if backbone:  # the mixed schedule's joint phase: the backbone at its own rate, without weight decay
             groups.append({"params": backbone, "lr": self.cfg.mixed.backbone_lr, "weight_decay": 0.0})
-        optimizer = torch.optim.AdamW(groups)
-        scheduler = get_cosine_with_min_lr_schedule_with_warmup(
-            optimizer, num_warmup_steps=self.cfg.warmup_steps, num_training_steps=self.cfg.max_steps, min_lr_rate=self.cfg.min_lr_ratio
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return adamw_cosine(groups, optimizer, self.cfg.max_steps)
 
 
 @torch.no_grad()
@@ -165,23 +164,6 @@ def decode_acceptance(model: nn.Module, head: nn.Module | None, draft_layers: in
     for module, mode in was_training.items():
         module.train(mode)
     return total
-
-
-def validation_prompts(split: SplitData, builder: PromptBuilder, image_processor, count: int, dtype=torch.float32) -> list[dict]:
-    """`count` validation prompts, half captions and half descriptions, for end-to-end acceptance."""
-    if count == 0:
-        return []
-    described = [i for i, r in enumerate(split.images) if r.image_id in split.descriptions]
-    chosen = [("caption", i) for i in range((count + 1) // 2)] + [("description", i) for i in described[: count // 2]]
-    pixels = PixelStore([split.images[i].image_path for _, i in chosen], image_processor)
-    return [
-        {
-            "input_ids": torch.tensor([builder.prompt_ids(task)]),
-            "pixel_values": pixels[k].unsqueeze(0).to(dtype),
-            "max_new_tokens": 32 if task == "caption" else 96,
-        }
-        for k, (task, _) in enumerate(chosen)
-    ]
 
 
 @dataclass
@@ -216,9 +198,7 @@ def fit_imitation(
     loss_weights: dict[str, float],
     mixed: bool = False,
     seed: int = 0,
-    checkpoint_dir=None,
-    mlflow_uri: str | None = None,
-    mlflow_run_id: str | None = None,
+    tracking_run: RunRef | None = None,
     callbacks: list[L.Callback] | None = None,
     progress_bar: bool = True,
 ) -> ImitationResult:
@@ -233,8 +213,7 @@ def fit_imitation(
     )
     run = fit_module(
         module, cfg, VLMDataModule(splits, builder, image_processor, cfg, seed),
-        callbacks=callbacks, checkpoint_dir=checkpoint_dir, mlflow_uri=mlflow_uri, mlflow_run_id=mlflow_run_id,
-        progress_bar=progress_bar,
+        callbacks=callbacks, tracking_run=tracking_run, progress_bar=progress_bar,
     )
     model.eval()
     head.eval()

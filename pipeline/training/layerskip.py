@@ -27,20 +27,23 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import lightning as L
 import torch
 from torch import nn
-from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from pipeline.config import LayerSkipConfig
-from pipeline.data.examples import SplitData
+from pipeline.data.prepared import SplitData
 from pipeline.data.prompts import PromptBuilder
 from pipeline.models.adapter import BackboneAdapter, adapter_for
+from pipeline.tracking import RunRef
 from pipeline.training import imitation_losses as losses
 from pipeline.training.datamodule import VLMDataModule
+from pipeline.evaluation.prompts import validation_prompts
+from pipeline.training.imitation import decode_acceptance
+from pipeline.training.optimizer import adamw_cosine, decay_groups
 from pipeline.training.trainer import fit_module
-from pipeline.training.imitation import decode_acceptance, validation_prompts
 
 
 def layer_dropout_rates(num_layers: int, p_max: float) -> list[float]:
@@ -168,16 +171,9 @@ class LayerSkipModule(L.LightningModule):
         self.log("val/acceptance_rate", stats.acceptance_rate, rank_zero_only=True)
         self.log("val/mean_accepted_length", stats.mean_accepted_length, rank_zero_only=True)
 
-    def configure_optimizers(self):
-        decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim >= 2]
-        no_decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim < 2]
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=self.cfg.lr
-        )
-        scheduler = get_cosine_with_min_lr_schedule_with_warmup(
-            optimizer, num_warmup_steps=self.cfg.warmup_steps, num_training_steps=self.cfg.max_steps, min_lr_rate=self.cfg.min_lr_ratio
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+    def configure_optimizers(self) -> dict[str, Any]:
+        return adamw_cosine(decay_groups(self.model.parameters(), self.cfg.optimizer.weight_decay), self.cfg.optimizer,
+                            self.cfg.max_steps)
 
 
 @dataclass
@@ -195,8 +191,7 @@ def fit_layerskip(
     *,
     draft_layers: int,
     seed: int = 0,
-    mlflow_uri: str | None = None,
-    mlflow_run_id: str | None = None,
+    tracking_run: RunRef | None = None,
     callbacks: list[L.Callback] | None = None,
 ) -> LayerSkipResult:
     """Train `model` in place with LayerSkip's early-exit losses and layer dropout; validate the early exit at
@@ -205,7 +200,7 @@ def fit_layerskip(
     prompts = validation_prompts(splits["val"], builder, image_processor, cfg.val_decode_prompts)
     module = LayerSkipModule(model, cfg, draft_layers=draft_layers, seed=seed, val_prompts=prompts)
     run = fit_module(module, cfg, VLMDataModule(splits, builder, image_processor, cfg, seed),
-                     callbacks=callbacks, mlflow_uri=mlflow_uri, mlflow_run_id=mlflow_run_id)
+                     callbacks=callbacks, tracking_run=tracking_run)
     model.eval()
     metrics = dict(run.final_metrics)
     timed = sorted(module.step_seconds[1:] or module.step_seconds)  # the first step pays one-off set-up costs

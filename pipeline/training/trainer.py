@@ -1,6 +1,6 @@
-"""The one `L.Trainer` configuration every training stage uses (fine-tune, imitation, LayerSkip).
+"""The one `L.Trainer` configuration and fit loop every training stage uses (fine-tune, imitation, LayerSkip).
 
-Steps, not epochs, bound training; validation every `val_check_interval` global steps; the task-grouped
+Steps, not epochs, bound training; validation every `val_every_steps` global steps; the task-grouped
 `TaskBatchSampler` is rank-aware itself, so Lightning must not wrap it in a distributed sampler.
 """
 
@@ -9,37 +9,46 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
 
+from pipeline.config import TrainingConfig
+from pipeline.tracking import RunRef
+
 
 def build_trainer(
-    cfg,
+    cfg: TrainingConfig,
     *,
-    val_check_interval: int,
     callbacks: list[L.Callback],
     checkpoint_dir: Path | None = None,
-    mlflow_uri: str | None = None,
-    mlflow_run_id: str | None = None,
+    tracking_run: RunRef | None = None,
     progress_bar: bool = True,
 ) -> L.Trainer:
-    """`cfg` carries max_steps, accelerator, devices, strategy, precision and grad_clip. A checkpoint every 50
-    steps goes to `checkpoint_dir` when given; metrics go to the MLflow run `mlflow_run_id` when given."""
-    logger = MLFlowLogger(tracking_uri=mlflow_uri, run_id=mlflow_run_id, log_model=False) if mlflow_run_id else False
-    checkpoints = (
-        [ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=0, every_n_train_steps=50)] if checkpoint_dir else []
+    """A checkpoint every 50 steps goes to `checkpoint_dir` when given; metrics go to the MLflow run `tracking_run`
+    when given (Lightning's own logger, pointed at the run `pipeline.tracking` opened)."""
+    logger = (
+        MLFlowLogger(tracking_uri=tracking_run.uri, run_id=tracking_run.run_id, log_model=False) if tracking_run else False
     )
+    checkpoints = (
+        [ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=0, every_n_train_steps=50)]
+        if checkpoint_dir
+        else []
+    )
+    hardware = cfg.trainer
     return L.Trainer(
         max_steps=cfg.max_steps,
         max_epochs=-1,
-        accelerator=cfg.accelerator,
-        devices=cfg.devices,
-        strategy=cfg.strategy,
-        precision=cfg.precision,
-        gradient_clip_val=cfg.grad_clip,
-        val_check_interval=val_check_interval,
+        accelerator=hardware.accelerator,
+        devices=hardware.devices,
+        strategy=hardware.strategy,
+        precision=hardware.precision,
+        gradient_clip_val=cfg.optimizer.grad_clip,
+        # at least one validation, at the end, when the cadence is longer than the run
+        val_check_interval=min(cfg.val_every_steps, cfg.max_steps),
         check_val_every_n_epoch=None,
         num_sanity_val_steps=0,
         # Short runs (tests, smoke configs) must still log a loss curve
@@ -53,59 +62,81 @@ def build_trainer(
     )
 
 
-class ValidationCurve(L.Callback):
-    """Collects every validation's `val/*` metrics as a row (the curve) and prints the loss every `print_every`
+class TrainingCurve(L.Callback):
+    """Keeps the curves in memory (for DVC plots files and stage metrics; MLflow gets them through its logger):
+    the training loss of every step and every validation's `val/*` metrics. Prints the loss every `print_every`
     steps: progress bars vanish when output is not a terminal."""
 
     def __init__(self, print_every: int = 50) -> None:
-        self.rows: list[dict[str, float]] = []
+        self.train_rows: list[dict[str, float]] = []  # step, train_loss
+        self.val_rows: list[dict[str, float]] = []  # step, <metric> for every val/<metric>
         self.print_every = print_every
+        self.validated_at: int | None = None  # global step of the last validation, on every rank
+        self._clock = time.perf_counter()
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.is_global_zero and trainer.global_step % self.print_every == 0:
-            loss = float(trainer.callback_metrics.get("train/loss", float("nan")))
-            print(f"  step {trainer.global_step}/{trainer.max_steps} loss {loss:.3f}", flush=True)
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        loss = trainer.callback_metrics.get("train/loss")
+        if loss is None or not trainer.is_global_zero:
+            return
+        self.train_rows.append({"step": trainer.global_step, "train_loss": float(loss)})
+        if trainer.global_step % self.print_every == 0:
+            now = time.perf_counter()
+            rate = (now - self._clock) / self.print_every
+            self._clock = now
+            print(f"  step {trainer.global_step}/{trainer.max_steps} loss {float(loss):.3f} ({rate:.2f} s/step)", flush=True)
 
-    def on_validation_end(self, trainer, pl_module) -> None:
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.validated_at = trainer.global_step
         if trainer.is_global_zero and not trainer.sanity_checking:
-            row = {"step": trainer.global_step}
+            row: dict[str, float] = {"step": trainer.global_step}
             row.update({k.removeprefix("val/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
-            self.rows.append(row)
+            self.val_rows.append(row)
 
 
 @dataclass
 class FitRun:
-    final_metrics: dict[str, float]  # the last validation's metrics as val_<name>
+    final_metrics: dict[str, float]  # the validation at the last step, as val_<name>
     curve: list[dict[str, float]]  # every validation's metrics
+    train_curve: list[dict[str, float]]  # every step's training loss
     steps: float
     seconds: float
 
 
 def fit_module(
     module: L.LightningModule,
-    cfg,
+    cfg: TrainingConfig,
     datamodule: L.LightningDataModule,
     *,
     callbacks: list[L.Callback] | None = None,
     checkpoint_dir: Path | None = None,
-    mlflow_uri: str | None = None,
-    mlflow_run_id: str | None = None,
+    resume_from: Path | None = None,
+    tracking_run: RunRef | None = None,
     progress_bar: bool = True,
 ) -> FitRun:
-    """Train `module` with the shared trainer (validation every `cfg.val_every_steps`) and collect the curve:
-    what the imitation and LayerSkip trainings share."""
-    curve = ValidationCurve()
+    """Train `module` with the shared trainer (resuming from the checkpoint `resume_from` when given) and collect the
+    curves; the final metrics are those of a validation at the last step (run once more if the cadence missed it)."""
+    if cfg.trainer.num_threads:
+        torch.set_num_threads(cfg.trainer.num_threads)
+    curve = TrainingCurve()
     trainer = build_trainer(
         cfg,
-        val_check_interval=min(cfg.val_every_steps, cfg.max_steps),
         callbacks=[curve, *(callbacks or [])],
         checkpoint_dir=checkpoint_dir,
-        mlflow_uri=mlflow_uri,
-        mlflow_run_id=mlflow_run_id,
+        tracking_run=tracking_run,
         progress_bar=progress_bar,
     )
     started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
     seconds = time.perf_counter() - started
-    final = curve.rows[-1] if curve.rows else {}
-    return FitRun({f"val_{k}": v for k, v in final.items() if k != "step"}, curve.rows, float(trainer.global_step), seconds)
+    if curve.validated_at != trainer.global_step:  # the same on every rank: a validation is a collective under DDP
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+    final = curve.val_rows[-1] if curve.val_rows else {}
+    return FitRun(
+        {f"val_{k}": v for k, v in final.items() if k != "step"},
+        curve.val_rows,
+        curve.train_rows,
+        float(trainer.global_step),
+        seconds,
+    )

@@ -21,7 +21,8 @@ from pipeline.decoding import (
 )
 from pipeline.models.adapter import adapter_for
 from tests.conftest import make_tiny_llava, make_vlm_inputs
-from tests.decoding.models import FullModelHead, RandomHead, make_causal_lm, make_text_prompt
+from tests.conftest import make_causal_lm, make_text_prompt
+from tests.decoding.draft_heads import FullModelHead, RandomHead
 
 NEW_TOKENS = 24
 ARCHS = ["llama", "mistral", "qwen2", "opt", "llava-llama", "llava-mistral", "llava-qwen2"]

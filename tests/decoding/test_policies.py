@@ -14,7 +14,7 @@ from pipeline.decoding import (
     SelfSpeculativeDecoder,
     as_policy,
 )
-from tests.decoding.models import make_causal_lm, make_text_prompt
+from tests.conftest import make_causal_lm, make_text_prompt
 
 
 def test_int_means_fixed_length():
@@ -121,7 +121,8 @@ def test_token_sources_say_which_tokens_the_draft_wrote():
     import torch
 
     from pipeline.decoding import SelfSpeculativeDecoder
-    from tests.decoding.models import FullModelHead, RandomHead, make_causal_lm, make_text_prompt
+    from tests.conftest import make_causal_lm, make_text_prompt
+    from tests.decoding.draft_heads import FullModelHead, RandomHead
 
     model, prompt = make_causal_lm(num_layers=4), make_text_prompt()
     perfect = SelfSpeculativeDecoder(model, 2, head=FullModelHead(model, 2), draft_len=3).generate(prompt, 9, []).stats

@@ -31,12 +31,12 @@ def test_confidence_is_a_probability_per_candidate_layer():
 
 def test_flops_per_token_add_up():
     from pipeline.evaluation.flops import per_token_flops
-    from pipeline.models.imitation import ImitationNetwork, ImitationNetworkConfig
+    from pipeline.models.imitation import ImitationNetwork
 
     model = make_tiny_llava("llama", num_layers=4)
     adapter = adapter_for(model)
     hidden = adapter.hidden_size
-    head = ImitationNetwork(ImitationNetworkConfig(hidden_size=hidden))
+    head = ImitationNetwork(hidden)
     flops = per_token_flops(adapter, 1, head, context=10)
     assert flops["imitation"] == 2 * 2 * hidden * hidden  # two H×H linears, 2 FLOPs per multiply-add
     vocab = model.config.text_config.vocab_size

@@ -5,34 +5,37 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pipeline.config import ImitationArchitecture
 from pipeline.decoding import SelfSpeculativeDecoder
 from pipeline.errors import ModelLoadError
-from pipeline.models.fusion import AttentionPoolFusion, build_fusion
-from pipeline.models.imitation import ImitationNetwork, ImitationNetworkConfig, as_draft_head, load_imitation, save_imitation
+from pipeline.models.deep_layer_fusion import AttentionPoolFusion, build_fusion
+from pipeline.models.imitation import ImitationNetwork, as_draft_head, load_imitation, save_imitation
 from tests.conftest import make_tiny_llava, make_vlm_inputs
 
 H = 32
 
 
 def test_residual_network_starts_as_the_early_exit_draft():
-    net = ImitationNetwork(ImitationNetworkConfig(hidden_size=H))
+    net = ImitationNetwork(H)
     h = torch.randn(2, 5, H)
     assert torch.equal(net(h), h)
     assert sum(p.numel() for p in net.parameters()) == 2 * (H * H + H) + 2 * H  # two linears + layer norm
 
 
 def test_invalid_architecture_is_rejected_with_every_problem():
-    with pytest.raises(ValueError, match="num_linear.*activation.*dropout"):
-        ImitationNetworkConfig(hidden_size=H, num_linear=3, activation="swish", dropout=1.5)
+    with pytest.raises(ValueError, match="(?s)num_linear.*activation.*dropout"):
+        ImitationArchitecture(num_linear=3, activation="swish", dropout=1.5)
+    with pytest.raises(ValueError, match="hidden_size 30 is not divisible by the attention's num_heads 4"):
+        ImitationNetwork(30, ImitationArchitecture(attention=True))
 
 
 @pytest.mark.parametrize("attention", [False, True])
 def test_save_and_load_round_trip(tmp_path, attention):
     torch.manual_seed(0)
-    net = ImitationNetwork(ImitationNetworkConfig(hidden_size=H, attention=attention, residual=False))
+    net = ImitationNetwork(H, ImitationArchitecture(attention=attention, residual=False))
     save_imitation(net, tmp_path / "net", {"draft_layers": 3})
     loaded, extra = load_imitation(tmp_path / "net")
-    assert extra["draft_layers"] == 3 and loaded.config == net.config
+    assert extra["draft_layers"] == 3 and loaded.architecture == net.architecture and loaded.hidden_size == net.hidden_size
     h = torch.randn(1, 4, H)
     net.eval()
     assert torch.equal(loaded(h), net(h))
@@ -49,7 +52,7 @@ def test_loading_something_else_fails_clearly(tmp_path):
 
 def test_attention_network_decodes_incrementally_like_a_whole_sequence():
     torch.manual_seed(0)
-    net = ImitationNetwork(ImitationNetworkConfig(hidden_size=H, attention=True, residual=False)).eval()
+    net = ImitationNetwork(H, ImitationArchitecture(attention=True, residual=False)).eval()
     h = torch.randn(1, 7, H)
     with torch.no_grad():
         whole = net.attention(h)
@@ -66,7 +69,7 @@ def test_decoding_with_an_imitation_head_is_lossless(attention):
     model = make_tiny_llava("llama", num_layers=4, dtype=torch.float64)
     input_ids, pixels = make_vlm_inputs(batch=1, text_len=5, dtype=torch.float64)
     torch.manual_seed(1)
-    net = ImitationNetwork(ImitationNetworkConfig(hidden_size=model.config.text_config.hidden_size, attention=attention, residual=False))
+    net = ImitationNetwork(model.config.text_config.hidden_size, ImitationArchitecture(attention=attention, residual=False))
     net = net.to(torch.float64).eval()
     expected = model.generate(input_ids=input_ids, pixel_values=pixels, max_new_tokens=20, do_sample=False, eos_token_id=[])
     out = SelfSpeculativeDecoder(model, 2, as_draft_head(net), 4).generate(input_ids, 20, [], pixel_values=pixels)

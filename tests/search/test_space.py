@@ -7,7 +7,7 @@ import pytest
 from pipeline.errors import ConfigError
 from pipeline.evaluation.pareto import pareto_front
 from pipeline.search.space import load_search_space
-from tests.search.conftest import ROOT
+from tests.conftest import ROOT
 
 
 def _write(tmp_path, text: str):

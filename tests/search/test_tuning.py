@@ -71,8 +71,7 @@ def test_failed_and_killed_trials_are_retried_and_logged_as_nested_runs(tmp_path
         with tracking.stage_run("faults", "test-search", {"a": 1}) as parent:
             results = run_search(
                 tune.with_parameters(faulty_trial, marker_dir=str(markers)), space, runtime, spec, plan_search(runtime, spec),
-                tracking_uri=tracking.tracking_uri(), experiment="test-search", parent_run_id=parent.info.run_id,
-                tags={"search": "faults"},
+                parent_run=tracking.run_ref(parent.info.run_id), experiment="test-search", tags={"search": "faults"},
             )
     finally:
         stop.set()

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from pipeline.config import FinetuneConfig, ModelConfig, PromptConfig, TinyLlavaConfig
-from pipeline.data.prompts import PromptBuilder
 from pipeline.models.loading import build_backbone
 from pipeline.training.finetune import fit_finetune
 
@@ -22,9 +21,9 @@ def setup(tiny_data):
 def _fit(setup, tmp: Path, steps: int, fingerprint: str, **overrides):
     splits, tokenizer = setup
     backbone = build_backbone(ModelConfig(tiny=TINY), tokenizer, seed=0)
-    builder = PromptBuilder(tokenizer, PromptConfig(), backbone.adapter.image_token_id, backbone.adapter.num_image_tokens)
-    cfg = FinetuneConfig(max_steps=steps, batch_size=8, val_every_steps=2, val_batches=1, warmup_steps=1,
-                         lr=3e-3, task_weights={"caption": 1.0, "description": 0.0, "vqa": 0.0}, **overrides)
+    builder = backbone.prompt_builder(PromptConfig())
+    cfg = FinetuneConfig(max_steps=steps, batch_size=8, val_every_steps=2, val_batches=1,
+                         optimizer={"warmup_steps": 1, "lr": 3e-3}, task_weights={"caption": 1.0, "description": 0.0, "vqa": 0.0}, **overrides)
     result = fit_finetune(backbone.model, builder, backbone.image_processor, splits, cfg, seed=0,
                           checkpoint_dir=tmp / "ckpt", fingerprint=fingerprint)
     return result, backbone

@@ -7,14 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import ImitationConfig, LossWeights, ModelConfig, PromptConfig
-from pipeline.data.prompts import PromptBuilder
-from pipeline.models.fusion import build_fusion
-from pipeline.models.imitation import ImitationNetwork, ImitationNetworkConfig
+from pipeline.config import ImitationArchitecture, ImitationConfig, LossWeights, ModelConfig, PromptConfig
+from pipeline.models.deep_layer_fusion import build_fusion
+from pipeline.models.imitation import ImitationNetwork
 from pipeline.models.loading import build_backbone
 from pipeline.training import imitation_losses as losses
 from pipeline.training.imitation import fit_imitation
-from tests.training.conftest import TINY
+from tests.conftest import TINY
 
 
 def test_losses_against_known_values():
@@ -37,12 +36,12 @@ def test_losses_against_known_values():
 def _setup(tiny_data, steps: int, **overrides):
     splits, tokenizer = tiny_data
     backbone = build_backbone(ModelConfig(tiny=TINY), tokenizer, seed=0)
-    builder = PromptBuilder(tokenizer, PromptConfig(), backbone.adapter.image_token_id, backbone.adapter.num_image_tokens)
-    settings = dict(max_steps=steps, batch_size=8, val_every_steps=steps, val_batches=1, warmup_steps=1,
-                    val_decode_prompts=2, lr=1e-3)
+    builder = backbone.prompt_builder(PromptConfig())
+    settings = dict(max_steps=steps, batch_size=8, val_every_steps=steps, val_batches=1,
+                    val_decode_prompts=2, optimizer={"warmup_steps": 1, "lr": 1e-3})
     cfg = ImitationConfig(**{**settings, **overrides})
     torch.manual_seed(0)
-    head = ImitationNetwork(ImitationNetworkConfig(hidden_size=TINY.hidden_size))
+    head = ImitationNetwork(TINY.hidden_size)
     fusion = build_fusion("concat", TINY.hidden_size, 2)
     return backbone, builder, cfg, head, fusion, splits
 
@@ -100,7 +99,7 @@ def test_attention_head_trains_on_after_validation_decoding(tiny_data):
     # Validation decodes with the head's KV cache; Lightning then restores `training` flags without calling
     # train(), so a cache left switched on broke the next training batch (batch 1 cache vs batch 8 inputs).
     backbone, builder, cfg, _, fusion, splits = _setup(tiny_data, steps=6, val_every_steps=2)
-    head = ImitationNetwork(ImitationNetworkConfig(hidden_size=TINY.hidden_size, attention=True))
+    head = ImitationNetwork(TINY.hidden_size, ImitationArchitecture(attention=True))
     result = fit_imitation(backbone.model, head, fusion, builder, backbone.image_processor, splits, cfg,
                            draft_layers=2, loss_weights={"ce": 1.0, "cs": 0.0, "kd": 1.0})
     assert result.metrics["steps"] == 6
@@ -110,7 +109,7 @@ def test_attention_head_trains_on_after_validation_decoding(tiny_data):
 @pytest.mark.parametrize("kind", ["concat", "attention"])
 def test_trainable_fusion_fits_a_draft_deeper_than_the_fused_layers(tiny_data, kind):
     # n = 2 of L = 4 leaves two deep layers: a concat fusion sized for fusion_layers = 4 would not fit its input
-    from pipeline.models.fusion import fused_layer_count
+    from pipeline.models.deep_layer_fusion import fused_layer_count
 
     backbone, builder, cfg, head, _, splits = _setup(tiny_data, steps=3, val_decode_prompts=0)
     assert cfg.fusion_layers == 4 and fused_layer_count(cfg.fusion_layers, TINY.num_layers, 2) == 2

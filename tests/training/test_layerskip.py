@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from pipeline.config import LayerSkipConfig, ModelConfig, PromptConfig
-from pipeline.data.prompts import PromptBuilder
 from pipeline.models.loading import build_backbone
 from pipeline.training import imitation_losses as losses
 from pipeline.training.datamodule import VLMDataModule
@@ -19,7 +18,7 @@ from pipeline.training.layerskip import (
     layer_dropout_rates,
     sample_kept_layers,
 )
-from tests.training.conftest import TINY
+from tests.conftest import TINY
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -39,8 +38,9 @@ def test_dropout_rates_grow_linearly_with_depth_and_exit_weights_sum_to_the_scal
 def _setup(tiny_data, steps: int, **overrides):
     splits, tokenizer = tiny_data
     backbone = build_backbone(ModelConfig(tiny=TINY), tokenizer, seed=0)
-    builder = PromptBuilder(tokenizer, PromptConfig(), backbone.adapter.image_token_id, backbone.adapter.num_image_tokens)
-    settings = dict(max_steps=steps, batch_size=8, val_every_steps=steps, val_batches=1, warmup_steps=1, val_decode_prompts=2, lr=3e-3)
+    builder = backbone.prompt_builder(PromptConfig())
+    settings = dict(max_steps=steps, batch_size=8, val_every_steps=steps, val_batches=1, val_decode_prompts=2,
+                    optimizer={"warmup_steps": 1, "lr": 3e-3})
     return backbone, builder, LayerSkipConfig(**{**settings, **overrides}), splits
 
 
@@ -80,7 +80,7 @@ def _exit_ce(backbone, batch, layer):
 
 def test_training_changes_the_backbone_and_lowers_the_early_exit_loss(tiny_data):
     steps = 15
-    trained, builder, cfg, splits = _setup(tiny_data, steps, lr=1e-2, p_max=0.2, early_exit_scale=4.0)
+    trained, builder, cfg, splits = _setup(tiny_data, steps, optimizer={"warmup_steps": 1, "lr": 1e-2}, p_max=0.2, early_exit_scale=4.0)
     trained.model.eval()  # as `load_backbone` returns it
     batch = _val_batch(trained, builder, splits, cfg)
     before = {k: v.clone() for k, v in trained.model.state_dict().items()}
@@ -97,7 +97,7 @@ def test_training_changes_the_backbone_and_lowers_the_early_exit_loss(tiny_data)
         assert key in m, key
     assert m["val_agreement"] == m["val_agreement_layer_1"]
     # the same training without early-exit losses or dropout (plain continued fine-tuning) as the control
-    plain, builder, plain_cfg, splits = _setup(tiny_data, steps, lr=1e-2, p_max=0.0, early_exit_scale=0.0)
+    plain, builder, plain_cfg, splits = _setup(tiny_data, steps, optimizer={"warmup_steps": 1, "lr": 1e-2}, p_max=0.0, early_exit_scale=0.0)
     fit_layerskip(plain.model, builder, plain.image_processor, splits, plain_cfg, draft_layers=1, seed=0)
     ce_trained, ce_plain = _exit_ce(trained, batch, 1), _exit_ce(plain, batch, 1)
     assert ce_trained < ce_before - 0.5  # measured: 4.40 → 3.60

@@ -1,51 +1,9 @@
-"""Tiny random-init text-only models of the real Hugging Face classes, for the decoder tests."""
+"""Test doubles for the decoder's draft-head seam: a head that drafts exactly the full model's tokens (and checks the
+stateful-head protocol), and one whose drafts (almost) never match."""
 
 from __future__ import annotations
 
 import torch
-from transformers import (
-    LlamaConfig,
-    LlamaForCausalLM,
-    MistralConfig,
-    MistralForCausalLM,
-    OPTConfig,
-    OPTForCausalLM,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-)
-
-VOCAB = 64
-EOS = 2
-
-_COMMON = dict(vocab_size=VOCAB, pad_token_id=0, bos_token_id=1, eos_token_id=EOS, tie_word_embeddings=False)
-
-
-def make_causal_lm(arch: str = "llama", *, num_layers: int = 4, dtype=torch.float64, seed: int = 0):
-    """`arch`: llama (GQA: 4 query heads, 2 key/value heads), mistral, qwen2, opt (with in/out projections)."""
-    rope = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=num_layers, num_attention_heads=4,
-                num_key_value_heads=2, max_position_embeddings=256)
-    if arch == "llama":
-        model_class, config = LlamaForCausalLM, LlamaConfig(**rope, **_COMMON)
-    elif arch == "mistral":
-        model_class, config = MistralForCausalLM, MistralConfig(**rope, sliding_window=None, **_COMMON)
-    elif arch == "qwen2":
-        model_class, config = Qwen2ForCausalLM, Qwen2Config(**rope, **_COMMON)
-    elif arch == "opt":
-        model_class = OPTForCausalLM
-        config = OPTConfig(hidden_size=32, ffn_dim=64, num_hidden_layers=num_layers, num_attention_heads=4,
-                           word_embed_proj_dim=16, max_position_embeddings=256, dropout=0.0, **_COMMON)
-    else:
-        raise ValueError(arch)
-    torch.manual_seed(seed)
-    model = model_class(config).to(dtype).eval()
-    model.generation_config.eos_token_id = EOS
-    model.generation_config.pad_token_id = 0
-    return model
-
-
-def make_text_prompt(length: int = 6, seed: int = 0) -> torch.LongTensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.cat([torch.ones(1, 1, dtype=torch.long), torch.randint(5, VOCAB, (1, length - 1), generator=g)], dim=1)
 
 
 class FullModelHead(torch.nn.Module):

@@ -1,4 +1,4 @@
-"""Figures and tables from metrics: PNGs written atomically, headless (Agg backend)."""
+"""Figures from metrics: PNGs written atomically, headless (Agg backend)."""
 
 from __future__ import annotations
 
@@ -74,18 +74,3 @@ def pareto_plot(
     figure.savefig(buffer, format="png")
     plt.close(figure)
     atomic_write_bytes(path, buffer.getvalue())
-
-
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A GitHub-flavoured Markdown table; floats with 3 decimals, None as an en dash."""
-
-    def cell(value: object) -> str:
-        if value is None:
-            return "–"
-        if isinstance(value, float):
-            return f"{value:.3f}"
-        return str(value).replace("|", "\\|")
-
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)

@@ -6,8 +6,8 @@ import pytest
 
 from pipeline.config import parse_params
 from pipeline.errors import ConfigError
-from stages import train_imitation
-from stages.train_imitation import training_plan, worker_layout
+from pipeline.training import imitation_heads
+from pipeline.training.imitation_heads import training_plan, worker_layout
 
 
 def test_training_plan_adds_one_full_loss_head_per_other_fusion():
@@ -34,7 +34,7 @@ def test_training_plan_adds_one_full_loss_head_per_other_fusion():
     (4, 3, "cpu", 8, (3, 2)),
 ])
 def test_worker_layout(monkeypatch, setting, heads, accelerator, cpus, expected):
-    monkeypatch.setattr(train_imitation, "available_cpus", lambda: cpus)
+    monkeypatch.setattr(imitation_heads, "available_cpus", lambda: cpus)
     assert worker_layout(setting, heads, accelerator) == expected
 
 
@@ -42,4 +42,4 @@ def test_parallel_heads_is_validated():
     with pytest.raises(ConfigError, match="parallel_heads must be auto or"):
         parse_params({"imitation": {"parallel_heads": 0}})
     with pytest.raises(ConfigError, match="DDP"):
-        parse_params({"imitation": {"parallel_heads": 2, "devices": 4}})
+        parse_params({"imitation": {"parallel_heads": 2, "trainer": {"devices": 4}}})

@@ -1,0 +1,115 @@
+"""Every method on the same test prompts (short captions, long descriptions, VQA), in one process, so every
+speed-up is a ratio measured in one run on one machine (the `evaluate` stage's work).
+
+Methods (`evaluation_plan`): the full model (decoded token by token by our engine: the reference),
+`model.generate`; the draft alone without / with the imitation network; Draft & Verify (the searched skip set);
+LayerSkip (its backbone, early-exit self-speculation); ours with each loss variant; ours with the growing d
+schedule; the mixed-schedule model; ours (ce+cs+kd) and its draft alone with each other fusion of
+`imitation.fusion_comparison` (the fusion table); and ours (ce+cs+kd) at every d of `evaluate.draft_lens`
+(speed-up by d, paper Fig. 9).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline import tracking
+from pipeline.config import Params
+from pipeline.data.prepared import load_prepared
+from pipeline.errors import ModelLoadError
+from pipeline.evaluation import methods
+from pipeline.evaluation.caption_metrics import meteor_session
+from pipeline.evaluation.comparison import evaluate_methods
+from pipeline.evaluation.method_runner import DecodingResources, runnables
+from pipeline.evaluation.prompts import caption_prompts, vqa_prompts
+from pipeline.models.imitation import as_draft_head, load_imitation
+from pipeline.models.loading import load_backbone
+from pipeline.report import series
+
+
+@dataclass(frozen=True)
+class EvaluationInputs:
+    """Where the trained models are (paths relative to the repository root)."""
+
+    finetuned: Path
+    imitation: Path  # one folder per imitation network
+    layerskip: Path
+    mixed_backbone: Path
+    draft_verify: Path  # train_baselines' search result
+
+
+@dataclass
+class Evaluation:
+    summary: dict[str, Any]  # metrics/evaluate.json: the plan, per-method results, the settings
+    acceptance_by_position: list[dict[str, Any]]  # Fig. 5's data
+    speedup_by_draft_len: list[dict[str, Any]]  # Fig. 9's data
+
+    def lines(self) -> list[str]:
+        rows = self.summary["methods"]
+        return [f"  {row['label']:34s} speed-up {row['speedup']:.2f}×  identical {row['identical_share']:.0%}  "
+                f"CIDEr {row.get('cider', float('nan')):.3f}  accept {row.get('acceptance_rate', float('nan')):.2f}"
+                for row in rows.values()]
+
+
+def load_heads(folder: Path) -> tuple[dict[str, torch.nn.Module], dict[str, int]]:
+    """Every saved imitation network in `folder` as a draft head, and its draft layers n."""
+    heads, depth = {}, {}
+    for path in sorted(p for p in folder.iterdir() if (p / "config.json").exists()):
+        network, extra = load_imitation(path)
+        heads[path.name] = as_draft_head(network.eval())
+        depth[path.name] = int(extra["draft_layers"])
+    if not heads:
+        raise ModelLoadError(f"{folder} holds no imitation networks; run `dvc repro train_imitation`")
+    return heads, depth
+
+
+def run_evaluation(params: Params, inputs: EvaluationInputs) -> Evaluation:
+    cfg = params.evaluate
+    torch.manual_seed(params.seed)
+    backbone = load_backbone(inputs.finetuned)
+    test = load_prepared(params.data.out_dir)["test"]
+    builder = backbone.prompt_builder(params.data.prompts)
+    prompts = caption_prompts(test, builder, backbone.image_processor, cfg.captions, cfg.descriptions)
+    prompts += vqa_prompts(test, builder, backbone.image_processor, cfg.vqa)
+    heads, depth = load_heads(inputs.imitation)
+    found = json.loads(inputs.draft_verify.read_text())
+    models = {methods.FINETUNED: backbone.model.eval(), methods.LAYERSKIP: load_backbone(inputs.layerskip).model.eval()}
+    if methods.MIXED in heads and inputs.mixed_backbone.exists():
+        models[methods.MIXED] = load_backbone(inputs.mixed_backbone).model.eval()
+    else:
+        depth.pop(methods.MIXED, None)
+    plan = methods.evaluation_plan(params, depth, found)
+    resources = DecodingResources(models, heads, backbone.tokenizer.eos_token_id, params.decoding.growing)
+    print(f"evaluate: {len(plan.methods)} methods × {len(prompts)} test prompts × {cfg.repeats} repeat(s), n = {plan.draft_layers}")
+    with torch.no_grad(), (meteor_session() if cfg.meteor else contextlib.nullcontext()) as meteor:
+        results = evaluate_methods(runnables(plan.methods, resources), prompts, backbone.tokenizer, reference=plan.reference.key,
+                                   identity_references={s.key: s.identity_reference.key for s in plan.methods},
+                                   repeats=cfg.repeats, meteor=meteor or False, spice=cfg.spice)
+    rows = {spec.key: {"label": spec.label, **results[spec.key]} for spec in plan.methods}
+    summary = {
+        "draft_layers": plan.draft_layers, "draft_len": plan.draft_len, "fusion": params.imitation.fusion,
+        "growing": params.decoding.growing.model_dump(),
+        "draft_verify": {k: found[k] for k in ("skip_layers", "threshold")},
+        "prompts": {t: sum(p["task"] == t for p in prompts) for t in ("caption", "description", "vqa")},
+        "threads": torch.get_num_threads(), "plan": plan.to_dict(), "methods": rows,
+    }
+    return Evaluation(summary, series.acceptance_by_position(plan, rows), series.speedup_by_draft_len(plan, rows))
+
+
+def log_method_runs(evaluation: Evaluation) -> None:
+    """One MLflow run per method, nested under the stage's run (tag `method` = its key), for the UI's compare view."""
+    plan = methods.EvaluationPlan.from_dict(evaluation.summary["plan"])
+    for spec in plan.methods:
+        row = evaluation.summary["methods"][spec.key]
+        with tracking.nested_run(spec.label, {"method": spec.key, **spec.to_dict()}, tags={"method": spec.key}):
+            flat = {k: v for k, v in row.items() if isinstance(v, float)}
+            for task, scores in row.get("tasks", {}).items():
+                flat.update({f"{task}_{k}": v for k, v in scores.items() if isinstance(v, float)})
+            flat.update({f"speedup_{task}": v for task, v in row["speedup_by_task"].items()})
+            tracking.log_metrics(flat)

@@ -1,0 +1,90 @@
+"""The full model's own captions, decoded in batches by `model.generate` (greedy), and what they score: the check
+that the fine-tuned model sees (captions of real images against blank ones) and the check that a method which
+changes the backbone (mixed schedule, LayerSkip) did not cost it its captions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from pipeline.data.datasets import ExampleDataset, collate_prompts
+from pipeline.data.pixels import PixelStore
+from pipeline.data.prepared import Example, SplitData
+from pipeline.data.prompts import PromptBuilder
+from pipeline.evaluation.caption_metrics import caption_scores
+from pipeline.models.loading import Backbone
+
+
+@torch.no_grad()
+def greedy_generate(
+    model: torch.nn.Module,
+    builder: PromptBuilder,
+    pixels: PixelStore,
+    examples: Sequence[Example],
+    *,
+    batch_size: int = 64,
+    max_new_tokens: int = 32,
+    blank_images: bool = False,
+    progress: bool = False,
+) -> list[str]:
+    """Greedy continuations of each example's prompt, decoded without special tokens.
+
+    `blank_images=True` swaps every image for a uniform grey one: the control that shows whether
+    the captions come from the pixels or only from the language prior.
+    """
+    tokenizer = builder.tokenizer
+    dataset = ExampleDataset(examples, pixels, builder)
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=lambda b: collate_prompts(b, tokenizer.pad_token_id))
+    device = next(model.parameters()).device
+    blank = pixels.blank_like(0) if blank_images else None
+    was_training = model.training
+    model.eval()
+    texts: list[str] = []
+    for batch in tqdm(loader, disable=not progress, desc="generate"):
+        if blank is not None:
+            batch["pixel_values"] = blank.expand_as(batch["pixel_values"]).clone()
+        batch = {k: v.to(device) for k, v in batch.items()}
+        out = model.generate(
+            **batch,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        new_tokens = out[:, batch["input_ids"].shape[1] :]
+        texts += [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+    model.train(was_training)
+    return texts
+
+
+def caption_cider(backbone: Backbone, builder: PromptBuilder, split: SplitData, count: int, *, batch_size: int = 100,
+                  max_new_tokens: int = 32) -> float:
+    """CIDEr of `backbone`'s greedy captions of the first `count` images of `split` against their references."""
+    records = split.images[:count]
+    pixels = PixelStore([r.image_path for r in records], backbone.image_processor)
+    examples = [Example(i, "caption", r.captions[0]) for i, r in enumerate(records)]
+    texts = greedy_generate(backbone.model, builder, pixels, examples, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    return caption_scores({i: list(r.captions) for i, r in enumerate(records)}, dict(enumerate(texts)))["cider"]
+
+
+def sees_check(backbone: Backbone, builder: PromptBuilder, split: SplitData, count: int, *, batch_size: int,
+               max_new_tokens: int, show: int = 3) -> dict[str, Any]:
+    """Caption metrics of greedy captions of the first `count` images (`test_*`) and of the same model given blank
+    images (`test_blank_*`): the captions must come from the pixels, not only from the language prior. Prints
+    `show` examples."""
+    records = split.images[:count]
+    pixels = PixelStore([r.image_path for r in records], backbone.image_processor)
+    examples = [Example(i, "caption", r.captions[0]) for i, r in enumerate(records)]
+    references = {i: list(r.captions) for i, r in enumerate(records)}
+    seen = greedy_generate(backbone.model, builder, pixels, examples, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    blank = greedy_generate(backbone.model, builder, pixels, examples, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                            blank_images=True)
+    scores = {f"test_{k}": v for k, v in caption_scores(references, dict(enumerate(seen))).items()}
+    scores.update({f"test_blank_{k}": v for k, v in caption_scores(references, dict(enumerate(blank))).items()})
+    for i in range(min(show, len(records))):
+        print(f"  test image {records[i].image_path.name}: {seen[i]!r} (blank: {blank[i]!r}) ref: {records[i].captions[0]!r}")
+    return scores

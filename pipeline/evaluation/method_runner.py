@@ -1,0 +1,107 @@
+"""From a `MethodSpec` to something that decodes: the decoder it names, on the backbone it names, with the draft
+head it names, wrapped as a `Method` (prompt → new tokens, stats) that `evaluate_methods` can time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from pipeline.config import GrowingScheduleConfig
+from pipeline.decoding import (
+    AutoregressiveDecoder,
+    ConfidenceStop,
+    DraftAndVerifyDecoder,
+    DraftOnlyDecoder,
+    DraftPolicy,
+    GrowingDraftLength,
+    SelfSpeculativeDecoder,
+)
+from pipeline.decoding.engine import Decoder
+from pipeline.decoding.hf_reference import hf_early_exit, hf_greedy
+from pipeline.decoding.stats import DecodingStats
+from pipeline.evaluation.methods import DraftLength, MethodSpec
+from pipeline.evaluation.prompts import Prompt
+from pipeline.evaluation.speed import Method
+
+
+@dataclass
+class DecodingResources:
+    """What specs refer to by name: the backbones' models and the imitation networks as draft heads."""
+
+    models: Mapping[str, nn.Module]  # backbone name (finetuned, layerskip, mixed) → model
+    heads: Mapping[str, nn.Module] = field(default_factory=dict)  # imitation network name → draft head (as_draft_head)
+    eos_token_id: int | None = None
+    growing: GrowingScheduleConfig = GrowingScheduleConfig()  # what draft_len "growing" means
+
+    def model(self, spec: MethodSpec) -> nn.Module:
+        if spec.backbone not in self.models:
+            raise KeyError(f"{spec.key}: backbone {spec.backbone!r} is not loaded (have {sorted(self.models)})")
+        return self.models[spec.backbone]
+
+    def head(self, spec: MethodSpec) -> nn.Module | None:
+        if spec.head is None:
+            return None
+        if spec.head not in self.heads:
+            raise KeyError(f"{spec.key}: imitation network {spec.head!r} is not loaded (have {sorted(self.heads)})")
+        return self.heads[spec.head]
+
+
+def draft_policy(draft_len: DraftLength, growing: GrowingScheduleConfig) -> int | DraftPolicy:
+    """A fixed d, or the growing schedule (our stand-in for the paper's context-dependent d, eq. 5)."""
+    if draft_len == "growing":
+        return GrowingDraftLength(**growing.model_dump())
+    if isinstance(draft_len, int) and not isinstance(draft_len, bool) and draft_len >= 1:
+        return draft_len
+    raise ValueError(f"draft_len must be a positive integer or 'growing', got {draft_len!r}")
+
+
+def build_decoder(spec: MethodSpec, resources: DecodingResources) -> Decoder:
+    """Our decoder for `spec` (every kind but Hugging Face's own generate)."""
+    model = resources.model(spec)
+    if spec.kind == "autoregressive":
+        return AutoregressiveDecoder(model)
+    if spec.kind == "draft_only":
+        return DraftOnlyDecoder(model, spec.draft_layers, resources.head(spec))
+    if spec.kind == "ssd":
+        if spec.draft_layers is None or spec.draft_len is None:
+            raise ValueError(f"{spec.key}: self-speculative decoding needs draft_layers and draft_len")
+        return SelfSpeculativeDecoder(model, spec.draft_layers, resources.head(spec), draft_policy(spec.draft_len, resources.growing))
+    if spec.kind == "draft_verify":
+        if spec.threshold is None or spec.max_draft_len is None:
+            raise ValueError(f"{spec.key}: Draft & Verify needs a threshold and max_draft_len")
+        return DraftAndVerifyDecoder(model, spec.skip_layers, ConfidenceStop(spec.threshold, spec.max_draft_len))
+    raise ValueError(f"{spec.key}: {spec.kind} is Hugging Face's generate, not one of our decoders")
+
+
+def runnable(spec: MethodSpec, resources: DecodingResources) -> Method:
+    """`spec` as a `Method`: decodes one prompt (input_ids, pixel_values, max_new_tokens) into its new tokens."""
+    eos = resources.eos_token_id
+    if spec.kind in ("hf_generate", "hf_early_exit"):
+        model = resources.model(spec)
+        early_exit = {"draft_layers": spec.draft_layers, "draft_len": spec.draft_len} if spec.kind == "hf_early_exit" else None
+
+        def generate(prompt: Prompt) -> tuple[torch.Tensor, DecodingStats | None]:
+            ids = prompt["input_ids"]
+            if early_exit is None:
+                sequences = hf_greedy(model, ids, prompt["max_new_tokens"], eos, pixel_values=prompt["pixel_values"])
+            else:
+                sequences = hf_early_exit(model, ids, prompt["max_new_tokens"], eos, pixel_values=prompt["pixel_values"], **early_exit)
+            return sequences[0, ids.shape[1]:], None
+
+        return generate
+    decoder = build_decoder(spec, resources)
+
+    def decode(prompt: Prompt) -> tuple[torch.Tensor, DecodingStats | None]:
+        ids = prompt["input_ids"]
+        out = decoder.generate(ids, prompt["max_new_tokens"], eos, pixel_values=prompt["pixel_values"])
+        return out.sequences[0, ids.shape[1]:], out.stats
+
+    return decode
+
+
+def runnables(specs: Iterable[MethodSpec], resources: DecodingResources) -> dict[str, Method]:
+    """Every spec as a `Method`, keyed by `spec.key`."""
+    return {spec.key: runnable(spec, resources) for spec in specs}

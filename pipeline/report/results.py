@@ -1,0 +1,110 @@
+"""`reports/results.md`: the counterparts of the paper's tables from the metrics files, the paper's claims checked
+on our numbers, and the figures (PNG) they refer to."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import ImitationConfig
+from pipeline.evaluation.methods import EvaluationPlan
+from pipeline.report import series
+from pipeline.report.claims import claims
+from pipeline.report.figures import line_plot
+from pipeline.report.markdown import markdown_table
+from pipeline.report.tables import fusion_rows, lookup, table1, table_fusion, table_n, table_variants, table_vqa
+
+
+@dataclass
+class ReportInputs:
+    evaluation: dict[str, Any]  # metrics/evaluate.json
+    imitation: dict[str, Any] = field(default_factory=dict)  # metrics/imitation.json
+    nas: dict[str, Any] | None = None  # metrics/nas.json
+    sweep_rows: list[dict[str, Any]] = field(default_factory=list)  # reports/sweep.csv
+
+    @property
+    def plan(self) -> EvaluationPlan:
+        return EvaluationPlan.from_dict(self.evaluation["plan"])
+
+    @property
+    def results(self) -> dict[str, dict[str, Any]]:
+        return self.evaluation["methods"]
+
+
+def draw_figures(inputs: ReportInputs, figures_dir: Path) -> list[Path]:
+    """Fig. 5 and Fig. 9 from the same series evaluate wrote for `dvc plots`. Both are DVC outs: written even when a
+    (tiny) run decoded no draft rounds, saying so."""
+    plan, results = inputs.plan, inputs.results
+    curves: dict[str, list[float]] = {}
+    for row in series.acceptance_by_position(plan, results):
+        curves.setdefault(row["method"], []).append(row["acceptance"])
+    depth = max((len(c) for c in curves.values()), default=0)
+    acceptance = figures_dir / "acceptance_by_position.png"
+    line_plot(acceptance, list(range(1, depth + 1)), {k: v + [float("nan")] * (depth - len(v)) for k, v in curves.items()},
+              xlabel="position in the draft round", ylabel="acceptance rate",
+              title="acceptance by draft position (Fig. 5)" + ("" if curves else ": no draft rounds in this run"))
+    by_d = series.speedup_by_draft_len(plan, results)
+    speedup = figures_dir / "speedup_by_d.png"
+    line_plot(speedup, [row["d"] for row in by_d], {plan.main.label: [row["speedup"] for row in by_d]},
+              xlabel="draft length d", ylabel="speed-up over the full model", title="speed-up by draft length (Fig. 9)")
+    return [acceptance, speedup]
+
+
+def render(inputs: ReportInputs, imitation_cfg: ImitationConfig, figures: Sequence[Path],
+           extra_figures: Sequence[Path] = ()) -> tuple[str, list[tuple[str, bool, str]]]:
+    """The Markdown of results.md (figures linked relative to its folder) and the claims it checked."""
+    evaluation, plan, results = inputs.evaluation, inputs.plan, inputs.results
+    checks = claims(plan, results)
+    prompts = evaluation["prompts"]
+    growing = evaluation["growing"]
+    parts = [
+        "# Results",
+        f"Test split: {prompts['caption']} caption images, {prompts['description']} descriptions, {prompts['vqa']} VQA questions; "
+        f"draft layers n = {plan.draft_layers}, d = {plan.draft_len} (growing d: d = clip({growing['d_min']} + ⌊t / {growing['step']}⌋, "
+        f"{growing['d_min']}, {growing['d_max']}) after t tokens — our stand-in for the paper's context-dependent d, eq. 5); "
+        f"CPU, {evaluation['threads']} threads, all methods timed in one process (`dvc repro evaluate`). "
+        "Speed-up = per-token latency of the full model (decoded token by token by the same engine) ÷ the method's; "
+        "the `model.generate` row shows Hugging Face's own greedy decoding against that reference. CIDEr is CIDEr-D (0–10 scale; the paper ×100).",
+        "## Table 1 — methods (captions; descriptions' CIDEr; speed over all tasks)",
+        table1(plan, results),
+        "Draft-alone rows are lossy (fast, but not the full model's text); the others are checked token for token against "
+        "their backbone's greedy output (LayerSkip and the mixed schedule change the backbone, so their text is their own model's). "
+        "Identity is exact in float32/float64 (the default runs in float32); in half precision it is measured, not promised.",
+    ]
+    spice_note = lookup(results, plan.reference.key, "tasks", "caption", "spice_unavailable")
+    if spice_note:
+        parts.append(f"SPICE: unavailable — {spice_note}")
+    parts += ["## The paper's claims, checked",
+              markdown_table(["claim", "holds here", "evidence"], [[c, "yes" if h else "**no**", e] for c, h, e in checks])]
+    if any(v in inputs.imitation for v in ("ce", "ce+cs", "ce+cs+kd", "mixed")):
+        parts += ["## Loss variants (validation, train_imitation)",
+                  f"Cosine target: `{imitation_cfg.fusion}` fusion of the last {imitation_cfg.fusion_layers} layers.",
+                  table_variants(inputs.imitation)]
+    fusions = fusion_rows(plan, results, inputs.imitation)
+    if fusions:
+        fastest = max(fusions, key=lambda r: r["ssd"]["speedup"])
+        best_draft = max(fusions, key=lambda r: lookup(r["draft"], "tasks", "caption", "cider", default=0.0))
+        parts += ["## Fusion strategies (Table 5 counterpart, test)",
+                  f"One ce+cs+kd imitation network per way of fusing the last {imitation_cfg.fusion_layers} layers into the cosine "
+                  "target (same steps, seed and architecture); SSD at the default d, and the draft alone. "
+                  f"Fastest: `{fastest['fusion']}` ({fastest['ssd']['speedup']:.2f}×); best draft alone: `{best_draft['fusion']}` "
+                  f"(CIDEr {lookup(best_draft['draft'], 'tasks', 'caption', 'cider', default=0.0):.3f}).",
+                  table_fusion(fusions)]
+    if inputs.sweep_rows:
+        parts += ["## Draft layers n (Table 6 counterpart, validation, from the sweep)", table_n(inputs.sweep_rows),
+                  "![Pareto](figures/sweep_pareto.png)"]
+    parts += ["## VQA (Table 9 counterpart)", table_vqa(plan, results)]
+    if inputs.nas:
+        parts.append(architecture_search(inputs.nas))
+    parts += ["## Figures"] + [f"![{p.stem}](figures/{p.name})" for p in [*figures, *extra_figures]]
+    return "\n\n".join(parts) + "\n", checks
+
+
+def architecture_search(nas: Mapping[str, Any]) -> str:
+    best, paper = nas["best"], nas.get("paper_choice")
+    versus = (f"agreement {paper['agreement']:.3f}, cost ratio {paper['draft_cost_ratio']:.3f}" if paper else "not among the trials")
+    return (f"## Architecture search\n\nBest: {best['architecture']} (score {best['score']:.3f}, agreement {best['agreement']:.3f}, "
+            f"draft cost ratio {best['draft_cost_ratio']:.3f}); the paper's choice (two linear layers): {versus}. "
+            "All trials: `reports/nas_trials.csv`.")
