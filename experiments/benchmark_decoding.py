@@ -26,17 +26,17 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config import GrowingScheduleConfig, load_params  # noqa: E402
-from pipeline.data.pixels import PixelStore  # noqa: E402
-from pipeline.data.prepared import load_prepared  # noqa: E402
-from pipeline.decoding.baselines import default_skip_layers  # noqa: E402
-from pipeline.evaluation import methods  # noqa: E402
-from pipeline.evaluation.method_runner import DecodingResources, runnables  # noqa: E402
-from pipeline.evaluation.methods import MethodSpec  # noqa: E402
-from pipeline.evaluation.speed import expected_speedup, identical_share, time_methods  # noqa: E402
-from pipeline.io import atomic_write_json  # noqa: E402
-from pipeline.models.imitation import as_draft_head, load_imitation  # noqa: E402
-from pipeline.models.loading import load_backbone  # noqa: E402
+from pipeline.config import GrowingScheduleConfig, load_params
+from pipeline.data.pixels import PixelStore
+from pipeline.data.prepared import load_prepared
+from pipeline.decoding.baselines import default_skip_layers
+from pipeline.evaluation import methods
+from pipeline.evaluation.method_runner import DecodingResources, runnables
+from pipeline.evaluation.methods import MethodSpec
+from pipeline.evaluation.speed import expected_speedup, identical_share, time_methods
+from pipeline.io import atomic_write_json
+from pipeline.models.imitation import as_draft_head, load_imitation
+from pipeline.models.loading import load_backbone
 
 REFERENCE = methods.hf_generate(label="model.generate")
 
@@ -53,14 +53,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--draft-layers", type=int, nargs="*", default=None, help="default: L/4 and L/2")
     parser.add_argument("--draft-lens", type=int, nargs="*", default=[3, 5, 8])
     parser.add_argument("--growing", type=int, nargs=3, default=[2, 8, 8], metavar=("D_MIN", "D_MAX", "STEP"))
-    parser.add_argument("--imitation", default=None, help="folder of trained imitation networks (models/imitation): adds SSD with each")
-    parser.add_argument("--variants", nargs="*", default=None, help="imitation variants to time (default: all but mixed)")
-    parser.add_argument("--layerskip", default=None, help="LayerSkip backbone (models/layerskip): SSD with its early exit")
-    parser.add_argument("--draft-verify", default=None, help="searched Draft & Verify setting (models/draft_verify.json)")
+    parser.add_argument(
+        "--imitation", default=None, help="folder of trained imitation networks (models/imitation): adds SSD with each"
+    )
+    parser.add_argument(
+        "--variants", nargs="*", default=None, help="imitation variants to time (default: all but mixed)"
+    )
+    parser.add_argument(
+        "--layerskip", default=None, help="LayerSkip backbone (models/layerskip): SSD with its early exit"
+    )
+    parser.add_argument(
+        "--draft-verify", default=None, help="searched Draft & Verify setting (models/draft_verify.json)"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--out", default=None, help="JSON output (default: experiments/results/benchmark_decoding_<device>.json)")
+    parser.add_argument(
+        "--out", default=None, help="JSON output (default: experiments/results/benchmark_decoding_<device>.json)"
+    )
     return parser.parse_args(argv)
 
 
@@ -69,7 +79,9 @@ def build_prompts(args: argparse.Namespace, backbone, params) -> list[dict]:
     test = load_prepared(data_dir)["test"]
     builder = backbone.prompt_builder(params.data.prompts)
     described = [i for i, r in enumerate(test.images) if r.image_id in test.descriptions]
-    chosen = [("caption", i) for i in range(args.captions)] + [("description", i) for i in described[: args.descriptions]]
+    chosen = [("caption", i) for i in range(args.captions)] + [
+        ("description", i) for i in described[: args.descriptions]
+    ]
     pixels = PixelStore([test.images[i].image_path for _, i in chosen], backbone.image_processor)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     return [
@@ -90,21 +102,35 @@ def method_specs(num_layers: int, args: argparse.Namespace, heads: dict[str, int
     specs = [REFERENCE, methods.autoregressive(label="ours, autoregressive")]
     for n in draft_layers:
         for d in args.draft_lens:
-            specs += [methods.hf_early_exit(n, d, f"HF assistant_early_exit n={n} d={d}"), methods.ssd(None, n, d, f"SSD n={n} d={d}")]
-        specs += [methods.ssd(None, n, "growing", f"SSD n={n} growing d"), methods.draft_only(None, n, f"draft alone n={n}")]
+            specs += [
+                methods.hf_early_exit(n, d, f"HF assistant_early_exit n={n} d={d}"),
+                methods.ssd(None, n, d, f"SSD n={n} d={d}"),
+            ]
+        specs += [
+            methods.ssd(None, n, "growing", f"SSD n={n} growing d"),
+            methods.draft_only(None, n, f"draft alone n={n}"),
+        ]
     specs.append(methods.draft_verify(default_skip_layers(num_layers), 0.6, 8, "Draft & Verify (default skip set)"))
     if args.draft_verify:
         found = json.loads(Path(args.draft_verify).read_text())
-        specs.append(methods.draft_verify(found["skip_layers"], found["threshold"], found.get("max_draft_len", 8),
-                                          "Draft & Verify (searched)"))
+        specs.append(
+            methods.draft_verify(
+                found["skip_layers"], found["threshold"], found.get("max_draft_len", 8), "Draft & Verify (searched)"
+            )
+        )
     for name, n in heads.items():
         specs += [methods.ssd(name, n, d, f"SSD + imitation ({name}) n={n} d={d}") for d in args.draft_lens]
-        specs += [methods.ssd(name, n, "growing", f"SSD + imitation ({name}) n={n} growing d"),
-                  methods.draft_only(name, n, f"draft alone + imitation ({name}) n={n}")]
+        specs += [
+            methods.ssd(name, n, "growing", f"SSD + imitation ({name}) n={n} growing d"),
+            methods.draft_only(name, n, f"draft alone + imitation ({name}) n={n}"),
+        ]
     if layerskip:
         specs.append(methods.hf_generate(methods.LAYERSKIP, "LayerSkip: model.generate"))
         for n in args.draft_layers or [max(1, num_layers // 4)]:
-            specs += [methods.ssd(None, n, d, f"LayerSkip SSD n={n} d={d}", backbone=methods.LAYERSKIP) for d in args.draft_lens]
+            specs += [
+                methods.ssd(None, n, d, f"LayerSkip SSD n={n} d={d}", backbone=methods.LAYERSKIP)
+                for d in args.draft_lens
+            ]
     return methods.dedupe(specs)
 
 
@@ -148,14 +174,20 @@ def summarise(timings, prompts, specs: list[MethodSpec], num_layers: int) -> lis
         }
         if t.has_stats and t.stats.verify_calls:
             stats = t.stats.to_dict()
-            row.update({k: stats[k] for k in ("acceptance_rate", "mean_accepted_length", "verify_calls", "drafted", "accepted")})
+            row.update(
+                {
+                    k: stats[k]
+                    for k in ("acceptance_rate", "mean_accepted_length", "verify_calls", "drafted", "accepted")
+                }
+            )
             row["acceptance_by_position"] = [
                 a / d if d else 0.0 for a, d in zip(stats["accepted_by_position"], stats["drafted_by_position"])
             ]
             if spec.kind == "ssd" and spec.head is None and isinstance(spec.draft_len, int):
                 # Draft cost per token ≈ n / L of a full forward pass (the head-less draft)
-                row["expected_speedup_leviathan"] = expected_speedup(t.stats.acceptance_rate, (spec.draft_layers or 0) / num_layers,
-                                                                     spec.draft_len)
+                row["expected_speedup_leviathan"] = expected_speedup(
+                    t.stats.acceptance_rate, (spec.draft_layers or 0) / num_layers, spec.draft_len
+                )
         rows.append(row)
     return rows
 
@@ -191,17 +223,26 @@ def main(argv: list[str] | None = None) -> dict:
     prompts = build_prompts(args, backbone, params)
     models = {methods.FINETUNED: model}
     if args.layerskip:
-        models[methods.LAYERSKIP] = load_backbone(args.layerskip).model.to(args.device, getattr(torch, args.dtype)).eval()
+        models[methods.LAYERSKIP] = (
+            load_backbone(args.layerskip).model.to(args.device, getattr(torch, args.dtype)).eval()
+        )
     heads, depth = imitation_heads(args, model)
     specs = method_specs(num_layers, args, depth, bool(args.layerskip))
     growing = GrowingScheduleConfig(d_min=args.growing[0], d_max=args.growing[1], step=args.growing[2])
     resources = DecodingResources(models, heads, backbone.tokenizer.eos_token_id, growing)
     console = Console(stderr=True, markup=False, highlight=False)
     console.print(f"{len(specs)} methods × {len(prompts)} prompts × {args.repeats} repeats, L = {num_layers}")
-    timings = time_methods(runnables(specs, resources), prompts, repeats=args.repeats, device=torch.device(args.device),
-                           progress=console.print)
+    timings = time_methods(
+        runnables(specs, resources),
+        prompts,
+        repeats=args.repeats,
+        device=torch.device(args.device),
+        progress=console.print,
+    )
     rows = summarise(timings, prompts, specs, num_layers)
-    device_name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else platform.processor() or "cpu"
+    device_name = (
+        torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else platform.processor() or "cpu"
+    )
     result = {
         "command": "python experiments/benchmark_decoding.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "model": str(args.model),
@@ -218,7 +259,9 @@ def main(argv: list[str] | None = None) -> dict:
     }
     out = Path(args.out or f"experiments/results/benchmark_decoding_{args.device.split(':')[0]}.json")
     atomic_write_json(out, result)
-    print_table(rows, f"decoding on {device_name} ({args.device}, {args.dtype}), L = {num_layers}; speed-up over model.generate")
+    print_table(
+        rows, f"decoding on {device_name} ({args.device}, {args.dtype}), L = {num_layers}; speed-up over model.generate"
+    )
     console.print(f"wrote {out}")
     return result
 

@@ -41,11 +41,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--task", choices=("caption", "description", "vqa"), default="caption")
     parser.add_argument("--question", default=None, help="the question (with --task vqa)")
     parser.add_argument("--model", type=Path, default=Path("models/finetuned"))
-    parser.add_argument("--imitation", type=Path, default=Path("models/imitation/ce+cs+kd"),
-                        help="imitation network for ssd/draft; a missing folder means the plain early-exit draft")
+    parser.add_argument(
+        "--imitation",
+        type=Path,
+        default=Path("models/imitation/ce+cs+kd"),
+        help="imitation network for ssd/draft; a missing folder means the plain early-exit draft",
+    )
     parser.add_argument("--layerskip", type=Path, default=Path("models/layerskip"))
     parser.add_argument("--draft-verify", type=Path, default=Path("models/draft_verify.json"))
-    parser.add_argument("--draft-len", default=None, help="draft length d or 'growing' (default: params.yaml decoding.draft_len)")
+    parser.add_argument(
+        "--draft-len", default=None, help="draft length d or 'growing' (default: params.yaml decoding.draft_len)"
+    )
     parser.add_argument("--max-new-tokens", type=int, default=None)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--no-compare", action="store_true", help="skip decoding with the full model for comparison")
@@ -79,13 +85,17 @@ def _method(args: argparse.Namespace, backbone: Backbone, params: Params) -> tup
     from pipeline.models.imitation import as_draft_head, load_imitation
     from pipeline.models.loading import load_backbone
 
-    resources = DecodingResources({methods.FINETUNED: backbone.model}, {}, backbone.tokenizer.eos_token_id, params.decoding.growing)
+    resources = DecodingResources(
+        {methods.FINETUNED: backbone.model}, {}, backbone.tokenizer.eos_token_id, params.decoding.growing
+    )
     num_layers = backbone.adapter.num_layers
     if args.method == "full":
         return methods.hf_generate(), resources, "full model (model.generate, greedy)"
     if args.method == "draft-verify":
         if not args.draft_verify.exists():
-            raise PipelineError(f"{args.draft_verify} not found: run `dvc repro train_baselines` (or pass --draft-verify)")
+            raise PipelineError(
+                f"{args.draft_verify} not found: run `dvc repro train_baselines` (or pass --draft-verify)"
+            )
         found = json.loads(args.draft_verify.read_text())
         spec = methods.draft_verify(found["skip_layers"], found["threshold"], found.get("max_draft_len", 8))
         return spec, resources, f"Draft & Verify, skipping layers {found['skip_layers']}"
@@ -95,17 +105,25 @@ def _method(args: argparse.Namespace, backbone: Backbone, params: Params) -> tup
         head, n, what = args.imitation.name, int(extra["draft_layers"]), f"imitation network {args.imitation}"
         resources.heads = {head: as_draft_head(network.eval())}
     if n is None:
-        n = resolve_draft_layers(params.imitation.draft_layers, num_layers, Path("metrics/layer_choice.json"), "imitation.draft_layers")
+        n = resolve_draft_layers(
+            params.imitation.draft_layers, num_layers, Path("metrics/layer_choice.json"), "imitation.draft_layers"
+        )
     if args.method == "draft":
         return methods.draft_only(head, n), resources, f"draft alone: layers 0..{n - 1} + {what}"
     if args.method == "layerskip":
         if not args.layerskip.exists():
             raise PipelineError(f"{args.layerskip} not found: run `dvc repro train_baselines` (or pass --layerskip)")
         resources.models = {methods.LAYERSKIP: load_backbone(args.layerskip).model.eval()}
-        return (methods.ssd(None, n, _draft_len(args, params), backbone=methods.LAYERSKIP), resources,
-                f"LayerSkip backbone, early exit at layer {n}")
-    return (methods.ssd(head, n, _draft_len(args, params)), resources,
-            f"self-speculative: layers 0..{n - 1} + {what}, verified by all {num_layers}")
+        return (
+            methods.ssd(None, n, _draft_len(args, params), backbone=methods.LAYERSKIP),
+            resources,
+            f"LayerSkip backbone, early exit at layer {n}",
+        )
+    return (
+        methods.ssd(head, n, _draft_len(args, params)),
+        resources,
+        f"self-speculative: layers 0..{n - 1} + {what}, verified by all {num_layers}",
+    )
 
 
 def _timed(fn: Callable[[], T], repeats: int = 3) -> tuple[T, float]:
@@ -150,33 +168,45 @@ def caption(argv: list[str]) -> int:
             decoder.generate(input_ids, budget, eos, pixel_values=pixels)  # warm-up: first-call allocations
             out, seconds = _timed(lambda: decoder.generate(input_ids, budget, eos, pixel_values=pixels))
             sequences, stats = out.sequences, out.stats
-        new = sequences[0, input_ids.shape[1]:].tolist()
+        new = sequences[0, input_ids.shape[1] :].tolist()
         console.print(Text(tokenizer.decode(new, skip_special_tokens=True).strip(), style="bold"))
-        console.print(f"{what}\n{len(new)} tokens in {seconds * 1e3:.1f} ms (median of 3): {len(new) / seconds:.1f} tokens/s")
+        console.print(
+            f"{what}\n{len(new)} tokens in {seconds * 1e3:.1f} ms (median of 3): {len(new) / seconds:.1f} tokens/s"
+        )
         if stats is not None and stats.verify_calls:
             line = Text("tokens: ")
             for token, source in zip(tokenizer.convert_ids_to_tokens(new), stats.token_sources()):
-                line.append(("^" if source == "draft" else "") + token + " ", style="green" if source == "draft" else "")
+                line.append(
+                    ("^" if source == "draft" else "") + token + " ", style="green" if source == "draft" else ""
+                )
             console.print(line)
-            console.print(f"^ / green: drafted and accepted ({stats.accepted} of {stats.drafted} drafted, "
-                          f"acceptance {stats.acceptance_rate:.2f}); the rest came from {stats.verify_calls} verification passes")
+            console.print(
+                f"^ / green: drafted and accepted ({stats.accepted} of {stats.drafted} drafted, "
+                f"acceptance {stats.acceptance_rate:.2f}); the rest came from {stats.verify_calls} verification passes"
+            )
         if not args.no_compare and spec.kind != "hf_generate":
+
             def reference() -> torch.Tensor:
                 return hf_greedy(model, input_ids, budget, eos, pixel_values=pixels)
 
             reference()
             full, full_seconds = _timed(reference)
-            full_new = full[0, input_ids.shape[1]:].tolist()
+            full_new = full[0, input_ids.shape[1] :].tolist()
             same = "identical to" if full_new == new else "different from"
-            console.print(f"full model: {len(full_new) / full_seconds:.1f} tokens/s; speed-up "
-                          f"{(full_seconds / max(1, len(full_new))) / (seconds / max(1, len(new))):.2f}×; output {same} the full model's")
+            console.print(
+                f"full model: {len(full_new) / full_seconds:.1f} tokens/s; speed-up "
+                f"{(full_seconds / max(1, len(full_new))) / (seconds / max(1, len(new))):.2f}×; output {same} the full model's"
+            )
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] != "caption":
-        print("usage: python -m pipeline caption IMAGE [--method ...]  (python -m pipeline caption --help)", file=sys.stderr)
+        print(
+            "usage: python -m pipeline caption IMAGE [--method ...]  (python -m pipeline caption --help)",
+            file=sys.stderr,
+        )
         return 2
     try:
         return caption(argv[1:])

@@ -254,8 +254,10 @@ class ImitationConfig(TrainingConfig):
     def fusion_table_heads(self) -> dict[str, str]:
         """Fusion → the ce+cs+kd head of the fusion table trained with it (a folder of models/imitation and a key of
         metrics/imitation.json): the ce+cs+kd variant for `fusion` itself when that variant is trained, else fusion-<kind>."""
-        return {kind: "ce+cs+kd" if kind == self.fusion and "ce+cs+kd" in self.variants else f"fusion-{kind}"
-                for kind in self.fusion_comparison}
+        return {
+            kind: "ce+cs+kd" if kind == self.fusion and "ce+cs+kd" in self.variants else f"fusion-{kind}"
+            for kind in self.fusion_comparison
+        }
 
     @field_validator("fusion_comparison")
     @classmethod
@@ -265,18 +267,22 @@ class ImitationConfig(TrainingConfig):
         return value
 
     @model_validator(mode="after")
-    def _fusion_needs_cosine(self) -> "ImitationConfig":
+    def _fusion_needs_cosine(self) -> ImitationConfig:
         # the fusion only shapes the cosine target: with λ_cs = 0 every row of the table would be the same head
         if self.fusion_comparison and self.weights.cs == 0:
-            raise ValueError("fusion_comparison compares cosine targets, but weights.cs is 0; set weights.cs > 0 or fusion_comparison: []")
+            raise ValueError(
+                "fusion_comparison compares cosine targets, but weights.cs is 0; set weights.cs > 0 or fusion_comparison: []"
+            )
         return self
 
     @model_validator(mode="after")
-    def _parallel_heads(self) -> "ImitationConfig":
+    def _parallel_heads(self) -> ImitationConfig:
         if self.parallel_heads != "auto" and self.parallel_heads < 1:
             raise ValueError("parallel_heads must be auto or ≥ 1")
         if self.parallel_heads not in ("auto", 1) and self.trainer.devices != 1:
-            raise ValueError("parallel_heads > 1 trains heads in separate processes; with several devices (DDP) use parallel_heads: 1")
+            raise ValueError(
+                "parallel_heads > 1 trains heads in separate processes; with several devices (DDP) use parallel_heads: 1"
+            )
         return self
 
 

@@ -69,7 +69,7 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         return
     url = uri.rstrip("/") + "/health"
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 - user-configured URI
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
             if response.status != 200:
                 raise TrackingError(f"MLflow tracking server {uri} answered {response.status} on /health")
     except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
@@ -124,7 +124,11 @@ def ensure_experiment(name: str) -> str:
 
 @contextmanager
 def stage_run(
-    stage: str, experiment: str, params: Mapping[str, Any], run_name: str | None = None, resume_run_id: str | None = None
+    stage: str,
+    experiment: str,
+    params: Mapping[str, Any],
+    run_name: str | None = None,
+    resume_run_id: str | None = None,
 ) -> Iterator[Any]:
     """One MLflow run for a DVC stage, tagged with the git commit and the stage name.
 
@@ -143,7 +147,7 @@ def stage_run(
     if resume_run_id is not None:
         try:
             mlflow.get_run(resume_run_id)
-        except Exception:  # noqa: BLE001 - the store was reset since: start afresh
+        except Exception:
             resume_run_id = None
     with mlflow.start_run(run_id=resume_run_id, run_name=None if resume_run_id else run_name or stage) as run:
         if resume_run_id is not None:
@@ -176,7 +180,9 @@ def active_run_id() -> str | None:
 
 
 @contextmanager
-def nested_run(name: str, params: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None) -> Iterator[Any]:
+def nested_run(
+    name: str, params: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None
+) -> Iterator[Any]:
     """A child run of the active stage run (one per variant, trial or method), so the MLflow UI can compare them;
     active inside the block, so `log_metrics` goes to it."""
     run_id = open_child_run(name, params, tags)
@@ -189,7 +195,9 @@ def nested_run(name: str, params: Mapping[str, Any] | None = None, tags: Mapping
         yield run
 
 
-def open_child_run(name: str, params: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None) -> str | None:
+def open_child_run(
+    name: str, params: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None
+) -> str | None:
     """A child run of the active stage run that stays open for another process to log into (Lightning's
     MLflow logger in a worker, by run id); `close_child_run` ends it. None outside a stage run."""
     if not is_rank_zero():
@@ -201,8 +209,11 @@ def open_child_run(name: str, params: Mapping[str, Any] | None = None, tags: Map
         return None
     client = mlflow.MlflowClient(tracking_uri())
     stage = client.get_run(parent.info.run_id).data.tags.get("dvc_stage", "")
-    run = client.create_run(parent.info.experiment_id, run_name=name,
-                            tags=child_run_tags(parent.info.run_id, dvc_stage=stage, variant=name, **(tags or {})))
+    run = client.create_run(
+        parent.info.experiment_id,
+        run_name=name,
+        tags=child_run_tags(parent.info.run_id, dvc_stage=stage, variant=name, **(tags or {})),
+    )
     for key, value in flatten(params or {}).items():
         client.log_param(run.info.run_id, key, str(value)[:6000])
     return run.info.run_id
@@ -244,7 +255,8 @@ def close_stale_children(parent_run_id: str) -> int:
     client = mlflow.MlflowClient(tracking_uri())
     run = client.get_run(parent_run_id)
     stale = client.search_runs(
-        [run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'"
+        [run.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'",
     )
     for child in stale:
         client.set_terminated(child.info.run_id, status="KILLED")

@@ -29,7 +29,9 @@ SPEEDUP_PLOT = Path("plots/speedup_by_d.csv")
 
 
 def main(params: Params) -> None:
-    with tracking.stage_run("evaluate", params.tracking.experiment, params.model_dump(include={"evaluate", "decoding"})):
+    with tracking.stage_run(
+        "evaluate", params.tracking.experiment, params.model_dump(include={"evaluate", "decoding"})
+    ):
         evaluation = run_evaluation(params, INPUTS)
         log_method_runs(evaluation)
         atomic_write_json(METRICS, evaluation.summary)

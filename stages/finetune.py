@@ -32,14 +32,31 @@ def main(params: Params) -> None:
     builder = backbone.prompt_builder(params.data.prompts)
     section = params.model_dump(include={"seed", "model", "finetune", "data"})
     with tracking.stage_run("finetune", params.tracking.experiment, section):
-        result = fit_finetune(backbone.model, builder, backbone.image_processor, splits, cfg, seed=params.seed,
-                              checkpoint_dir=CHECKPOINTS, fingerprint=run_fingerprint(section, read_manifest(Path(params.data.out_dir))),
-                              tracking_run=tracking.run_ref())
+        result = fit_finetune(
+            backbone.model,
+            builder,
+            backbone.image_processor,
+            splits,
+            cfg,
+            seed=params.seed,
+            checkpoint_dir=CHECKPOINTS,
+            fingerprint=run_fingerprint(section, read_manifest(Path(params.data.out_dir))),
+            tracking_run=tracking.run_ref(),
+        )
         if not tracking.is_rank_zero():
             return
         torch.set_grad_enabled(False)
-        metrics = {**result.metrics, **sees_check(backbone, builder, splits["test"], cfg.eval_samples,
-                                                  batch_size=cfg.eval_batch_size, max_new_tokens=cfg.eval_max_new_tokens)}
+        metrics = {
+            **result.metrics,
+            **sees_check(
+                backbone,
+                builder,
+                splits["test"],
+                cfg.eval_samples,
+                batch_size=cfg.eval_batch_size,
+                max_new_tokens=cfg.eval_max_new_tokens,
+            ),
+        }
         metrics["num_parameters"] = float(sum(p.numel() for p in backbone.model.parameters()))
         save_backbone(backbone, MODEL_DIR)
         atomic_write_json(METRICS, metrics)

@@ -28,7 +28,9 @@ def write(outcome: NASOutcome) -> None:
     atomic_write_csv(TABLE, outcome.rows)
     atomic_write_json(METRICS, outcome.summary)
     atomic_write_json(BEST, outcome.best)
-    tracking.log_metrics({f"best_{k}": float(v) for k, v in outcome.summary["best"].items() if isinstance(v, int | float)})
+    tracking.log_metrics(
+        {f"best_{k}": float(v) for k, v in outcome.summary["best"].items() if isinstance(v, int | float)}
+    )
     tracking.log_artifact(TABLE)
     tracking.log_artifact(BEST)
 

@@ -35,8 +35,14 @@ def main(params: Params) -> None:
         tracking.log_metrics({"chosen_n": choice.chosen})
         atomic_write_json(METRICS, {**choice.to_dict(), "num_layers": num_layers, "mu": cfg.mu, "layer_cost": cost})
         atomic_write_csv(CURVE, choice.rows())
-        line_plot(FIGURE, choice.layers, {"confidence": choice.confidence, f"reward (μ={cfg.mu}, c={cost:.3f})": choice.reward},
-                  xlabel="draft layer i", title=f"layer choice: n = {choice.chosen} of {num_layers}", mark_x=choice.chosen)
+        line_plot(
+            FIGURE,
+            choice.layers,
+            {"confidence": choice.confidence, f"reward (μ={cfg.mu}, c={cost:.3f})": choice.reward},
+            xlabel="draft layer i",
+            title=f"layer choice: n = {choice.chosen} of {num_layers}",
+            mark_x=choice.chosen,
+        )
         tracking.log_artifact(FIGURE)
     print(f"chosen n = {choice.chosen}: " + ", ".join(f"{i}:{r:.3f}" for i, r in zip(choice.layers, choice.reward)))
 

@@ -30,8 +30,14 @@ PARETO_FIGURE = Path("reports/figures/sweep_pareto.png")
 def write(outcome: SweepOutcome) -> None:
     atomic_write_csv(TABLE, outcome.rows)
     atomic_write_csv(PARETO_DATA, outcome.pareto_rows)
-    pareto_plot(PARETO_FIGURE, outcome.groups, outcome.front, xlabel="speed-up over the full model",
-                ylabel="CIDEr (validation captions)", title=f"sweep: {len(outcome.groups['SSD + imitation (lossless)'])} settings of n, λ, d")
+    pareto_plot(
+        PARETO_FIGURE,
+        outcome.groups,
+        outcome.front,
+        xlabel="speed-up over the full model",
+        ylabel="CIDEr (validation captions)",
+        title=f"sweep: {len(outcome.groups['SSD + imitation (lossless)'])} settings of n, λ, d",
+    )
     atomic_write_json(METRICS, outcome.summary)
     best = outcome.summary["best"]
     tracking.log_metrics({f"best_{k}": float(v) for k, v in best.items() if isinstance(v, int | float)})

@@ -31,13 +31,17 @@ def main(params: Params) -> None:
     splits = load_prepared(params.data.out_dir)
     finetuned = load_backbone(FINETUNED)
     num_layers = finetuned.adapter.num_layers
-    n = resolve_draft_layers(params.baselines.layerskip.draft_layers, num_layers, LAYER_CHOICE, "baselines.layerskip.draft_layers")
+    n = resolve_draft_layers(
+        params.baselines.layerskip.draft_layers, num_layers, LAYER_CHOICE, "baselines.layerskip.draft_layers"
+    )
     with tracking.stage_run("train_baselines", params.tracking.experiment, params.model_dump(include={"baselines"})):
         layerskip, layerskip_metrics = train_layerskip_baseline(params, finetuned, FINETUNED, splits, n)
         save_backbone(layerskip, LAYERSKIP)
         found = search_draft_verify_baseline(params, finetuned, splits)
         atomic_write_json(DRAFT_VERIFY, found.to_dict())
-        atomic_write_json(METRICS, {"num_layers": num_layers, "layerskip": layerskip_metrics, "draft_verify": found.summary()})
+        atomic_write_json(
+            METRICS, {"num_layers": num_layers, "layerskip": layerskip_metrics, "draft_verify": found.summary()}
+        )
     print(summary_line(layerskip_metrics, found.summary()))
 
 

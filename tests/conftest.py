@@ -25,8 +25,19 @@ EOS = 2
 
 # The tiny VLM every test builds: a real LlavaForConditionalGeneration (CLIP tower + Llama decoder), 16×16 images of
 # 4 patches, GQA (4 query heads, 2 key/value heads)
-TINY = TinyLlavaConfig(num_layers=4, hidden_size=32, intermediate_size=64, num_heads=4, num_kv_heads=2, vision_layers=1,
-                       vision_hidden_size=32, vision_intermediate_size=64, vision_heads=2, patch_size=8, image_size=16)
+TINY = TinyLlavaConfig(
+    num_layers=4,
+    hidden_size=32,
+    intermediate_size=64,
+    num_heads=4,
+    num_kv_heads=2,
+    vision_layers=1,
+    vision_hidden_size=32,
+    vision_intermediate_size=64,
+    vision_heads=2,
+    patch_size=8,
+    image_size=16,
+)
 
 
 @pytest.fixture
@@ -39,10 +50,14 @@ def one_thread():
     torch.set_num_threads(saved)
 
 
-def make_tiny_llava(text_model: str = "llama", *, num_layers: int = 4, num_kv_heads: int = 2, dtype: torch.dtype = torch.float32):
+def make_tiny_llava(
+    text_model: str = "llama", *, num_layers: int = 4, num_kv_heads: int = 2, dtype: torch.dtype = torch.float32
+):
     """TINY with a `text_model` decoder (llama, mistral, qwen2), for a 64-token vocabulary with <image> = 4."""
     cfg = TINY.model_copy(update={"text_model": text_model, "num_layers": num_layers, "num_kv_heads": num_kv_heads})
-    config = tiny_llava_config(cfg, vocab_size=VOCAB, pad_token_id=0, bos_token_id=1, eos_token_id=EOS, image_token_id=IMAGE_TOKEN_ID)
+    config = tiny_llava_config(
+        cfg, vocab_size=VOCAB, pad_token_id=0, bos_token_id=1, eos_token_id=EOS, image_token_id=IMAGE_TOKEN_ID
+    )
     return build_tiny_llava(config, seed=0).to(dtype).eval()
 
 
@@ -68,9 +83,17 @@ def make_causal_lm(arch: str = "llama", *, num_layers: int = 4, dtype: torch.dty
         Qwen2ForCausalLM,
     )
 
-    common: dict[str, Any] = dict(vocab_size=VOCAB, pad_token_id=0, bos_token_id=1, eos_token_id=EOS, tie_word_embeddings=False)
-    rope = dict(hidden_size=TINY.hidden_size, intermediate_size=TINY.intermediate_size, num_hidden_layers=num_layers,
-                num_attention_heads=TINY.num_heads, num_key_value_heads=TINY.num_kv_heads, max_position_embeddings=256)
+    common: dict[str, Any] = dict(
+        vocab_size=VOCAB, pad_token_id=0, bos_token_id=1, eos_token_id=EOS, tie_word_embeddings=False
+    )
+    rope = dict(
+        hidden_size=TINY.hidden_size,
+        intermediate_size=TINY.intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=TINY.num_heads,
+        num_key_value_heads=TINY.num_kv_heads,
+        max_position_embeddings=256,
+    )
     if arch == "llama":
         model_class, config = LlamaForCausalLM, LlamaConfig(**rope, **common)
     elif arch == "mistral":
@@ -79,8 +102,16 @@ def make_causal_lm(arch: str = "llama", *, num_layers: int = 4, dtype: torch.dty
         model_class, config = Qwen2ForCausalLM, Qwen2Config(**rope, **common)
     elif arch == "opt":
         model_class = OPTForCausalLM
-        config = OPTConfig(hidden_size=TINY.hidden_size, ffn_dim=TINY.intermediate_size, num_hidden_layers=num_layers,
-                           num_attention_heads=TINY.num_heads, word_embed_proj_dim=16, max_position_embeddings=256, dropout=0.0, **common)
+        config = OPTConfig(
+            hidden_size=TINY.hidden_size,
+            ffn_dim=TINY.intermediate_size,
+            num_hidden_layers=num_layers,
+            num_attention_heads=TINY.num_heads,
+            word_embed_proj_dim=16,
+            max_position_embeddings=256,
+            dropout=0.0,
+            **common,
+        )
     else:
         raise ValueError(arch)
     torch.manual_seed(seed)
@@ -103,8 +134,16 @@ def text_model(request) -> str:
 def write_tiny_dataset(root: Path) -> tuple[dict, Any]:
     """A prepared synthetic data set (24 train, 8 val, 4 test images) and its word tokenizer, under `root`."""
     generate_synthetic_dataset(root, n_train=24, n_val=8, n_test=4, seed=0)
-    atomic_write_json(root / MANIFEST, {"karpathy_json": "dataset_coco.json", "image_root": "images",
-                                        "descriptions_json": "descriptions.json", "vqa": [], "tokenizer_dir": "tok"})
+    atomic_write_json(
+        root / MANIFEST,
+        {
+            "karpathy_json": "dataset_coco.json",
+            "image_root": "images",
+            "descriptions_json": "descriptions.json",
+            "vqa": [],
+            "tokenizer_dir": "tok",
+        },
+    )
     splits = load_prepared(root)
     texts = [c for s in splits.values() for r in s.images for c in r.captions] + ["caption :", "describe :"]
     texts += [d for s in splits.values() for d in s.descriptions.values()]
@@ -119,8 +158,15 @@ def tiny_data(tmp_path_factory):
 
 TINY_PARAMS: dict[str, Any] = {
     "model": {"tiny": TINY.model_dump()},
-    "imitation": {"max_steps": 4, "batch_size": 8, "val_every_steps": 2, "val_batches": 1, "val_decode_prompts": 1,
-                  "optimizer": {"warmup_steps": 1}, "variants": ["ce"]},
+    "imitation": {
+        "max_steps": 4,
+        "batch_size": 8,
+        "val_every_steps": 2,
+        "val_batches": 1,
+        "val_decode_prompts": 1,
+        "optimizer": {"warmup_steps": 1},
+        "variants": ["ce"],
+    },
     "ray": {"num_cpus": 2, "max_failures": 1, "cluster_gpus_per_trial": 0},  # the loopback head has no GPU
     "nas": {"num_samples": 2, "max_steps": 4, "report_every_steps": 2, "val_batches": 1, "val_decode_prompts": 1},
     "sweep": {"train_steps": 4, "captions": 2, "descriptions": 1},

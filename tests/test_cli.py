@@ -18,8 +18,11 @@ from tests.conftest import ROOT, TINY
 def repo(tiny_repo, monkeypatch):
     monkeypatch.chdir(tiny_repo)
     torch.manual_seed(0)
-    save_imitation(ImitationNetwork(TINY.hidden_size), tiny_repo / "models/imitation/ce+cs+kd",
-                   {"draft_layers": 1, "variant": "ce+cs+kd"})
+    save_imitation(
+        ImitationNetwork(TINY.hidden_size),
+        tiny_repo / "models/imitation/ce+cs+kd",
+        {"draft_layers": 1, "variant": "ce+cs+kd"},
+    )
     return tiny_repo
 
 
@@ -58,7 +61,13 @@ def test_missing_and_corrupt_images_are_clean_errors(repo, capsys):
 
 
 def test_module_entry_point(repo):
-    done = subprocess.run([sys.executable, "-m", "pipeline", "caption", str(_image(repo)), "--no-compare"],
-                          capture_output=True, text=True, cwd=repo, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "caption", str(_image(repo)), "--no-compare"],
+        capture_output=True,
+        text=True,
+        cwd=repo,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "tokens/s" in done.stdout

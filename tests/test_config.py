@@ -27,7 +27,14 @@ def test_every_bad_field_is_listed_at_once():
     with pytest.raises(ConfigError) as info:
         parse_params(raw, source="params.yaml")
     message = str(info.value)
-    for field in ("finetune.lr", "finetune.batch_size", "finetune.bogus", "model.tiny", "data.synthetic", "typo_section"):
+    for field in (
+        "finetune.lr",
+        "finetune.batch_size",
+        "finetune.bogus",
+        "model.tiny",
+        "data.synthetic",
+        "typo_section",
+    ):
         assert field in message, field
     assert "unknown key" in message
     assert "divisible" in message and "min_objects" in message
@@ -71,11 +78,22 @@ def test_dvc_yaml_params_exist_in_params_yaml():
 
 def test_baselines_section_is_validated():
     with pytest.raises(ConfigError) as info:
-        parse_params({"baselines": {"layerskip": {"p_max": 1.5, "draft_layers": "deep"},
-                                    "draft_verify": {"thresholds": [0.5, 1.2], "acceptance_floor": -0.1, "max_skipped": 0}}})
+        parse_params(
+            {
+                "baselines": {
+                    "layerskip": {"p_max": 1.5, "draft_layers": "deep"},
+                    "draft_verify": {"thresholds": [0.5, 1.2], "acceptance_floor": -0.1, "max_skipped": 0},
+                }
+            }
+        )
     message = str(info.value)
-    for field in ("baselines.layerskip.p_max", "baselines.layerskip.draft_layers", "baselines.draft_verify.thresholds",
-                  "baselines.draft_verify.acceptance_floor", "baselines.draft_verify.max_skipped"):
+    for field in (
+        "baselines.layerskip.p_max",
+        "baselines.layerskip.draft_layers",
+        "baselines.draft_verify.thresholds",
+        "baselines.draft_verify.acceptance_floor",
+        "baselines.draft_verify.max_skipped",
+    ):
         assert field in message, field
     assert parse_params({"baselines": {"layerskip": {"draft_layers": 3}}}).baselines.layerskip.draft_layers == 3
 
@@ -88,4 +106,6 @@ def test_fusion_table_settings_are_validated():
         parse_params({"imitation": {"weights": {"cs": 0.0}}})
     with pytest.raises(ConfigError, match="fusion_comparison"):
         parse_params({"imitation": {"fusion_comparison": ["max"]}})
-    assert parse_params({"imitation": {"weights": {"cs": 0.0}, "fusion_comparison": []}}).imitation.fusion_comparison == []
+    assert (
+        parse_params({"imitation": {"weights": {"cs": 0.0}, "fusion_comparison": []}}).imitation.fusion_comparison == []
+    )

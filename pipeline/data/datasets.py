@@ -8,8 +8,8 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from pipeline.data.prepared import Example
 from pipeline.data.pixels import PixelStore
+from pipeline.data.prepared import Example
 from pipeline.data.prompts import PromptBuilder
 
 IGNORE_INDEX = -100  # positions the cross-entropy skips: image tokens, the prompt, padding
@@ -113,7 +113,9 @@ class TaskBatchSampler(Sampler[list[int]]):
             yield rng.sample(pool, min(self.batch_size, len(pool)))
 
 
-def balanced_batches(split, builder: PromptBuilder, pixels: PixelStore, total: int, batch_size: int) -> list[dict[str, torch.Tensor]]:
+def balanced_batches(
+    split, builder: PromptBuilder, pixels: PixelStore, total: int, batch_size: int
+) -> list[dict[str, torch.Tensor]]:
     """A fixed, task-balanced set of about `total` examples of `split` (a `SplitData`), collated for scoring."""
     from pipeline.data.prompts import TASKS
 

@@ -39,8 +39,10 @@ def write_dataset(params: Params, out: Path) -> dict[str, Any]:
             "karpathy_json": "dataset_coco.json",
             "image_root": "images",
             "descriptions_json": "descriptions.json",
-            "vqa": [{"questions": str(q.relative_to(out)), "annotations": str(a.relative_to(out))}
-                    for q, a in find_vqa_files(out / "vqa")],
+            "vqa": [
+                {"questions": str(q.relative_to(out)), "annotations": str(a.relative_to(out))}
+                for q, a in find_vqa_files(out / "vqa")
+            ],
             "tokenizer_dir": "tokenizer",
         }
     vqa = find_vqa_files(Path(data.vqa_dir)) if data.vqa_dir else []
@@ -68,8 +70,11 @@ def prepare_dataset(params: Params, out: Path) -> dict[str, int]:
     atomic_write_json(out / MANIFEST, write_dataset(params, out))
     splits = load_prepared(out)
     if not PRESETS[params.model.preset].needs_pretrained_path:
-        train_word_tokenizer(tokenizer_corpus(splits["train"], params), out / "tokenizer",
-                             min_frequency=params.data.tokenizer_min_frequency)
+        train_word_tokenizer(
+            tokenizer_corpus(splits["train"], params),
+            out / "tokenizer",
+            min_frequency=params.data.tokenizer_min_frequency,
+        )
     return {
         f"{split}_{what}": n
         for split, data in splits.items()

@@ -105,10 +105,7 @@ def _the_is(scene: Scene) -> str:
     if len(scene) <= 2:
         return join([f"the {_sized(o)} is {where(o.position)}" for o in scene.objects])
     counts = Counter(o.shape for o in scene.objects)
-    parts = [
-        with_article(shape) if k == 1 else f"{number(k)} {PLURALS[shape]}"
-        for shape, k in counts.items()
-    ]
+    parts = [with_article(shape) if k == 1 else f"{number(k)} {PLURALS[shape]}" for shape, k in counts.items()]
     return join(parts) + f" on a {BACKGROUND_NAME} background"
 
 

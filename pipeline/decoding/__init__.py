@@ -1,8 +1,8 @@
 """Self-speculative decoding (SSD) and the baselines it is measured against.
 
-    from pipeline.decoding import SelfSpeculativeDecoder
-    out = SelfSpeculativeDecoder(model, draft_layers=n, head=None, draft_len=5).generate(input_ids, max_new_tokens=64, pixel_values=px)
-    out.sequences, out.stats
+from pipeline.decoding import SelfSpeculativeDecoder
+out = SelfSpeculativeDecoder(model, draft_layers=n, head=None, draft_len=5).generate(input_ids, max_new_tokens=64, pixel_values=px)
+out.sequences, out.stats
 """
 
 from pipeline.decoding.acceptance import greedy_accept, speculative_accept

@@ -78,7 +78,9 @@ class DraftOnlyDecoder(Decoder):
     ) -> None:
         super().__init__(model)
         if (draft_layers is None) == (skip_layers is None):
-            raise ValueError("give exactly one of draft_layers (early-exit draft) and skip_layers (layer-skipping draft)")
+            raise ValueError(
+                "give exactly one of draft_layers (early-exit draft) and skip_layers (layer-skipping draft)"
+            )
         if skip_layers is not None:
             if head is not None:
                 raise ValueError("a head goes with an early-exit draft (draft_layers), not with skip_layers")

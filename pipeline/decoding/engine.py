@@ -172,7 +172,9 @@ class Decoder:
     ) -> GenerationOutput:
         """`eos_token_id=None` stops at the model's generation-config EOS, like `model.generate`; `[]` never stops early."""
         sampling = SamplingConfig(temperature, top_k, top_p)
-        request = prepare_request(self.model, input_ids, max_new_tokens, eos_token_id, sampling, generator, model_inputs)
+        request = prepare_request(
+            self.model, input_ids, max_new_tokens, eos_token_id, sampling, generator, model_inputs
+        )
         return self._generate(request)
 
     def _generate(self, request: GenerationRequest) -> GenerationOutput:
@@ -189,7 +191,9 @@ class SelfSpeculativeDecoder(Decoder):
     `temperature > 0` the output is distributed as the full model's sampling distribution.
     """
 
-    def __init__(self, model: nn.Module, draft_layers: int, head: nn.Module | None = None, draft_len: int | DraftPolicy = 5) -> None:
+    def __init__(
+        self, model: nn.Module, draft_layers: int, head: nn.Module | None = None, draft_len: int | DraftPolicy = 5
+    ) -> None:
         super().__init__(model)
         self.draft_layers = check_draft_layers(self.adapter, draft_layers)
         if head is not None and not isinstance(head, nn.Module):

@@ -54,7 +54,9 @@ def _text_depth_follows_composite_config(model: nn.Module) -> Iterator[None]:
         text_config.num_hidden_layers = depth
 
 
-def _generate(model: nn.Module, input_ids: torch.LongTensor, max_new_tokens: int, eos_token_id, **kwargs) -> torch.LongTensor:
+def _generate(
+    model: nn.Module, input_ids: torch.LongTensor, max_new_tokens: int, eos_token_id, **kwargs
+) -> torch.LongTensor:
     attention_mask = kwargs.pop("attention_mask", None)
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
@@ -72,7 +74,9 @@ def _generate(model: nn.Module, input_ids: torch.LongTensor, max_new_tokens: int
 
 
 @torch.inference_mode()
-def hf_greedy(model: nn.Module, input_ids: torch.LongTensor, max_new_tokens: int, eos_token_id=None, **model_inputs) -> torch.LongTensor:
+def hf_greedy(
+    model: nn.Module, input_ids: torch.LongTensor, max_new_tokens: int, eos_token_id=None, **model_inputs
+) -> torch.LongTensor:
     """`model.generate(..., do_sample=False).sequences`."""
     return _generate(model, input_ids, max_new_tokens, eos_token_id, **model_inputs)
 

@@ -69,7 +69,9 @@ def prepare_request(
         shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
         raise ValueError(f"input_ids must be a [batch, length] tensor, got {shape}")
     if input_ids.shape[0] != 1:
-        raise ValueError(f"batch size must be 1 (speculative decoding commits a different number of tokens per row), got {input_ids.shape[0]}")
+        raise ValueError(
+            f"batch size must be 1 (speculative decoding commits a different number of tokens per row), got {input_ids.shape[0]}"
+        )
     if input_ids.shape[1] == 0:
         raise ValueError("input_ids is empty: give at least one prompt token")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
@@ -83,7 +85,9 @@ def prepare_request(
     padding = input_ids[:, :0]
     if attention_mask is not None:
         if attention_mask.shape != input_ids.shape:
-            raise ValueError(f"attention_mask {tuple(attention_mask.shape)} does not match input_ids {tuple(input_ids.shape)}")
+            raise ValueError(
+                f"attention_mask {tuple(attention_mask.shape)} does not match input_ids {tuple(input_ids.shape)}"
+            )
         keep = attention_mask[0].to(device).bool()
         pads = int((~keep).sum())
         if pads:

@@ -99,7 +99,9 @@ class ConfidenceStop(DraftPolicy):
         return self.base.propose(generated)
 
     def keep_drafting(self, position: int, confidence: float) -> bool:
-        return confidence >= self.threshold and (not self.base.needs_confidence or self.base.keep_drafting(position, confidence))
+        return confidence >= self.threshold and (
+            not self.base.needs_confidence or self.base.keep_drafting(position, confidence)
+        )
 
     def update(self, drafted: int, accepted: int) -> None:
         self.base.update(drafted, accepted)

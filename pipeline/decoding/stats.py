@@ -65,8 +65,12 @@ class DecodingStats:
         )
         depth = max(len(self.drafted_by_position), len(other.drafted_by_position))
         pad = lambda xs: xs + [0] * (depth - len(xs))  # noqa: E731
-        merged.drafted_by_position = [a + b for a, b in zip(pad(self.drafted_by_position), pad(other.drafted_by_position))]
-        merged.accepted_by_position = [a + b for a, b in zip(pad(self.accepted_by_position), pad(other.accepted_by_position))]
+        merged.drafted_by_position = [
+            a + b for a, b in zip(pad(self.drafted_by_position), pad(other.drafted_by_position))
+        ]
+        merged.accepted_by_position = [
+            a + b for a, b in zip(pad(self.accepted_by_position), pad(other.accepted_by_position))
+        ]
         merged.rounds = self.rounds + other.rounds
         return merged
 

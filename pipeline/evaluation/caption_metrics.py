@@ -67,7 +67,9 @@ def meteor_session() -> Iterator[Callable[[Mapping[object, list[str]], Mapping[o
     scorer = Meteor()
 
     def score(refs: Mapping[object, list[str]], cands: Mapping[object, list[str]]) -> float:
-        safe = {key: [text if text.strip() else METEOR_EMPTY_PLACEHOLDER for text in texts] for key, texts in cands.items()}
+        safe = {
+            key: [text if text.strip() else METEOR_EMPTY_PLACEHOLDER for text in texts] for key, texts in cands.items()
+        }
         return float(scorer.compute_score(dict(refs), safe)[0])
 
     try:

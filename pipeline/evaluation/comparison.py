@@ -17,7 +17,9 @@ from pipeline.evaluation.prompts import Prompt
 from pipeline.evaluation.speed import Method, identical_share, time_methods
 
 
-def task_scores(prompts: Sequence[Prompt], texts: Sequence[str], *, meteor: Any = False, spice: bool = False) -> dict[str, dict[str, Any]]:
+def task_scores(
+    prompts: Sequence[Prompt], texts: Sequence[str], *, meteor: Any = False, spice: bool = False
+) -> dict[str, dict[str, Any]]:
     """Quality per task: caption metrics for captions and descriptions (pycocoevalcap), VQA accuracy for answers."""
     from pipeline.evaluation.vqa_accuracy import vqa_scores
 
@@ -25,11 +27,18 @@ def task_scores(prompts: Sequence[Prompt], texts: Sequence[str], *, meteor: Any 
     for task in sorted({p["task"] for p in prompts}):
         index = [i for i, p in enumerate(prompts) if p["task"] == task]
         if task == "vqa":
-            scores[task] = vqa_scores({i: texts[i] for i in index}, {i: prompts[i]["references"] for i in index},
-                                      {i: prompts[i]["answer_type"] for i in index})
+            scores[task] = vqa_scores(
+                {i: texts[i] for i in index},
+                {i: prompts[i]["references"] for i in index},
+                {i: prompts[i]["answer_type"] for i in index},
+            )
         else:
-            scores[task] = caption_scores({i: prompts[i]["references"] for i in index}, {i: texts[i] for i in index},
-                                          meteor=meteor, spice=spice and task == "caption")
+            scores[task] = caption_scores(
+                {i: prompts[i]["references"] for i in index},
+                {i: texts[i] for i in index},
+                meteor=meteor,
+                spice=spice and task == "caption",
+            )
     return scores
 
 
@@ -72,12 +81,16 @@ def evaluate_methods(
         }
         if timing.has_stats and timing.stats.verify_calls:
             stats = timing.stats
-            row.update({
-                "acceptance_rate": stats.acceptance_rate,
-                "mean_accepted_length": stats.mean_accepted_length,
-                "verify_calls": float(stats.verify_calls),
-                "acceptance_by_position": [a / d if d else 0.0 for a, d in zip(stats.accepted_by_position, stats.drafted_by_position)],
-            })
+            row.update(
+                {
+                    "acceptance_rate": stats.acceptance_rate,
+                    "mean_accepted_length": stats.mean_accepted_length,
+                    "verify_calls": float(stats.verify_calls),
+                    "acceptance_by_position": [
+                        a / d if d else 0.0 for a, d in zip(stats.accepted_by_position, stats.drafted_by_position)
+                    ],
+                }
+            )
         if caption_metrics:
             texts = [t.strip() for t in tokenizer.batch_decode(timing.outputs, skip_special_tokens=True)]
             row["tasks"] = task_scores(prompts, texts, meteor=meteor, spice=spice)

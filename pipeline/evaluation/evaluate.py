@@ -52,9 +52,11 @@ class Evaluation:
 
     def lines(self) -> list[str]:
         rows = self.summary["methods"]
-        return [f"  {row['label']:34s} speed-up {row['speedup']:.2f}×  identical {row['identical_share']:.0%}  "
-                f"CIDEr {row.get('cider', float('nan')):.3f}  accept {row.get('acceptance_rate', float('nan')):.2f}"
-                for row in rows.values()]
+        return [
+            f"  {row['label']:34s} speed-up {row['speedup']:.2f}×  identical {row['identical_share']:.0%}  "
+            f"CIDEr {row.get('cider', float('nan')):.3f}  accept {row.get('acceptance_rate', float('nan')):.2f}"
+            for row in rows.values()
+        ]
 
 
 def load_heads(folder: Path) -> tuple[dict[str, torch.nn.Module], dict[str, int]]:
@@ -86,18 +88,31 @@ def run_evaluation(params: Params, inputs: EvaluationInputs) -> Evaluation:
         depth.pop(methods.MIXED, None)
     plan = methods.evaluation_plan(params, depth, found)
     resources = DecodingResources(models, heads, backbone.tokenizer.eos_token_id, params.decoding.growing)
-    print(f"evaluate: {len(plan.methods)} methods × {len(prompts)} test prompts × {cfg.repeats} repeat(s), n = {plan.draft_layers}")
-    with torch.no_grad(), (meteor_session() if cfg.meteor else contextlib.nullcontext()) as meteor:
-        results = evaluate_methods(runnables(plan.methods, resources), prompts, backbone.tokenizer, reference=plan.reference.key,
-                                   identity_references={s.key: s.identity_reference.key for s in plan.methods},
-                                   repeats=cfg.repeats, meteor=meteor or False, spice=cfg.spice)
+    print(
+        f"evaluate: {len(plan.methods)} methods × {len(prompts)} test prompts × {cfg.repeats} repeat(s), n = {plan.draft_layers}"
+    )
+    with torch.no_grad(), meteor_session() if cfg.meteor else contextlib.nullcontext() as meteor:
+        results = evaluate_methods(
+            runnables(plan.methods, resources),
+            prompts,
+            backbone.tokenizer,
+            reference=plan.reference.key,
+            identity_references={s.key: s.identity_reference.key for s in plan.methods},
+            repeats=cfg.repeats,
+            meteor=meteor or False,
+            spice=cfg.spice,
+        )
     rows = {spec.key: {"label": spec.label, **results[spec.key]} for spec in plan.methods}
     summary = {
-        "draft_layers": plan.draft_layers, "draft_len": plan.draft_len, "fusion": params.imitation.fusion,
+        "draft_layers": plan.draft_layers,
+        "draft_len": plan.draft_len,
+        "fusion": params.imitation.fusion,
         "growing": params.decoding.growing.model_dump(),
         "draft_verify": {k: found[k] for k in ("skip_layers", "threshold")},
         "prompts": {t: sum(p["task"] == t for p in prompts) for t in ("caption", "description", "vqa")},
-        "threads": torch.get_num_threads(), "plan": plan.to_dict(), "methods": rows,
+        "threads": torch.get_num_threads(),
+        "plan": plan.to_dict(),
+        "methods": rows,
     }
     return Evaluation(summary, series.acceptance_by_position(plan, rows), series.speedup_by_draft_len(plan, rows))
 

@@ -28,8 +28,10 @@ def per_token_flops(adapter, draft_layers: int, head: nn.Module | None = None, c
     hidden = torch.zeros(1, 1, adapter.hidden_size, dtype=parameter.dtype, device=parameter.device)
     position = torch.zeros(1, 1, dtype=torch.long, device=parameter.device)
     attention = 4 * adapter.hidden_size * context
-    layers = [counted_flops(lambda i=i: adapter.run_layers(hidden, i, i + 1, position_ids=position)) + attention
-              for i in range(adapter.num_layers)]
+    layers = [
+        counted_flops(lambda i=i: adapter.run_layers(hidden, i, i + 1, position_ids=position)) + attention
+        for i in range(adapter.num_layers)
+    ]
     head_flops = counted_flops(lambda: head(hidden)) if head is not None else 0
     if getattr(head, "attention", None) is not None:
         head_flops += 4 * adapter.hidden_size * context  # its attention over the context (sdpa: uncounted on CPU)

@@ -61,18 +61,35 @@ def greedy_generate(
     return texts
 
 
-def caption_cider(backbone: Backbone, builder: PromptBuilder, split: SplitData, count: int, *, batch_size: int = 100,
-                  max_new_tokens: int = 32) -> float:
+def caption_cider(
+    backbone: Backbone,
+    builder: PromptBuilder,
+    split: SplitData,
+    count: int,
+    *,
+    batch_size: int = 100,
+    max_new_tokens: int = 32,
+) -> float:
     """CIDEr of `backbone`'s greedy captions of the first `count` images of `split` against their references."""
     records = split.images[:count]
     pixels = PixelStore([r.image_path for r in records], backbone.image_processor)
     examples = [Example(i, "caption", r.captions[0]) for i, r in enumerate(records)]
-    texts = greedy_generate(backbone.model, builder, pixels, examples, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    texts = greedy_generate(
+        backbone.model, builder, pixels, examples, batch_size=batch_size, max_new_tokens=max_new_tokens
+    )
     return caption_scores({i: list(r.captions) for i, r in enumerate(records)}, dict(enumerate(texts)))["cider"]
 
 
-def sees_check(backbone: Backbone, builder: PromptBuilder, split: SplitData, count: int, *, batch_size: int,
-               max_new_tokens: int, show: int = 3) -> dict[str, Any]:
+def sees_check(
+    backbone: Backbone,
+    builder: PromptBuilder,
+    split: SplitData,
+    count: int,
+    *,
+    batch_size: int,
+    max_new_tokens: int,
+    show: int = 3,
+) -> dict[str, Any]:
     """Caption metrics of greedy captions of the first `count` images (`test_*`) and of the same model given blank
     images (`test_blank_*`): the captions must come from the pixels, not only from the language prior. Prints
     `show` examples."""
@@ -80,11 +97,22 @@ def sees_check(backbone: Backbone, builder: PromptBuilder, split: SplitData, cou
     pixels = PixelStore([r.image_path for r in records], backbone.image_processor)
     examples = [Example(i, "caption", r.captions[0]) for i, r in enumerate(records)]
     references = {i: list(r.captions) for i, r in enumerate(records)}
-    seen = greedy_generate(backbone.model, builder, pixels, examples, batch_size=batch_size, max_new_tokens=max_new_tokens)
-    blank = greedy_generate(backbone.model, builder, pixels, examples, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                            blank_images=True)
+    seen = greedy_generate(
+        backbone.model, builder, pixels, examples, batch_size=batch_size, max_new_tokens=max_new_tokens
+    )
+    blank = greedy_generate(
+        backbone.model,
+        builder,
+        pixels,
+        examples,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        blank_images=True,
+    )
     scores = {f"test_{k}": v for k, v in caption_scores(references, dict(enumerate(seen))).items()}
     scores.update({f"test_blank_{k}": v for k, v in caption_scores(references, dict(enumerate(blank))).items()})
     for i in range(min(show, len(records))):
-        print(f"  test image {records[i].image_path.name}: {seen[i]!r} (blank: {blank[i]!r}) ref: {records[i].captions[0]!r}")
+        print(
+            f"  test image {records[i].image_path.name}: {seen[i]!r} (blank: {blank[i]!r}) ref: {records[i].captions[0]!r}"
+        )
     return scores

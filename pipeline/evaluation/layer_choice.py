@@ -32,8 +32,10 @@ class LayerChoice:
 
     def rows(self) -> list[dict[str, int | str]]:
         """One row per candidate layer: the reward curve (6 decimals)."""
-        return [{"layer": i, "confidence": f"{c:.6f}", "reward": f"{r:.6f}"}
-                for i, c, r in zip(self.layers, self.confidence, self.reward)]
+        return [
+            {"layer": i, "confidence": f"{c:.6f}", "reward": f"{r:.6f}"}
+            for i, c, r in zip(self.layers, self.confidence, self.reward)
+        ]
 
 
 @torch.no_grad()
@@ -44,7 +46,9 @@ def early_exit_confidence(adapter, batches: Iterable[dict], max_layer: int) -> l
     for batch in batches:
         scored = batch["labels"][:, 1:] != IGNORE_INDEX  # positions whose next token is a target token
         embeds = adapter.prefix(batch["input_ids"], pixel_values=batch.get("pixel_values"))
-        _, states = adapter.run_layers(embeds, 0, max_layer, attention_mask=batch["attention_mask"], collect_hidden=True)
+        _, states = adapter.run_layers(
+            embeds, 0, max_layer, attention_mask=batch["attention_mask"], collect_hidden=True
+        )
         for i, state in enumerate(states):
             probs = adapter.logits(state[:, :-1][scored]).float().softmax(dim=-1)
             sums[i] += probs.amax(dim=-1).double().sum()
@@ -62,7 +66,9 @@ def choose_layer(confidence: list[float], mu: float, layer_cost: float) -> Layer
     return LayerChoice(layers, list(confidence), reward, layers[best])
 
 
-def choose_draft_layers(cfg: LayerChoiceConfig, backbone: Backbone, val: SplitData, prompts: PromptConfig) -> LayerChoice:
+def choose_draft_layers(
+    cfg: LayerChoiceConfig, backbone: Backbone, val: SplitData, prompts: PromptConfig
+) -> LayerChoice:
     """The reward of every candidate layer i ≤ `max_layer_fraction` · L on task-balanced validation batches, and the
     chosen n; the layer cost c defaults to 1/L."""
     adapter = backbone.adapter

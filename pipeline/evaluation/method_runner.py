@@ -68,7 +68,9 @@ def build_decoder(spec: MethodSpec, resources: DecodingResources) -> Decoder:
     if spec.kind == "ssd":
         if spec.draft_layers is None or spec.draft_len is None:
             raise ValueError(f"{spec.key}: self-speculative decoding needs draft_layers and draft_len")
-        return SelfSpeculativeDecoder(model, spec.draft_layers, resources.head(spec), draft_policy(spec.draft_len, resources.growing))
+        return SelfSpeculativeDecoder(
+            model, spec.draft_layers, resources.head(spec), draft_policy(spec.draft_len, resources.growing)
+        )
     if spec.kind == "draft_verify":
         if spec.threshold is None or spec.max_draft_len is None:
             raise ValueError(f"{spec.key}: Draft & Verify needs a threshold and max_draft_len")
@@ -81,15 +83,19 @@ def runnable(spec: MethodSpec, resources: DecodingResources) -> Method:
     eos = resources.eos_token_id
     if spec.kind in ("hf_generate", "hf_early_exit"):
         model = resources.model(spec)
-        early_exit = {"draft_layers": spec.draft_layers, "draft_len": spec.draft_len} if spec.kind == "hf_early_exit" else None
+        early_exit = (
+            {"draft_layers": spec.draft_layers, "draft_len": spec.draft_len} if spec.kind == "hf_early_exit" else None
+        )
 
         def generate(prompt: Prompt) -> tuple[torch.Tensor, DecodingStats | None]:
             ids = prompt["input_ids"]
             if early_exit is None:
                 sequences = hf_greedy(model, ids, prompt["max_new_tokens"], eos, pixel_values=prompt["pixel_values"])
             else:
-                sequences = hf_early_exit(model, ids, prompt["max_new_tokens"], eos, pixel_values=prompt["pixel_values"], **early_exit)
-            return sequences[0, ids.shape[1]:], None
+                sequences = hf_early_exit(
+                    model, ids, prompt["max_new_tokens"], eos, pixel_values=prompt["pixel_values"], **early_exit
+                )
+            return sequences[0, ids.shape[1] :], None
 
         return generate
     decoder = build_decoder(spec, resources)
@@ -97,7 +103,7 @@ def runnable(spec: MethodSpec, resources: DecodingResources) -> Method:
     def decode(prompt: Prompt) -> tuple[torch.Tensor, DecodingStats | None]:
         ids = prompt["input_ids"]
         out = decoder.generate(ids, prompt["max_new_tokens"], eos, pixel_values=prompt["pixel_values"])
-        return out.sequences[0, ids.shape[1]:], out.stats
+        return out.sequences[0, ids.shape[1] :], out.stats
 
     return decode
 

@@ -93,14 +93,27 @@ def draft_only(head: str | None, draft_layers: int, label: str = "", backbone: s
     return MethodSpec("draft_only", label, backbone, head=head, draft_layers=draft_layers)
 
 
-def ssd(head: str | None, draft_layers: int, draft_len: DraftLength, label: str = "", backbone: str = FINETUNED) -> MethodSpec:
+def ssd(
+    head: str | None, draft_layers: int, draft_len: DraftLength, label: str = "", backbone: str = FINETUNED
+) -> MethodSpec:
     return MethodSpec("ssd", label, backbone, head=head, draft_layers=draft_layers, draft_len=draft_len)
 
 
-def draft_verify(skip_layers: Iterable[int], threshold: float, max_draft_len: int, label: str = "Draft & Verify",
-                 backbone: str = FINETUNED) -> MethodSpec:
-    return MethodSpec("draft_verify", label, backbone, skip_layers=tuple(skip_layers), threshold=threshold,
-                      max_draft_len=max_draft_len)
+def draft_verify(
+    skip_layers: Iterable[int],
+    threshold: float,
+    max_draft_len: int,
+    label: str = "Draft & Verify",
+    backbone: str = FINETUNED,
+) -> MethodSpec:
+    return MethodSpec(
+        "draft_verify",
+        label,
+        backbone,
+        skip_layers=tuple(skip_layers),
+        threshold=threshold,
+        max_draft_len=max_draft_len,
+    )
 
 
 @dataclass(frozen=True)
@@ -123,9 +136,13 @@ class EvaluationPlan:
     def main(self) -> MethodSpec:
         return self._find("ssd", FINETUNED, self.main_head, self.draft_len)
 
-    def _find(self, kind: str, backbone: str, head: str | None = None, draft_len: DraftLength | None = None) -> MethodSpec:
+    def _find(
+        self, kind: str, backbone: str, head: str | None = None, draft_len: DraftLength | None = None
+    ) -> MethodSpec:
         for spec in self.methods:
-            if (spec.kind, spec.backbone, spec.head) == (kind, backbone, head) and (draft_len is None or spec.draft_len == draft_len):
+            if (spec.kind, spec.backbone, spec.head) == (kind, backbone, head) and (
+                draft_len is None or spec.draft_len == draft_len
+            ):
                 return spec
         raise KeyError(f"no {kind} method on {backbone} with head {head} and d {draft_len} in the plan")
 
@@ -141,24 +158,38 @@ class EvaluationPlan:
     def table1(self) -> list[MethodSpec]:
         """Paper Table 1's rows, in its order: the full model, the drafts alone, the baselines, ours."""
         d = self.draft_len
-        return self._present([
-            ("autoregressive", FINETUNED, None, None), ("hf_generate", FINETUNED, None, None),
-            ("draft_only", FINETUNED, None, None), ("draft_only", FINETUNED, self.main_head, None),
-            ("draft_verify", FINETUNED, None, None), ("ssd", LAYERSKIP, None, d),
-            *[("ssd", FINETUNED, variant, d) for variant in self.variants],
-            ("ssd", FINETUNED, self.main_head, "growing"), ("ssd", MIXED, MIXED, d),
-        ])
+        return self._present(
+            [
+                ("autoregressive", FINETUNED, None, None),
+                ("hf_generate", FINETUNED, None, None),
+                ("draft_only", FINETUNED, None, None),
+                ("draft_only", FINETUNED, self.main_head, None),
+                ("draft_verify", FINETUNED, None, None),
+                ("ssd", LAYERSKIP, None, d),
+                *[("ssd", FINETUNED, variant, d) for variant in self.variants],
+                ("ssd", FINETUNED, self.main_head, "growing"),
+                ("ssd", MIXED, MIXED, d),
+            ]
+        )
 
     def ours(self) -> list[MethodSpec]:
         """Our method as trained (each loss variant at the default d, growing d, the mixed schedule): Fig. 5's curves."""
         d = self.draft_len
-        return self._present([*[("ssd", FINETUNED, variant, d) for variant in self.variants],
-                              ("ssd", FINETUNED, self.main_head, "growing"), ("ssd", MIXED, MIXED, d)])
+        return self._present(
+            [
+                *[("ssd", FINETUNED, variant, d) for variant in self.variants],
+                ("ssd", FINETUNED, self.main_head, "growing"),
+                ("ssd", MIXED, MIXED, d),
+            ]
+        )
 
     def by_draft_len(self) -> list[MethodSpec]:
         """Ours (the main head) at every fixed d, shortest first: Fig. 9."""
-        fixed = [s for s in self.methods if (s.kind, s.backbone, s.head) == ("ssd", FINETUNED, self.main_head)
-                 and isinstance(s.draft_len, int)]
+        fixed = [
+            s
+            for s in self.methods
+            if (s.kind, s.backbone, s.head) == ("ssd", FINETUNED, self.main_head) and isinstance(s.draft_len, int)
+        ]
         return sorted(fixed, key=lambda s: int(s.draft_len or 0))
 
     def fusion_rows(self) -> list[tuple[str, MethodSpec, MethodSpec]]:
@@ -171,13 +202,25 @@ class EvaluationPlan:
         return rows
 
     def to_dict(self) -> dict[str, Any]:
-        return {"methods": [m.to_dict() for m in self.methods], "main_head": self.main_head, "variants": list(self.variants),
-                "draft_layers": self.draft_layers, "draft_len": self.draft_len, "fusion_heads": dict(self.fusion_heads)}
+        return {
+            "methods": [m.to_dict() for m in self.methods],
+            "main_head": self.main_head,
+            "variants": list(self.variants),
+            "draft_layers": self.draft_layers,
+            "draft_len": self.draft_len,
+            "fusion_heads": dict(self.fusion_heads),
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EvaluationPlan:
-        return cls(tuple(MethodSpec.from_dict(m) for m in data["methods"]), data["main_head"], tuple(data["variants"]),
-                   data["draft_layers"], data["draft_len"], dict(data["fusion_heads"]))
+        return cls(
+            tuple(MethodSpec.from_dict(m) for m in data["methods"]),
+            data["main_head"],
+            tuple(data["variants"]),
+            data["draft_layers"],
+            data["draft_len"],
+            dict(data["fusion_heads"]),
+        )
 
 
 def main_head_name(heads: Iterable[str]) -> str:
@@ -188,8 +231,9 @@ def main_head_name(heads: Iterable[str]) -> str:
     return "ce+cs+kd" if "ce+cs+kd" in names else names[0]
 
 
-def evaluation_plan(params: Params, heads: Mapping[str, int], draft_verify_found: Mapping[str, Any], *,
-                    layerskip: bool = True) -> EvaluationPlan:
+def evaluation_plan(
+    params: Params, heads: Mapping[str, int], draft_verify_found: Mapping[str, Any], *, layerskip: bool = True
+) -> EvaluationPlan:
     """Every method `evaluate` compares. `heads`: the trained imitation networks (name → draft layers n), `mixed`
     for the mixed schedule's; `draft_verify_found`: train_baselines' search result (skip_layers, threshold,
     max_draft_len); `layerskip`: whether LayerSkip's backbone exists."""
@@ -199,13 +243,20 @@ def evaluation_plan(params: Params, heads: Mapping[str, int], draft_verify_found
     fusion_heads = imitation.fusion_table_heads()
     missing = {kind: head for kind, head in fusion_heads.items() if head not in heads}
     if missing:
-        raise PipelineError(f"the fusion table's imitation networks {missing} are missing; run `dvc repro train_imitation`")
+        raise PipelineError(
+            f"the fusion table's imitation networks {missing} are missing; run `dvc repro train_imitation`"
+        )
     variants = tuple(v for v in imitation.variants if v in heads)
     methods = [
-        autoregressive(), hf_generate(),
-        draft_only(None, n, "draft without imitation"), draft_only(main, n, "draft with imitation"),
-        draft_verify(draft_verify_found["skip_layers"], draft_verify_found["threshold"],
-                     draft_verify_found.get("max_draft_len", 8)),
+        autoregressive(),
+        hf_generate(),
+        draft_only(None, n, "draft without imitation"),
+        draft_only(main, n, "draft with imitation"),
+        draft_verify(
+            draft_verify_found["skip_layers"],
+            draft_verify_found["threshold"],
+            draft_verify_found.get("max_draft_len", 8),
+        ),
         ssd(None, n, d, f"SSD, no imitation (d={d})"),
         *[ssd(variant, n, d, f"ours ({variant})") for variant in variants],
         ssd(main, n, "growing", "ours, growing d"),
@@ -213,14 +264,23 @@ def evaluation_plan(params: Params, heads: Mapping[str, int], draft_verify_found
     main_label = f"ours ({main})"
     for kind, head in fusion_heads.items():
         if head != main:
-            methods += [ssd(head, heads[head], d, f"{main_label}, {kind} fusion"),
-                        draft_only(head, heads[head], f"draft with imitation, {kind} fusion")]
-    methods += [ssd(main, n, length, f"{main_label} d={length}") for length in params.evaluate.draft_lens if length != d]
+            methods += [
+                ssd(head, heads[head], d, f"{main_label}, {kind} fusion"),
+                draft_only(head, heads[head], f"draft with imitation, {kind} fusion"),
+            ]
+    methods += [
+        ssd(main, n, length, f"{main_label} d={length}") for length in params.evaluate.draft_lens if length != d
+    ]
     if layerskip:
-        methods += [autoregressive(LAYERSKIP, "LayerSkip: its full model"), ssd(None, n, d, "LayerSkip", backbone=LAYERSKIP)]
+        methods += [
+            autoregressive(LAYERSKIP, "LayerSkip: its full model"),
+            ssd(None, n, d, "LayerSkip", backbone=LAYERSKIP),
+        ]
     if MIXED in heads:
-        methods += [autoregressive(MIXED, "mixed schedule: its full model"),
-                    ssd(MIXED, heads[MIXED], d, "ours, mixed schedule", backbone=MIXED)]
+        methods += [
+            autoregressive(MIXED, "mixed schedule: its full model"),
+            ssd(MIXED, heads[MIXED], d, "ours, mixed schedule", backbone=MIXED),
+        ]
     return EvaluationPlan(tuple(dedupe(methods)), main, variants, n, d, fusion_heads)
 
 

@@ -9,9 +9,7 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     """Indices of the points not dominated by another (higher-or-equal on both axes, higher on one), by x."""
     front = []
     for i, (x, y) in enumerate(points):
-        dominated = any(
-            (ox >= x and oy >= y) and (ox > x or oy > y) for j, (ox, oy) in enumerate(points) if j != i
-        )
+        dominated = any((ox >= x and oy >= y) and (ox > x or oy > y) for j, (ox, oy) in enumerate(points) if j != i)
         if not dominated:
             front.append(i)
     return sorted(front, key=lambda i: points[i])

@@ -17,8 +17,9 @@ MAX_NEW_TOKENS = {"caption": 32, "description": 96, "vqa": 8}
 Prompt = dict[str, Any]
 
 
-def caption_prompts(split: SplitData, builder: PromptBuilder, image_processor: Any, captions: int,
-                    descriptions: int = 0) -> list[Prompt]:
+def caption_prompts(
+    split: SplitData, builder: PromptBuilder, image_processor: Any, captions: int, descriptions: int = 0
+) -> list[Prompt]:
     """The first `captions` images as caption prompts (with their references) and `descriptions` described
     images as description prompts (with the description as reference)."""
     described = [i for i, r in enumerate(split.images) if r.image_id in split.descriptions]
@@ -29,14 +30,16 @@ def caption_prompts(split: SplitData, builder: PromptBuilder, image_processor: A
     for k, (task, i) in enumerate(chosen):
         record = split.images[i]
         references = list(record.captions) if task == "caption" else [split.descriptions[record.image_id]]
-        prompts.append({
-            "task": task,
-            "key": f"{task}:{record.image_id}",
-            "references": references,
-            "input_ids": torch.tensor([builder.prompt_ids(task)]),
-            "pixel_values": pixels[k].unsqueeze(0),
-            "max_new_tokens": MAX_NEW_TOKENS[task],
-        })
+        prompts.append(
+            {
+                "task": task,
+                "key": f"{task}:{record.image_id}",
+                "references": references,
+                "input_ids": torch.tensor([builder.prompt_ids(task)]),
+                "pixel_values": pixels[k].unsqueeze(0),
+                "max_new_tokens": MAX_NEW_TOKENS[task],
+            }
+        )
     return prompts
 
 
@@ -59,8 +62,9 @@ def vqa_prompts(split: SplitData, builder: PromptBuilder, image_processor: Any, 
     ]
 
 
-def validation_prompts(split: SplitData, builder: PromptBuilder, image_processor: Any, count: int,
-                       dtype: torch.dtype = torch.float32) -> list[Prompt]:
+def validation_prompts(
+    split: SplitData, builder: PromptBuilder, image_processor: Any, count: int, dtype: torch.dtype = torch.float32
+) -> list[Prompt]:
     """`count` prompts, half captions and half descriptions, for the end-to-end acceptance training logs."""
     if count == 0:
         return []

@@ -85,7 +85,7 @@ def time_methods(
         rows: dict[str, list[float]] = {name: [] for name in methods}
         for index, prompt in enumerate(prompts):
             # alternate the order, so even drift within one prompt's methods cancels over prompt pairs
-            for name, method in (order if index % 2 == 0 else order[::-1]):
+            for name, method in order if index % 2 == 0 else order[::-1]:
                 synchronize(device)
                 start = time.perf_counter()
                 tokens, stats = method(prompt)

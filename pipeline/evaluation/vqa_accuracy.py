@@ -106,7 +106,9 @@ def vqa_scores(
     """Mean VQAv2 accuracy ("vqa_accuracy") and, given answer types, one mean per type ("vqa_accuracy_yes/no", ...)."""
     differing = set(predictions) ^ set(answers)
     if differing:
-        raise ValueError(f"predictions and answers must have the same keys; differing: {sorted(map(str, differing))[:5]}")
+        raise ValueError(
+            f"predictions and answers must have the same keys; differing: {sorted(map(str, differing))[:5]}"
+        )
     if not predictions:
         raise ValueError("no answers to score")
     if answer_types is not None and set(answer_types) != set(predictions):

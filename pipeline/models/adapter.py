@@ -136,7 +136,9 @@ class LlavaAdapter(BackboneAdapter):
         """The image encoder (CLIP tower), without the projector into the language model."""
         return self.model.model.vision_tower
 
-    def prefix(self, input_ids: torch.LongTensor, pixel_values: torch.Tensor | None = None, **_: torch.Tensor) -> torch.Tensor:
+    def prefix(
+        self, input_ids: torch.LongTensor, pixel_values: torch.Tensor | None = None, **_: torch.Tensor
+    ) -> torch.Tensor:
         embeds = self.embed(input_ids)
         if pixel_values is None:
             return embeds
@@ -232,7 +234,9 @@ class CausalLMAdapter(LlavaAdapter):
     def vision_encoder(self) -> None:
         return None
 
-    def prefix(self, input_ids: torch.LongTensor, pixel_values: torch.Tensor | None = None, **_: torch.Tensor) -> torch.Tensor:
+    def prefix(
+        self, input_ids: torch.LongTensor, pixel_values: torch.Tensor | None = None, **_: torch.Tensor
+    ) -> torch.Tensor:
         if pixel_values is not None:
             raise ValueError(f"{type(self.model).__name__} is a text-only model: it takes no pixel_values")
         return self.embed(input_ids)
@@ -263,7 +267,9 @@ class OPTAdapter(BackboneAdapter):
         embeds = self.decoder.embed_tokens(input_ids)
         return self.decoder.project_in(embeds) if self.decoder.project_in is not None else embeds
 
-    def prefix(self, input_ids: torch.LongTensor, pixel_values: torch.Tensor | None = None, **_: torch.Tensor) -> torch.Tensor:
+    def prefix(
+        self, input_ids: torch.LongTensor, pixel_values: torch.Tensor | None = None, **_: torch.Tensor
+    ) -> torch.Tensor:
         if pixel_values is not None:
             raise ValueError("OPTForCausalLM is a text-only model: it takes no pixel_values")
         return self.embed(input_ids)

@@ -73,7 +73,9 @@ class ImitationNetwork(nn.Module):
         super().__init__()
         config = architecture or ImitationArchitecture()
         if config.attention and hidden_size % config.num_heads:
-            raise ValueError(f"hidden_size {hidden_size} is not divisible by the attention's num_heads {config.num_heads}")
+            raise ValueError(
+                f"hidden_size {hidden_size} is not divisible by the attention's num_heads {config.num_heads}"
+            )
         self.hidden_size = hidden_size
         self.architecture = config
         hidden = hidden_size
@@ -149,7 +151,9 @@ def searched_architecture(base: ImitationArchitecture, searched: str | Path | No
         found = json.loads(Path(searched).read_text())["architecture"]
         return ImitationArchitecture.model_validate({**base.model_dump(), **found})
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise ModelLoadError(f"{searched} is not a nas result with a valid 'architecture' mapping: {exc}; re-run the nas stage") from None
+        raise ModelLoadError(
+            f"{searched} is not a nas result with a valid 'architecture' mapping: {exc}; re-run the nas stage"
+        ) from None
 
 
 def save_imitation(network: ImitationNetwork, path: str | Path, extra: dict | None = None) -> None:
@@ -165,7 +169,9 @@ def load_imitation(path: str | Path) -> tuple[ImitationNetwork, dict]:
     path = Path(path)
     config_file, weights_file = path / CONFIG_FILE, path / WEIGHTS_FILE
     if not config_file.exists() or not weights_file.exists():
-        raise ModelLoadError(f"{path} is not a saved imitation network (needs {CONFIG_FILE} and {WEIGHTS_FILE}); run train_imitation")
+        raise ModelLoadError(
+            f"{path} is not a saved imitation network (needs {CONFIG_FILE} and {WEIGHTS_FILE}); run train_imitation"
+        )
     try:
         saved = json.loads(config_file.read_text())
         architecture = dict(saved.pop("architecture"))
@@ -178,6 +184,8 @@ def load_imitation(path: str | Path) -> tuple[ImitationNetwork, dict]:
     state = load_file(str(weights_file))
     missing, unexpected = network.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ModelLoadError(f"{weights_file} does not match its config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise ModelLoadError(
+            f"{weights_file} does not match its config (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     network.eval()
     return network, saved

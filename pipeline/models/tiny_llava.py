@@ -27,7 +27,13 @@ CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
 def tiny_llava_config(
-    cfg: TinyLlavaConfig, *, vocab_size: int, pad_token_id: int, bos_token_id: int, eos_token_id: int, image_token_id: int
+    cfg: TinyLlavaConfig,
+    *,
+    vocab_size: int,
+    pad_token_id: int,
+    bos_token_id: int,
+    eos_token_id: int,
+    image_token_id: int,
 ) -> LlavaConfig:
     vision = CLIPVisionConfig(
         hidden_size=cfg.vision_hidden_size,

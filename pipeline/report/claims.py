@@ -8,19 +8,35 @@ from pipeline.report.tables import Results, lookup
 
 def claims(plan: EvaluationPlan, results: Results) -> list[tuple[str, bool, str]]:
     out = []
-    drafts = {spec.head: results[spec.key] for spec in plan.table1() if spec.kind == "draft_only" and spec.key in results}
+    drafts = {
+        spec.head: results[spec.key] for spec in plan.table1() if spec.kind == "draft_only" and spec.key in results
+    }
     if None in drafts and plan.main_head in drafts:
         a = lookup(drafts[plan.main_head], "tasks", "caption", "cider", default=0.0)
         b = lookup(drafts[None], "tasks", "caption", "cider", default=0.0)
-        out.append(("draft with imitation ≫ draft without (caption CIDEr of the draft alone)", a > b, f"{a:.3f} vs {b:.3f}"))
+        out.append(
+            ("draft with imitation ≫ draft without (caption CIDEr of the draft alone)", a > b, f"{a:.3f} vs {b:.3f}")
+        )
     ours = results.get(plan.main.key)
-    rivals = {"LayerSkip": [s for s in plan.table1() if s.kind == "ssd" and s.backbone == LAYERSKIP],
-              "Draft & Verify": [s for s in plan.table1() if s.kind == "draft_verify"]}
+    rivals = {
+        "LayerSkip": [s for s in plan.table1() if s.kind == "ssd" and s.backbone == LAYERSKIP],
+        "Draft & Verify": [s for s in plan.table1() if s.kind == "draft_verify"],
+    }
     for rival, specs in rivals.items():
         if ours and specs and specs[0].key in results:
             a, b = ours["speedup"], results[specs[0].key]["speedup"]
             out.append((f"ours faster than {rival}", a > b, f"{a:.2f}× vs {b:.2f}×"))
-    identical = {spec.label: results[spec.key]["identical_share"] for spec in plan.methods if spec.verified and spec.key in results}
-    out.append(("lossless methods identical to their full model's greedy output", all(v == 1.0 for v in identical.values()),
-                ", ".join(f"{m} {100 * v:.0f} %" for m, v in identical.items() if v < 1.0) or f"all {len(identical)} at 100 %"))
+    identical = {
+        spec.label: results[spec.key]["identical_share"]
+        for spec in plan.methods
+        if spec.verified and spec.key in results
+    }
+    out.append(
+        (
+            "lossless methods identical to their full model's greedy output",
+            all(v == 1.0 for v in identical.values()),
+            ", ".join(f"{m} {100 * v:.0f} %" for m, v in identical.items() if v < 1.0)
+            or f"all {len(identical)} at 100 %",
+        )
+    )
     return out

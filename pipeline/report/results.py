@@ -42,18 +42,30 @@ def draw_figures(inputs: ReportInputs, figures_dir: Path) -> list[Path]:
         curves.setdefault(row["method"], []).append(row["acceptance"])
     depth = max((len(c) for c in curves.values()), default=0)
     acceptance = figures_dir / "acceptance_by_position.png"
-    line_plot(acceptance, list(range(1, depth + 1)), {k: v + [float("nan")] * (depth - len(v)) for k, v in curves.items()},
-              xlabel="position in the draft round", ylabel="acceptance rate",
-              title="acceptance by draft position (Fig. 5)" + ("" if curves else ": no draft rounds in this run"))
+    line_plot(
+        acceptance,
+        list(range(1, depth + 1)),
+        {k: v + [float("nan")] * (depth - len(v)) for k, v in curves.items()},
+        xlabel="position in the draft round",
+        ylabel="acceptance rate",
+        title="acceptance by draft position (Fig. 5)" + ("" if curves else ": no draft rounds in this run"),
+    )
     by_d = series.speedup_by_draft_len(plan, results)
     speedup = figures_dir / "speedup_by_d.png"
-    line_plot(speedup, [row["d"] for row in by_d], {plan.main.label: [row["speedup"] for row in by_d]},
-              xlabel="draft length d", ylabel="speed-up over the full model", title="speed-up by draft length (Fig. 9)")
+    line_plot(
+        speedup,
+        [row["d"] for row in by_d],
+        {plan.main.label: [row["speedup"] for row in by_d]},
+        xlabel="draft length d",
+        ylabel="speed-up over the full model",
+        title="speed-up by draft length (Fig. 9)",
+    )
     return [acceptance, speedup]
 
 
-def render(inputs: ReportInputs, imitation_cfg: ImitationConfig, figures: Sequence[Path],
-           extra_figures: Sequence[Path] = ()) -> tuple[str, list[tuple[str, bool, str]]]:
+def render(
+    inputs: ReportInputs, imitation_cfg: ImitationConfig, figures: Sequence[Path], extra_figures: Sequence[Path] = ()
+) -> tuple[str, list[tuple[str, bool, str]]]:
     """The Markdown of results.md (figures linked relative to its folder) and the claims it checked."""
     evaluation, plan, results = inputs.evaluation, inputs.plan, inputs.results
     checks = claims(plan, results)
@@ -76,25 +88,34 @@ def render(inputs: ReportInputs, imitation_cfg: ImitationConfig, figures: Sequen
     spice_note = lookup(results, plan.reference.key, "tasks", "caption", "spice_unavailable")
     if spice_note:
         parts.append(f"SPICE: unavailable — {spice_note}")
-    parts += ["## The paper's claims, checked",
-              markdown_table(["claim", "holds here", "evidence"], [[c, "yes" if h else "**no**", e] for c, h, e in checks])]
+    parts += [
+        "## The paper's claims, checked",
+        markdown_table(["claim", "holds here", "evidence"], [[c, "yes" if h else "**no**", e] for c, h, e in checks]),
+    ]
     if any(v in inputs.imitation for v in ("ce", "ce+cs", "ce+cs+kd", "mixed")):
-        parts += ["## Loss variants (validation, train_imitation)",
-                  f"Cosine target: `{imitation_cfg.fusion}` fusion of the last {imitation_cfg.fusion_layers} layers.",
-                  table_variants(inputs.imitation)]
+        parts += [
+            "## Loss variants (validation, train_imitation)",
+            f"Cosine target: `{imitation_cfg.fusion}` fusion of the last {imitation_cfg.fusion_layers} layers.",
+            table_variants(inputs.imitation),
+        ]
     fusions = fusion_rows(plan, results, inputs.imitation)
     if fusions:
         fastest = max(fusions, key=lambda r: r["ssd"]["speedup"])
         best_draft = max(fusions, key=lambda r: lookup(r["draft"], "tasks", "caption", "cider", default=0.0))
-        parts += ["## Fusion strategies (Table 5 counterpart, test)",
-                  f"One ce+cs+kd imitation network per way of fusing the last {imitation_cfg.fusion_layers} layers into the cosine "
-                  "target (same steps, seed and architecture); SSD at the default d, and the draft alone. "
-                  f"Fastest: `{fastest['fusion']}` ({fastest['ssd']['speedup']:.2f}×); best draft alone: `{best_draft['fusion']}` "
-                  f"(CIDEr {lookup(best_draft['draft'], 'tasks', 'caption', 'cider', default=0.0):.3f}).",
-                  table_fusion(fusions)]
+        parts += [
+            "## Fusion strategies (Table 5 counterpart, test)",
+            f"One ce+cs+kd imitation network per way of fusing the last {imitation_cfg.fusion_layers} layers into the cosine "
+            "target (same steps, seed and architecture); SSD at the default d, and the draft alone. "
+            f"Fastest: `{fastest['fusion']}` ({fastest['ssd']['speedup']:.2f}×); best draft alone: `{best_draft['fusion']}` "
+            f"(CIDEr {lookup(best_draft['draft'], 'tasks', 'caption', 'cider', default=0.0):.3f}).",
+            table_fusion(fusions),
+        ]
     if inputs.sweep_rows:
-        parts += ["## Draft layers n (Table 6 counterpart, validation, from the sweep)", table_n(inputs.sweep_rows),
-                  "![Pareto](figures/sweep_pareto.png)"]
+        parts += [
+            "## Draft layers n (Table 6 counterpart, validation, from the sweep)",
+            table_n(inputs.sweep_rows),
+            "![Pareto](figures/sweep_pareto.png)",
+        ]
     parts += ["## VQA (Table 9 counterpart)", table_vqa(plan, results)]
     if inputs.nas:
         parts.append(architecture_search(inputs.nas))
@@ -104,7 +125,13 @@ def render(inputs: ReportInputs, imitation_cfg: ImitationConfig, figures: Sequen
 
 def architecture_search(nas: Mapping[str, Any]) -> str:
     best, paper = nas["best"], nas.get("paper_choice")
-    versus = (f"agreement {paper['agreement']:.3f}, cost ratio {paper['draft_cost_ratio']:.3f}" if paper else "not among the trials")
-    return (f"## Architecture search\n\nBest: {best['architecture']} (score {best['score']:.3f}, agreement {best['agreement']:.3f}, "
-            f"draft cost ratio {best['draft_cost_ratio']:.3f}); the paper's choice (two linear layers): {versus}. "
-            "All trials: `reports/nas_trials.csv`.")
+    versus = (
+        f"agreement {paper['agreement']:.3f}, cost ratio {paper['draft_cost_ratio']:.3f}"
+        if paper
+        else "not among the trials"
+    )
+    return (
+        f"## Architecture search\n\nBest: {best['architecture']} (score {best['score']:.3f}, agreement {best['agreement']:.3f}, "
+        f"draft cost ratio {best['draft_cost_ratio']:.3f}); the paper's choice (two linear layers): {versus}. "
+        "All trials: `reports/nas_trials.csv`."
+    )

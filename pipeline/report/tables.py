@@ -27,12 +27,36 @@ def table1(plan: EvaluationPlan, results: Results) -> str:
     for spec in plan.table1():
         r = results[spec.key]
         cap = lookup(r, "tasks", "caption", default={})
-        rows.append([spec.label, cap.get("bleu4"), cap.get("meteor"), cap.get("rouge_l"), cap.get("cider"),
-                     cap.get("spice", "n/a"), lookup(r, "tasks", "description", "cider"),
-                     f"{r['speedup']:.2f}×", f"{r['tokens_per_second']:.0f}", r.get("acceptance_rate"),
-                     r.get("mean_accepted_length"), f"{100 * r['identical_share']:.0f} %"])
-    headers = ["method", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE", "descr. CIDEr", "speed-up", "tok/s",
-               "acceptance", "τ", "identical"]
+        rows.append(
+            [
+                spec.label,
+                cap.get("bleu4"),
+                cap.get("meteor"),
+                cap.get("rouge_l"),
+                cap.get("cider"),
+                cap.get("spice", "n/a"),
+                lookup(r, "tasks", "description", "cider"),
+                f"{r['speedup']:.2f}×",
+                f"{r['tokens_per_second']:.0f}",
+                r.get("acceptance_rate"),
+                r.get("mean_accepted_length"),
+                f"{100 * r['identical_share']:.0f} %",
+            ]
+        )
+    headers = [
+        "method",
+        "BLEU-4",
+        "METEOR",
+        "ROUGE-L",
+        "CIDEr",
+        "SPICE",
+        "descr. CIDEr",
+        "speed-up",
+        "tok/s",
+        "acceptance",
+        "τ",
+        "identical",
+    ]
     return markdown_table(headers, rows)
 
 
@@ -40,7 +64,11 @@ def table_vqa(plan: EvaluationPlan, results: Results) -> str:
     rows = []
     for spec in plan.table1():
         vqa = lookup(results[spec.key], "tasks", "vqa", default={})
-        by_type = ", ".join(f"{k.removeprefix('vqa_accuracy_')} {v:.2f}" for k, v in sorted(vqa.items()) if k.startswith("vqa_accuracy_"))
+        by_type = ", ".join(
+            f"{k.removeprefix('vqa_accuracy_')} {v:.2f}"
+            for k, v in sorted(vqa.items())
+            if k.startswith("vqa_accuracy_")
+        )
         speedup = results[spec.key]["speedup_by_task"].get("vqa", float("nan"))
         rows.append([spec.label, vqa.get("vqa_accuracy"), by_type or "–", f"{speedup:.2f}×"])
     return markdown_table(["method", "VQA accuracy", "by answer type", "speed-up on VQA"], rows)
@@ -55,11 +83,36 @@ def table_n(sweep_rows: Sequence[Mapping[str, Any]]) -> str:
         key = (row["config.draft_layers"], row.get("loss_label", row.get("config.loss")))
         if key not in best or float(row["speedup"]) > float(best[key]["speedup"]):
             best[key] = row
-    rows = [[n, loss, r["config.draft_len"], f"{float(r['speedup']):.2f}×", float(r["acceptance_rate"]), float(r["mean_accepted_length"]),
-             float(r["cider_draft"]), float(r["cider_ssd"]), float(r["cider_full"]), float(r["draft_cost_ratio"])]
-            for (n, loss), r in sorted(best.items(), key=lambda kv: (int(kv[0][0]), kv[0][1]))]
-    return markdown_table(["n", "λ", "best d", "speed-up", "acceptance", "τ", "CIDEr draft alone", "CIDEr SSD", "CIDEr full",
-                           "draft cost ratio"], rows)
+    rows = [
+        [
+            n,
+            loss,
+            r["config.draft_len"],
+            f"{float(r['speedup']):.2f}×",
+            float(r["acceptance_rate"]),
+            float(r["mean_accepted_length"]),
+            float(r["cider_draft"]),
+            float(r["cider_ssd"]),
+            float(r["cider_full"]),
+            float(r["draft_cost_ratio"]),
+        ]
+        for (n, loss), r in sorted(best.items(), key=lambda kv: (int(kv[0][0]), kv[0][1]))
+    ]
+    return markdown_table(
+        [
+            "n",
+            "λ",
+            "best d",
+            "speed-up",
+            "acceptance",
+            "τ",
+            "CIDEr draft alone",
+            "CIDEr SSD",
+            "CIDEr full",
+            "draft cost ratio",
+        ],
+        rows,
+    )
 
 
 def fusion_rows(plan: EvaluationPlan, results: Results, imitation: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -74,17 +127,48 @@ def fusion_rows(plan: EvaluationPlan, results: Results, imitation: Mapping[str, 
 
 
 def table_fusion(rows: Sequence[Mapping[str, Any]]) -> str:
-    table = [[r["fusion"], r["val"].get("val_agreement"), f"{r['ssd']['speedup']:.2f}×", r["ssd"].get("acceptance_rate"),
-              r["ssd"].get("mean_accepted_length"), lookup(r["draft"], "tasks", "caption", "cider"),
-              lookup(r["draft"], "tasks", "caption", "bleu4"), lookup(r["draft"], "tasks", "description", "cider"),
-              f"{100 * r['ssd']['identical_share']:.0f} %"] for r in rows]
-    return markdown_table(["fusion", "val agreement", "speed-up", "acceptance", "τ", "draft-alone CIDEr", "draft-alone BLEU-4",
-                           "draft-alone descr. CIDEr", "SSD identical"], table)
+    table = [
+        [
+            r["fusion"],
+            r["val"].get("val_agreement"),
+            f"{r['ssd']['speedup']:.2f}×",
+            r["ssd"].get("acceptance_rate"),
+            r["ssd"].get("mean_accepted_length"),
+            lookup(r["draft"], "tasks", "caption", "cider"),
+            lookup(r["draft"], "tasks", "caption", "bleu4"),
+            lookup(r["draft"], "tasks", "description", "cider"),
+            f"{100 * r['ssd']['identical_share']:.0f} %",
+        ]
+        for r in rows
+    ]
+    return markdown_table(
+        [
+            "fusion",
+            "val agreement",
+            "speed-up",
+            "acceptance",
+            "τ",
+            "draft-alone CIDEr",
+            "draft-alone BLEU-4",
+            "draft-alone descr. CIDEr",
+            "SSD identical",
+        ],
+        table,
+    )
 
 
 def table_variants(imitation: Mapping[str, Any]) -> str:
     """The loss variants (and the mixed schedule) on validation, from train_imitation's metrics."""
     variants = [v for v in ("ce", "ce+cs", "ce+cs+kd", "mixed") if v in imitation]
-    return markdown_table(["variant", "val agreement", "val acceptance", "val τ"],
-                          [[v, imitation[v].get("val_agreement"), imitation[v].get("val_acceptance_rate"),
-                            imitation[v].get("val_mean_accepted_length")] for v in variants])
+    return markdown_table(
+        ["variant", "val agreement", "val acceptance", "val τ"],
+        [
+            [
+                v,
+                imitation[v].get("val_agreement"),
+                imitation[v].get("val_acceptance_rate"),
+                imitation[v].get("val_mean_accepted_length"),
+            ]
+            for v in variants
+        ],
+    )

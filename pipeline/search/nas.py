@@ -36,14 +36,26 @@ from pipeline.training.imitation_losses import variant_weights
 
 # Keys a NAS search space may name: the architecture's fields
 ARCHITECTURE_KEYS = set(ImitationArchitecture.model_fields)
-REPORTED = ["score", "agreement", "acceptance_rate", "mean_accepted_length", "agreement_early_exit",
-            "draft_cost_ratio", "flops_imitation", "flops_draft", "parameters", "step"]
+REPORTED = [
+    "score",
+    "agreement",
+    "acceptance_rate",
+    "mean_accepted_length",
+    "agreement_early_exit",
+    "draft_cost_ratio",
+    "flops_imitation",
+    "flops_draft",
+    "parameters",
+    "step",
+]
 PAPER_CHOICE = {"num_linear": 2, "attention": False}  # the paper's NAS result: two linear layers, no attention
 
 
 def architecture(base: ImitationArchitecture, sampled: dict[str, Any]) -> ImitationArchitecture:
     """`base` (params' architecture) with the fields a trial sampled."""
-    return ImitationArchitecture.model_validate({**base.model_dump(), **{k: v for k, v in sampled.items() if k in ARCHITECTURE_KEYS}})
+    return ImitationArchitecture.model_validate(
+        {**base.model_dump(), **{k: v for k, v in sampled.items() if k in ARCHITECTURE_KEYS}}
+    )
 
 
 def score(accuracy: float, draft_cost_ratio: float, flops_weight: float) -> float:
@@ -71,27 +83,50 @@ def nas_trial(config: dict[str, Any], context: TrialContext) -> None:
 
     def report(step: int, metrics: dict[str, float]) -> None:
         accuracy = metrics.get(nas.accuracy, 0.0)
-        tune.report({
-            **{k: metrics[k] for k in ("agreement", "acceptance_rate", "mean_accepted_length", "agreement_early_exit") if k in metrics},
-            **fixed,
-            "step": step,
-            "score": score(accuracy, fixed["draft_cost_ratio"], nas.flops_weight),
-        })
+        tune.report(
+            {
+                **{
+                    k: metrics[k]
+                    for k in ("agreement", "acceptance_rate", "mean_accepted_length", "agreement_early_exit")
+                    if k in metrics
+                },
+                **fixed,
+                "step": step,
+                "score": score(accuracy, fixed["draft_cost_ratio"], nas.flops_weight),
+            }
+        )
 
-    cfg = imitation.model_copy(update={
-        "max_steps": nas.max_steps,
-        "val_every_steps": nas.report_every_steps,
-        "val_batches": nas.val_batches,
-        "val_decode_prompts": nas.val_decode_prompts,
-        "optimizer": imitation.optimizer.model_copy(
-            update={"warmup_steps": min(imitation.optimizer.warmup_steps, max(0, nas.max_steps // 4))}),
-        "trainer": imitation.trainer.model_copy(update={"accelerator": "auto" if torch.cuda.is_available() else "cpu"}),
-    })
+    cfg = imitation.model_copy(
+        update={
+            "max_steps": nas.max_steps,
+            "val_every_steps": nas.report_every_steps,
+            "val_batches": nas.val_batches,
+            "val_decode_prompts": nas.val_decode_prompts,
+            "optimizer": imitation.optimizer.model_copy(
+                update={"warmup_steps": min(imitation.optimizer.warmup_steps, max(0, nas.max_steps // 4))}
+            ),
+            "trainer": imitation.trainer.model_copy(
+                update={"accelerator": "auto" if torch.cuda.is_available() else "cpu"}
+            ),
+        }
+    )
     weights = variant_weights("ce+cs+kd", imitation.weights)
-    fusion = build_fusion(imitation.fusion, adapter.hidden_size, fused_layer_count(imitation.fusion_layers, adapter.num_layers, n))
+    fusion = build_fusion(
+        imitation.fusion, adapter.hidden_size, fused_layer_count(imitation.fusion_layers, adapter.num_layers, n)
+    )
     fit_imitation(
-        backbone.model, head, fusion, loaded.builder, backbone.image_processor, loaded.splits, cfg,
-        draft_layers=n, loss_weights=weights, seed=params.seed, callbacks=[ValidationReporter(report)], progress_bar=False,
+        backbone.model,
+        head,
+        fusion,
+        loaded.builder,
+        backbone.image_processor,
+        loaded.splits,
+        cfg,
+        draft_layers=n,
+        loss_weights=weights,
+        seed=params.seed,
+        callbacks=[ValidationReporter(report)],
+        progress_bar=False,
     )
 
 
@@ -104,8 +139,12 @@ def asha_scheduler(cfg: NASConfig) -> Any:
     from ray.tune.schedulers import ASHAScheduler
 
     reports = max_reports(cfg)
-    return ASHAScheduler(time_attr="training_iteration", max_t=reports, grace_period=min(cfg.grace_reports, reports),
-                         reduction_factor=cfg.reduction_factor)
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        max_t=reports,
+        grace_period=min(cfg.grace_reports, reports),
+        reduction_factor=cfg.reduction_factor,
+    )
 
 
 @dataclass
@@ -118,16 +157,22 @@ class NASOutcome:
     def headline(self) -> str:
         best = self.summary["best"]
         agreement = best["agreement"] if best.get("agreement") is not None else float("nan")
-        return (f"nas: best of {len(self.rows)} trials at n = {self.draft_layers}: {self.best['architecture']} score "
-                f"{best['score']:.3f} (agreement {agreement:.3f}, cost ratio {best['draft_cost_ratio']:.3f})")
+        return (
+            f"nas: best of {len(self.rows)} trials at n = {self.draft_layers}: {self.best['architecture']} score "
+            f"{best['score']:.3f} (agreement {agreement:.3f}, cost ratio {best['draft_cost_ratio']:.3f})"
+        )
 
 
 def summarise(results: Any, cfg: NASConfig, base: ImitationArchitecture, draft_layers: int) -> NASOutcome:
     """The trial table, the winner (last reported score) and the paper's choice among the trials, if it was one."""
-    rows = sorted(result_rows(results, REPORTED), key=lambda r: -(r["score"] if r["score"] is not None else float("-inf")))
+    rows = sorted(
+        result_rows(results, REPORTED), key=lambda r: -(r["score"] if r["score"] is not None else float("-inf"))
+    )
     best = results.get_best_result(metric="score", mode="max", scope="last")
     winner = architecture(base, best.config)
-    paper = [r for r in rows if all(r.get(f"config.{k}") == v for k, v in PAPER_CHOICE.items()) and r["score"] is not None]
+    paper = [
+        r for r in rows if all(r.get(f"config.{k}") == v for k, v in PAPER_CHOICE.items()) and r["score"] is not None
+    ]
     summary = {
         "draft_layers": draft_layers,
         "trials": len(rows),
@@ -137,7 +182,9 @@ def summarise(results: Any, cfg: NASConfig, base: ImitationArchitecture, draft_l
         "paper_choice": (
             {k: paper[0][k] for k in REPORTED}
             | {"architecture": {k.removeprefix("config."): v for k, v in paper[0].items() if k.startswith("config.")}}
-        ) if paper else None,
+        )
+        if paper
+        else None,
     }
     chosen = {"architecture": winner.model_dump(), "score": best.metrics["score"], "draft_layers": draft_layers}
     return NASOutcome(draft_layers, rows, summary, chosen)
@@ -152,12 +199,24 @@ def run_nas(params: Params, model_dir: Path, layer_choice: Path, write: Callable
     space = load_search_space(root / params.nas.search_space, allowed_keys=ARCHITECTURE_KEYS)
     num_layers = load_backbone(model_dir).adapter.num_layers
     n = resolve_draft_layers(params.imitation.draft_layers, num_layers, root / layer_choice, "imitation.draft_layers")
-    context = TrialContext(str(model_dir), str(data_dir), params.model_dump(), n, threads=max(1, int(params.ray.cpus_per_trial)))
-    settings = params.model_dump(include={"seed", "nas", "imitation"}) | {"space": space.space, "first": space.evaluate_first, "n": n}
+    context = TrialContext(
+        str(model_dir), str(data_dir), params.model_dump(), n, threads=max(1, int(params.ray.cpus_per_trial))
+    )
+    settings = params.model_dump(include={"seed", "nas", "imitation"}) | {
+        "space": space.space,
+        "first": space.evaluate_first,
+        "n": n,
+    }
     spec = SearchSpec(
-        name="nas", fingerprint=inputs_fingerprint(settings, [model_dir, data_dir]),
-        metric="score", mode="max", num_samples=cfg.num_samples, seed=params.seed, max_failures=params.ray.max_failures,
-        max_concurrent_trials=cfg.max_concurrent_trials, scheduler=asha_scheduler(cfg),
+        name="nas",
+        fingerprint=inputs_fingerprint(settings, [model_dir, data_dir]),
+        metric="score",
+        mode="max",
+        num_samples=cfg.num_samples,
+        seed=params.seed,
+        max_failures=params.ray.max_failures,
+        max_concurrent_trials=cfg.max_concurrent_trials,
+        scheduler=asha_scheduler(cfg),
     )
     outcome: list[NASOutcome] = []
 

@@ -88,7 +88,10 @@ def storage_path(cfg: RayConfig, repo_root: Path) -> str:
 
 
 def _token_available() -> bool:
-    return bool(os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")) or (Path.home() / ".ray/auth_token").exists()
+    return (
+        bool(os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"))
+        or (Path.home() / ".ray/auth_token").exists()
+    )
 
 
 def _enable_token_auth() -> None:
@@ -120,7 +123,7 @@ def start_ray(cfg: RayConfig, repo_root: Path) -> RayRuntime:
             _enable_token_auth()
         try:
             ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
-        except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ... by version
+        except Exception as exc:
             raise RayClusterError(
                 f"could not join the Ray cluster at {address} (from {source}): {exc}. If the cluster uses token "
                 f"authentication, copy its token to ~/.ray/auth_token (or set RAY_AUTH_TOKEN) and RAY_AUTH_MODE=token."
@@ -142,7 +145,9 @@ def start_ray(cfg: RayConfig, repo_root: Path) -> RayRuntime:
             log_to_driver=True,
         )
         gpus = cfg.gpus_per_trial
-    return RayRuntime(address=address, storage_path=storage_path(cfg, repo_root), resources={"cpu": cfg.cpus_per_trial, "gpu": gpus})
+    return RayRuntime(
+        address=address, storage_path=storage_path(cfg, repo_root), resources={"cpu": cfg.cpus_per_trial, "gpu": gpus}
+    )
 
 
 def stop_ray() -> None:

@@ -62,11 +62,15 @@ class SkipSearchResult:
 def reference_continuations(model: nn.Module, prompts: Sequence[dict]) -> list[torch.Tensor]:
     """Each prompt followed by the full model's greedy continuation: the sequences drafts are scored on."""
     decoder = AutoregressiveDecoder(model)
-    return [decoder.generate(p["input_ids"], p["max_new_tokens"], pixel_values=p["pixel_values"]).sequences for p in prompts]
+    return [
+        decoder.generate(p["input_ids"], p["max_new_tokens"], pixel_values=p["pixel_values"]).sequences for p in prompts
+    ]
 
 
 @torch.no_grad()
-def teacher_forced_agreement(model: nn.Module, prompts: Sequence[dict], sequences: Sequence[torch.Tensor], skip: Sequence[int]) -> float:
+def teacher_forced_agreement(
+    model: nn.Module, prompts: Sequence[dict], sequences: Sequence[torch.Tensor], skip: Sequence[int]
+) -> float:
     """Share of generated positions where the draft skipping `skip` predicts the full model's greedy token."""
     adapter = adapter_for(model)
     skipped = set(skip)
@@ -86,7 +90,9 @@ def teacher_forced_agreement(model: nn.Module, prompts: Sequence[dict], sequence
 
 
 @torch.no_grad()
-def measure(model: nn.Module, prompts: Sequence[dict], skip: Sequence[int], threshold: float, max_draft_len: int) -> dict:
+def measure(
+    model: nn.Module, prompts: Sequence[dict], skip: Sequence[int], threshold: float, max_draft_len: int
+) -> dict:
     """Decode `prompts` with Draft & Verify; acceptance, τ, γ, cost ratio and the expected-speedup objective."""
     decoder = DraftAndVerifyDecoder(model, skip_layers=skip, draft_len=ConfidenceStop(threshold, max_draft_len))
     total = None
@@ -135,13 +141,21 @@ def search_skip_layers(
     trace: list[dict] = []
     for step in range(1, min(max_skipped, len(candidates)) + 1):
         ranking = {
-            layer: teacher_forced_agreement(model, prompts, sequences, [*skip, layer]) for layer in candidates if layer not in skip
+            layer: teacher_forced_agreement(model, prompts, sequences, [*skip, layer])
+            for layer in candidates
+            if layer not in skip
         }
         added = max(ranking, key=lambda layer: (ranking[layer], -layer))  # ties: the shallower layer
         skip = sorted([*skip, added])
         feasible_here = False
         for threshold in thresholds:
-            row = {"step": step, "skip_layers": list(skip), "added": added, "proxy_agreement": ranking[added], "threshold": float(threshold)}
+            row = {
+                "step": step,
+                "skip_layers": list(skip),
+                "added": added,
+                "proxy_agreement": ranking[added],
+                "threshold": float(threshold),
+            }
             row.update(measure(model, prompts, skip, threshold, max_draft_len))
             row["feasible"] = row["acceptance_rate"] >= acceptance_floor
             feasible_here |= row["feasible"]

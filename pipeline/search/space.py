@@ -69,7 +69,9 @@ def _check_spec(path: Path, key: str, spec: Any) -> list[str]:
         if not isinstance(arg, list) or not arg:
             return [f"{key}: {kind} needs a non-empty list, got {arg!r}"]
         return []
-    if not (isinstance(arg, list) and len(arg) == 2 and all(isinstance(v, int | float) for v in arg) and arg[0] < arg[1]):
+    if not (
+        isinstance(arg, list) and len(arg) == 2 and all(isinstance(v, int | float) for v in arg) and arg[0] < arg[1]
+    ):
         return [f"{key}: {kind} needs [lo, hi] with lo < hi, got {arg!r}"]
     if kind == "loguniform" and arg[0] <= 0:
         return [f"{key}: loguniform needs lo > 0, got {arg!r}"]
@@ -88,7 +90,9 @@ def load_search_space(path: str | Path, allowed_keys: set[str] | None = None) ->
     if not isinstance(raw, dict) or not isinstance(raw.get("space"), dict) or not raw["space"]:
         raise ConfigError(f"search space {path}: expected a top-level mapping with a non-empty `space:` section")
     unknown_sections = set(raw) - {"space", "evaluate_first"}
-    problems = [f"unknown section(s) {sorted(unknown_sections)} (allowed: space, evaluate_first)"] if unknown_sections else []
+    problems = (
+        [f"unknown section(s) {sorted(unknown_sections)} (allowed: space, evaluate_first)"] if unknown_sections else []
+    )
     space = raw["space"]
     for key, spec in space.items():
         if allowed_keys is not None and key not in allowed_keys:

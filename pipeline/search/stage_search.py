@@ -34,9 +34,14 @@ def run_stage_search(
             if plan.resume and run is not None:
                 tracking.close_stale_children(run.info.run_id)
             results = run_search(
-                tune.with_parameters(trial, context=context), space, runtime, spec, plan,
+                tune.with_parameters(trial, context=context),
+                space,
+                runtime,
+                spec,
+                plan,
                 parent_run=tracking.run_ref(run.info.run_id) if run is not None else None,
-                experiment=params.tracking.experiment, tags={"dvc_stage": stage, "search": spec.name, **tags},
+                experiment=params.tracking.experiment,
+                tags={"dvc_stage": stage, "search": spec.name, **tags},
             )
             finish(results)
     finally:

@@ -28,19 +28,40 @@ from pipeline.evaluation.method_runner import DecodingResources, draft_policy, r
 from pipeline.evaluation.pareto import pareto_front
 from pipeline.evaluation.prompts import caption_prompts
 from pipeline.models.deep_layer_fusion import build_fusion, fused_layer_count
-from pipeline.models.imitation import ImitationNetwork, as_draft_head, load_imitation, save_imitation, searched_architecture
+from pipeline.models.imitation import (
+    ImitationNetwork,
+    as_draft_head,
+    load_imitation,
+    save_imitation,
+    searched_architecture,
+)
 from pipeline.models.loading import load_backbone
 from pipeline.search.space import SearchSpace, load_search_space
 from pipeline.search.stage_search import run_stage_search
-from pipeline.search.trial_setup import TrialContext, Loaded, load_for_trial
+from pipeline.search.trial_setup import Loaded, TrialContext, load_for_trial
 from pipeline.search.tuning import SearchSpec, inputs_fingerprint, result_rows
 from pipeline.training.imitation import fit_imitation
 from pipeline.training.imitation_losses import VARIANTS, variant_weights
 
 SPACE_KEYS = {"draft_layers", "loss", "draft_len"}
-REPORTED = ["speedup", "acceptance_rate", "mean_accepted_length", "verify_calls", "tokens_per_second", "tokens_per_second_full",
-            "cider_ssd", "bleu4_ssd", "cider_full", "bleu4_full", "identical_share", "lossless",
-            "cider_draft", "bleu4_draft", "speedup_draft", "draft_cost_ratio"]
+REPORTED = [
+    "speedup",
+    "acceptance_rate",
+    "mean_accepted_length",
+    "verify_calls",
+    "tokens_per_second",
+    "tokens_per_second_full",
+    "cider_ssd",
+    "bleu4_ssd",
+    "cider_full",
+    "bleu4_full",
+    "identical_share",
+    "lossless",
+    "cider_draft",
+    "bleu4_draft",
+    "speedup_draft",
+    "draft_cost_ratio",
+]
 
 
 def loss_weights(loss: str | dict, params: Params) -> dict[str, float]:
@@ -70,7 +91,9 @@ class SweepContext(TrialContext):
     architecture: dict[str, Any] = field(default_factory=dict)  # ImitationArchitecture.model_dump()
 
 
-def obtain_head(n: int, weights: dict[str, float], context: SweepContext, loaded: Loaded) -> tuple[ImitationNetwork, str]:
+def obtain_head(
+    n: int, weights: dict[str, float], context: SweepContext, loaded: Loaded
+) -> tuple[ImitationNetwork, str]:
     """The (n, λ) network: train_imitation's, or one trained by the first trial that needs it."""
     from filelock import FileLock
 
@@ -87,16 +110,35 @@ def obtain_head(n: int, weights: dict[str, float], context: SweepContext, loaded
         hidden = backbone.adapter.hidden_size
         torch.manual_seed(params.seed)
         head = ImitationNetwork(hidden, ImitationArchitecture.model_validate(context.architecture))
-        fusion = build_fusion(params.imitation.fusion, hidden, fused_layer_count(params.imitation.fusion_layers, backbone.adapter.num_layers, n))
+        fusion = build_fusion(
+            params.imitation.fusion,
+            hidden,
+            fused_layer_count(params.imitation.fusion_layers, backbone.adapter.num_layers, n),
+        )
         imitation = params.imitation
-        cfg = imitation.model_copy(update={
-            "max_steps": params.sweep.train_steps,
-            "val_every_steps": params.sweep.train_steps,
-            "val_decode_prompts": 0,  # the trial decodes its own prompts afterwards
-            "trainer": imitation.trainer.model_copy(update={"accelerator": "auto" if torch.cuda.is_available() else "cpu"}),
-        })
-        fit_imitation(backbone.model, head, fusion, loaded.builder, backbone.image_processor, loaded.splits, cfg,
-                      draft_layers=n, loss_weights=weights, seed=params.seed, progress_bar=False)
+        cfg = imitation.model_copy(
+            update={
+                "max_steps": params.sweep.train_steps,
+                "val_every_steps": params.sweep.train_steps,
+                "val_decode_prompts": 0,  # the trial decodes its own prompts afterwards
+                "trainer": imitation.trainer.model_copy(
+                    update={"accelerator": "auto" if torch.cuda.is_available() else "cpu"}
+                ),
+            }
+        )
+        fit_imitation(
+            backbone.model,
+            head,
+            fusion,
+            loaded.builder,
+            backbone.image_processor,
+            loaded.splits,
+            cfg,
+            draft_layers=n,
+            loss_weights=weights,
+            seed=params.seed,
+            progress_bar=False,
+        )
         save_imitation(head, folder, {"draft_layers": n, "loss_weights": weights, "steps": params.sweep.train_steps})
         return head, "sweep"
 
@@ -115,33 +157,53 @@ def sweep_trial(config: dict[str, Any], context: SweepContext) -> None:
     weights = loss_weights(config["loss"], params)
     network, source = obtain_head(n, weights, context, loaded)
     network.eval()
-    prompts = caption_prompts(loaded.splits["val"], loaded.builder, backbone.image_processor, params.sweep.captions, params.sweep.descriptions)
+    prompts = caption_prompts(
+        loaded.splits["val"], loaded.builder, backbone.image_processor, params.sweep.captions, params.sweep.descriptions
+    )
     # The reference is our own engine's full model: the speed-up is the algorithm's, not call overhead
-    full, ours, draft = methods.autoregressive(), methods.ssd("trial", n, config["draft_len"]), methods.draft_only("trial", n)
-    resources = DecodingResources({methods.FINETUNED: backbone.model}, {"trial": as_draft_head(network)},
-                                  backbone.tokenizer.eos_token_id, params.decoding.growing)
+    full, ours, draft = (
+        methods.autoregressive(),
+        methods.ssd("trial", n, config["draft_len"]),
+        methods.draft_only("trial", n),
+    )
+    resources = DecodingResources(
+        {methods.FINETUNED: backbone.model},
+        {"trial": as_draft_head(network)},
+        backbone.tokenizer.eos_token_id,
+        params.decoding.growing,
+    )
     with torch.no_grad():
-        scores = evaluate_methods(runnables([full, ours, draft], resources), prompts, backbone.tokenizer, reference=full.key,
-                                  repeats=params.sweep.repeats)
+        scores = evaluate_methods(
+            runnables([full, ours, draft], resources),
+            prompts,
+            backbone.tokenizer,
+            reference=full.key,
+            repeats=params.sweep.repeats,
+        )
     ssd, drafted, reference = scores[ours.key], scores[draft.key], scores[full.key]
-    tune.report({
-        "speedup": ssd["speedup"],
-        "acceptance_rate": ssd.get("acceptance_rate", 0.0),
-        "mean_accepted_length": ssd.get("mean_accepted_length", 0.0),
-        "verify_calls": ssd.get("verify_calls", 0.0),
-        "tokens_per_second": ssd["tokens_per_second"],
-        "tokens_per_second_full": reference["tokens_per_second"],
-        "cider_ssd": ssd["cider"], "bleu4_ssd": ssd["bleu4"],
-        "cider_full": reference["cider"], "bleu4_full": reference["bleu4"],
-        "identical_share": ssd["identical_share"],
-        "lossless": float(ssd["identical_share"] == 1.0),
-        "cider_draft": drafted["cider"], "bleu4_draft": drafted["bleu4"],
-        "speedup_draft": drafted["speedup"],
-        "draft_cost_ratio": per_token_flops(backbone.adapter, n, network)["draft_cost_ratio"],
-        "head_source": source,
-        "loss_label": loss_label(config["loss"]),
-        "prompts": len(prompts),
-    })
+    tune.report(
+        {
+            "speedup": ssd["speedup"],
+            "acceptance_rate": ssd.get("acceptance_rate", 0.0),
+            "mean_accepted_length": ssd.get("mean_accepted_length", 0.0),
+            "verify_calls": ssd.get("verify_calls", 0.0),
+            "tokens_per_second": ssd["tokens_per_second"],
+            "tokens_per_second_full": reference["tokens_per_second"],
+            "cider_ssd": ssd["cider"],
+            "bleu4_ssd": ssd["bleu4"],
+            "cider_full": reference["cider"],
+            "bleu4_full": reference["bleu4"],
+            "identical_share": ssd["identical_share"],
+            "lossless": float(ssd["identical_share"] == 1.0),
+            "cider_draft": drafted["cider"],
+            "bleu4_draft": drafted["bleu4"],
+            "speedup_draft": drafted["speedup"],
+            "draft_cost_ratio": per_token_flops(backbone.adapter, n, network)["draft_cost_ratio"],
+            "head_source": source,
+            "loss_label": loss_label(config["loss"]),
+            "prompts": len(prompts),
+        }
+    )
 
 
 def reusable_heads(imitation_dir: Path, params: Params, architecture: dict[str, Any]) -> dict[str, str]:
@@ -155,7 +217,11 @@ def reusable_heads(imitation_dir: Path, params: Params, architecture: dict[str, 
             continue
         extra = json.loads(config_file.read_text())
         arch = extra.get("architecture", {})
-        if extra.get("mixed") or extra.get("variant") not in VARIANTS or extra.get("fusion", params.imitation.fusion) != params.imitation.fusion:
+        if (
+            extra.get("mixed")
+            or extra.get("variant") not in VARIANTS
+            or extra.get("fusion", params.imitation.fusion) != params.imitation.fusion
+        ):
             continue  # the sweep's heads use imitation.fusion: the fusion table's other heads are not its (n, λ) head
         if any(arch.get(k) != v for k, v in architecture.items()):
             continue
@@ -165,8 +231,15 @@ def reusable_heads(imitation_dir: Path, params: Params, architecture: dict[str, 
 
 
 def heads_fingerprint(params: Params, architecture: dict[str, Any], model_fingerprint: str) -> str:
-    settings = {"imitation": params.imitation.model_dump(exclude={"architecture", "draft_layers", "variants", "fusion_comparison", "parallel_heads"}),
-                "steps": params.sweep.train_steps, "seed": params.seed, "arch": architecture, "model": model_fingerprint}
+    settings = {
+        "imitation": params.imitation.model_dump(
+            exclude={"architecture", "draft_layers", "variants", "fusion_comparison", "parallel_heads"}
+        ),
+        "steps": params.sweep.train_steps,
+        "seed": params.seed,
+        "arch": architecture,
+        "model": model_fingerprint,
+    }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -197,15 +270,19 @@ def setting_label(row: dict[str, Any]) -> str:
 @dataclass
 class SweepOutcome:
     rows: list[dict[str, Any]]  # one per trial, fastest first: reports/sweep.csv
-    pareto_rows: list[dict[str, Any]]  # every SSD setting and every draft alone, on or off the front: plots/sweep_pareto.csv
+    pareto_rows: list[
+        dict[str, Any]
+    ]  # every SSD setting and every draft alone, on or off the front: plots/sweep_pareto.csv
     groups: dict[str, list[tuple[float, float, str]]]  # (speed-up, CIDEr, setting) per method, for the figure
     front: list[tuple[float, float]]
     summary: dict[str, Any]  # best setting, lossless over all trials: metrics/sweep.json
 
     def headline(self) -> str:
         best = self.summary["best"]
-        return (f"sweep: {self.summary['trials']} trials, best {best['setting']} speed-up {best['speedup']:.2f}×, "
-                f"lossless in every trial: {self.summary['all_lossless']}")
+        return (
+            f"sweep: {self.summary['trials']} trials, best {best['setting']} speed-up {best['speedup']:.2f}×, "
+            f"lossless in every trial: {self.summary['all_lossless']}"
+        )
 
 
 def summarise(results: Any) -> SweepOutcome:
@@ -213,12 +290,22 @@ def summarise(results: Any) -> SweepOutcome:
     rows = result_rows(results, [*REPORTED, "head_source", "loss_label"])
     done = [r for r in rows if r["speedup"] is not None]
     ssd = [(r["speedup"], r["cider_ssd"], setting_label(r)) for r in done]
-    draft = [(r["speedup_draft"], r["cider_draft"], f"draft n={r['config.draft_layers']} {r['loss_label']}") for r in done]
+    draft = [
+        (r["speedup_draft"], r["cider_draft"], f"draft n={r['config.draft_layers']} {r['loss_label']}") for r in done
+    ]
     draft = list({p[2]: p for p in draft}.values())  # one point per (n, λ): the draft alone has no d
     points = ssd + draft
     front = [points[i][:2] for i in pareto_front([p[:2] for p in points])]
-    pareto_rows = [{"method": "ssd" if i < len(ssd) else "draft_only", "setting": p[2], "speedup": p[0], "cider": p[1],
-                    "pareto": p[:2] in front} for i, p in enumerate(points)]
+    pareto_rows = [
+        {
+            "method": "ssd" if i < len(ssd) else "draft_only",
+            "setting": p[2],
+            "speedup": p[0],
+            "cider": p[1],
+            "pareto": p[:2] in front,
+        }
+        for i, p in enumerate(points)
+    ]
     best = max(done, key=lambda r: r["speedup"])
     summary = {
         "trials": len(rows),
@@ -229,28 +316,47 @@ def summarise(results: Any) -> SweepOutcome:
         "pareto": [p[2] for p in points if p[:2] in front],
     }
     ordered = sorted(rows, key=lambda r: -(r["speedup"] or 0))
-    return SweepOutcome(ordered, pareto_rows, {"SSD + imitation (lossless)": ssd, "draft alone (lossy)": draft}, front, summary)
+    return SweepOutcome(
+        ordered, pareto_rows, {"SSD + imitation (lossless)": ssd, "draft alone (lossy)": draft}, front, summary
+    )
 
 
-def run_sweep(params: Params, model_dir: Path, imitation_dir: Path, best_architecture: Path,
-              write: Callable[[SweepOutcome], None]) -> SweepOutcome:
+def run_sweep(
+    params: Params, model_dir: Path, imitation_dir: Path, best_architecture: Path, write: Callable[[SweepOutcome], None]
+) -> SweepOutcome:
     """The n/λ/d grid on Ray Tune; `write(outcome)` runs inside the stage's MLflow run. Paths are relative to the
     repository root."""
     root = tracking.repo_root()
-    model_dir, imitation_dir, data_dir = ((root / p).resolve() for p in (model_dir, imitation_dir, Path(params.data.out_dir)))
+    model_dir, imitation_dir, data_dir = (
+        (root / p).resolve() for p in (model_dir, imitation_dir, Path(params.data.out_dir))
+    )
     space = load_search_space(root / params.sweep.search_space, allowed_keys=SPACE_KEYS)
     check_space(space, params, load_backbone(model_dir).adapter.num_layers)
     arch = searched_architecture(params.imitation.architecture, root / best_architecture).model_dump()
     model_fingerprint = inputs_fingerprint({}, [model_dir])
     heads_dir = root / "ray_results" / "sweep_heads" / heads_fingerprint(params, arch, model_fingerprint)
     context = SweepContext(
-        str(model_dir), str(data_dir), params.model_dump(), 0, threads=max(1, int(params.ray.cpus_per_trial)),
-        heads_dir=str(heads_dir), reusable=reusable_heads(imitation_dir, params, arch), architecture=arch,
+        str(model_dir),
+        str(data_dir),
+        params.model_dump(),
+        0,
+        threads=max(1, int(params.ray.cpus_per_trial)),
+        heads_dir=str(heads_dir),
+        reusable=reusable_heads(imitation_dir, params, arch),
+        architecture=arch,
     )
-    settings = params.model_dump(include={"seed", "sweep", "imitation", "decoding"}) | {"space": space.space, "arch": arch}
+    settings = params.model_dump(include={"seed", "sweep", "imitation", "decoding"}) | {
+        "space": space.space,
+        "arch": arch,
+    }
     spec = SearchSpec(
-        name="sweep", fingerprint=inputs_fingerprint(settings, [model_dir, imitation_dir, data_dir]),
-        metric="speedup", mode="max", num_samples=1, seed=params.seed, max_failures=params.ray.max_failures,
+        name="sweep",
+        fingerprint=inputs_fingerprint(settings, [model_dir, imitation_dir, data_dir]),
+        metric="speedup",
+        mode="max",
+        num_samples=1,
+        seed=params.seed,
+        max_failures=params.ray.max_failures,
         max_concurrent_trials=params.sweep.max_concurrent_trials,
     )
     outcome: list[SweepOutcome] = []

@@ -21,8 +21,8 @@ from typing import Any
 
 from pipeline.errors import PipelineError
 from pipeline.search.ray_runtime import RayRuntime
-from pipeline.tracking import RunRef, child_run_tags
 from pipeline.search.space import SearchSpace
+from pipeline.tracking import RunRef, child_run_tags
 
 STATE_FILE = "fastvlm_search.json"
 
@@ -88,7 +88,12 @@ def plan_search(runtime: RayRuntime, spec: SearchSpec) -> SearchPlan:
 
     state = read_state(runtime, spec.name)
     path = experiment_path(runtime, spec.name)
-    if state and not state.get("complete") and state.get("fingerprint") == spec.fingerprint and tune.Tuner.can_restore(path):
+    if (
+        state
+        and not state.get("complete")
+        and state.get("fingerprint") == spec.fingerprint
+        and tune.Tuner.can_restore(path)
+    ):
         return SearchPlan(resume=True, parent_run_id=state.get("parent_run_id"))
     return SearchPlan(resume=False, parent_run_id=None)
 
@@ -106,8 +111,12 @@ def _mlflow_callback(parent: RunRef, experiment: str | None, tags: Mapping[str, 
     `pipeline.tracking` names."""
     from ray.air.integrations.mlflow import MLflowLoggerCallback
 
-    return MLflowLoggerCallback(tracking_uri=parent.uri, experiment_name=experiment, save_artifact=True,
-                                tags=child_run_tags(parent.run_id, **tags))
+    return MLflowLoggerCallback(
+        tracking_uri=parent.uri,
+        experiment_name=experiment,
+        save_artifact=True,
+        tags=child_run_tags(parent.run_id, **tags),
+    )
 
 
 def run_search(
@@ -128,7 +137,11 @@ def run_search(
 
     trainable = tune.with_resources(trainable, dict(runtime.resources))
     path = experiment_path(runtime, spec.name)
-    state = {"fingerprint": spec.fingerprint, "parent_run_id": parent_run.run_id if parent_run else None, "complete": False}
+    state = {
+        "fingerprint": spec.fingerprint,
+        "parent_run_id": parent_run.run_id if parent_run else None,
+        "complete": False,
+    }
     if plan.resume:
         print(f"search {spec.name}: resuming the interrupted search in {path}")
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
@@ -142,7 +155,9 @@ def run_search(
                 metric=spec.metric,
                 mode=spec.mode,
                 num_samples=spec.num_samples,
-                search_alg=BasicVariantGenerator(points_to_evaluate=space.evaluate_first or None, random_state=spec.seed),
+                search_alg=BasicVariantGenerator(
+                    points_to_evaluate=space.evaluate_first or None, random_state=spec.seed
+                ),
                 scheduler=spec.scheduler,
                 max_concurrent_trials=spec.max_concurrent_trials,
                 reuse_actors=spec.reuse_actors,
@@ -160,7 +175,9 @@ def run_search(
     # After Ctrl-C Tune stops gracefully, marks the running trials TERMINATED and returns; only their missing
     # final result (`done`, set for finished and scheduler-stopped trials alike) tells them apart
     if any(not result.error and not (result.metrics or {}).get("done") for result in results):
-        raise PipelineError(f"search {spec.name} was interrupted with trials unfinished; run the stage again to resume it from {path}")
+        raise PipelineError(
+            f"search {spec.name} was interrupted with trials unfinished; run the stage again to resume it from {path}"
+        )
     if len(results.errors) == len(results) and len(results):
         raise PipelineError(f"search {spec.name}: every trial failed; the first error: {results.errors[0]}")
     write_state(runtime, spec.name, {**state, "complete": True})

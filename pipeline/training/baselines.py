@@ -22,19 +22,30 @@ from pipeline.training.imitation import decode_acceptance
 from pipeline.training.layerskip import fit_layerskip
 
 
-def train_layerskip_baseline(params: Params, finetuned: Backbone, finetuned_dir: Path, splits: dict[str, SplitData],
-                             draft_layers: int) -> tuple[Backbone, dict[str, Any]]:
+def train_layerskip_baseline(
+    params: Params, finetuned: Backbone, finetuned_dir: Path, splits: dict[str, SplitData], draft_layers: int
+) -> tuple[Backbone, dict[str, Any]]:
     """LayerSkip's backbone (trained from a fresh copy of `finetuned_dir`) and its metrics: validation agreement,
     acceptance and τ before and after, and the full model's test CIDEr against the fine-tuned model's."""
     cfg = params.baselines.layerskip
     builder = finetuned.prompt_builder(params.data.prompts)
-    print(f"train_baselines: LayerSkip (draft layer {draft_layers}, p_max {cfg.p_max}, early-exit scale {cfg.early_exit_scale})")
+    print(
+        f"train_baselines: LayerSkip (draft layer {draft_layers}, p_max {cfg.p_max}, early-exit scale {cfg.early_exit_scale})"
+    )
     with tracking.nested_run("layerskip", {"draft_layers": draft_layers}) as child:
         prompts = validation_prompts(splits["val"], builder, finetuned.image_processor, cfg.val_decode_prompts)
         before = decode_acceptance(finetuned.model, None, draft_layers, prompts) if prompts else None
         layerskip = load_backbone(finetuned_dir)  # a fresh copy: the fine-tuned model stays as it was for D&V
-        result = fit_layerskip(layerskip.model, builder, layerskip.image_processor, splits, cfg, draft_layers=draft_layers,
-                               seed=params.seed, tracking_run=tracking.run_ref(child.info.run_id) if child is not None else None)
+        result = fit_layerskip(
+            layerskip.model,
+            builder,
+            layerskip.image_processor,
+            splits,
+            cfg,
+            draft_layers=draft_layers,
+            seed=params.seed,
+            tracking_run=tracking.run_ref(child.info.run_id) if child is not None else None,
+        )
         metrics: dict[str, Any] = {"draft_layers": draft_layers, **result.metrics}
         if before is not None:
             metrics["finetuned_val_acceptance_rate"] = before.acceptance_rate
@@ -50,11 +61,22 @@ def search_draft_verify_baseline(params: Params, finetuned: Backbone, splits: di
     cfg = params.baselines.draft_verify
     print(f"train_baselines: Draft & Verify search (floor {cfg.acceptance_floor}, thresholds {cfg.thresholds})")
     with tracking.nested_run("draft_verify", cfg.model_dump()):
-        prompts = validation_prompts(splits["val"], finetuned.prompt_builder(params.data.prompts), finetuned.image_processor, cfg.prompts)
-        found = search_skip_layers(finetuned.model, prompts, thresholds=cfg.thresholds, acceptance_floor=cfg.acceptance_floor,
-                                   max_skipped=cfg.max_skipped, max_draft_len=cfg.max_draft_len, progress=print)
+        prompts = validation_prompts(
+            splits["val"], finetuned.prompt_builder(params.data.prompts), finetuned.image_processor, cfg.prompts
+        )
+        found = search_skip_layers(
+            finetuned.model,
+            prompts,
+            thresholds=cfg.thresholds,
+            acceptance_floor=cfg.acceptance_floor,
+            max_skipped=cfg.max_skipped,
+            max_draft_len=cfg.max_draft_len,
+            progress=print,
+        )
         for index, row in enumerate(found.trace):
-            tracking.log_metrics({k: float(row[k]) for k in ("acceptance_rate", "mean_accepted_length", "objective")}, step=index)
+            tracking.log_metrics(
+                {k: float(row[k]) for k in ("acceptance_rate", "mean_accepted_length", "objective")}, step=index
+            )
         tracking.log_metrics({k: float(v) for k, v in found.summary().items() if isinstance(v, int | float)})
     if not found.meets_floor:
         print(f"warning: no skip set reached acceptance {cfg.acceptance_floor}; kept the most accepted one")
@@ -63,6 +85,8 @@ def search_draft_verify_baseline(params: Params, finetuned: Backbone, splits: di
 
 def summary_line(layerskip: dict[str, Any], draft_verify: dict[str, Any]) -> str:
     ls, dv, nan = layerskip, draft_verify, float("nan")
-    return (f"LayerSkip n = {ls['draft_layers']}: acceptance {ls.get('finetuned_val_acceptance_rate', nan):.3f} → "
-            f"{ls.get('val_acceptance_rate', nan):.3f}, CIDEr {ls['finetuned_test_cider']:.3f} → {ls['full_model_test_cider']:.3f}; "
-            f"D&V skip {dv['skip_layers']} θ {dv['threshold']}: acceptance {dv['acceptance_rate']:.3f}, objective {dv['objective']:.3f}")
+    return (
+        f"LayerSkip n = {ls['draft_layers']}: acceptance {ls.get('finetuned_val_acceptance_rate', nan):.3f} → "
+        f"{ls.get('val_acceptance_rate', nan):.3f}, CIDEr {ls['finetuned_test_cider']:.3f} → {ls['full_model_test_cider']:.3f}; "
+        f"D&V skip {dv['skip_layers']} θ {dv['threshold']}: acceptance {dv['acceptance_rate']:.3f}, objective {dv['objective']:.3f}"
+    )

@@ -9,8 +9,8 @@ from torch.utils.data import DataLoader
 
 from pipeline.config import TrainingConfig
 from pipeline.data.datasets import ExampleDataset, TaskBatchSampler, collate_for_training
-from pipeline.data.prepared import Example, SplitData
 from pipeline.data.pixels import PixelStore
+from pipeline.data.prepared import Example, SplitData
 from pipeline.data.prompts import TASKS, PromptBuilder
 
 

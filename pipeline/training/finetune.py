@@ -45,8 +45,11 @@ class FinetuneModule(L.LightningModule):
         self.log("val/token_accuracy", accuracy, sync_dist=True, batch_size=size)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        return adamw_cosine(decay_groups(self.model.parameters(), self.cfg.optimizer.weight_decay), self.cfg.optimizer,
-                            self.cfg.max_steps)
+        return adamw_cosine(
+            decay_groups(self.model.parameters(), self.cfg.optimizer.weight_decay),
+            self.cfg.optimizer,
+            self.cfg.max_steps,
+        )
 
 
 @dataclass

@@ -22,9 +22,9 @@ from torch import nn
 
 from pipeline.config import ImitationConfig
 from pipeline.data.prepared import SplitData
-from pipeline.evaluation.prompts import validation_prompts
 from pipeline.data.prompts import PromptBuilder
 from pipeline.decoding import SelfSpeculativeDecoder
+from pipeline.evaluation.prompts import validation_prompts
 from pipeline.models.adapter import adapter_for
 from pipeline.models.imitation import as_draft_head
 from pipeline.tracking import RunRef
@@ -45,12 +45,16 @@ class DraftPass:
     target: torch.Tensor  # fused last-layer states (cosine target)
 
 
-def draft_pass(adapter, head: nn.Module, fusion: nn.Module, batch: dict, draft_layers: int, fusion_layers: int, backbone_grad: bool) -> DraftPass:
+def draft_pass(
+    adapter, head: nn.Module, fusion: nn.Module, batch: dict, draft_layers: int, fusion_layers: int, backbone_grad: bool
+) -> DraftPass:
     mask = batch["attention_mask"]
     with torch.set_grad_enabled(backbone_grad and torch.is_grad_enabled()):
         embeds = adapter.prefix(batch["input_ids"], pixel_values=batch.get("pixel_values"))
         shallow = adapter.run_layers(embeds, 0, draft_layers, attention_mask=mask)
-        deep, states = adapter.run_layers(shallow, draft_layers, adapter.num_layers, attention_mask=mask, collect_hidden=True)
+        deep, states = adapter.run_layers(
+            shallow, draft_layers, adapter.num_layers, attention_mask=mask, collect_hidden=True
+        )
         full_logits = adapter.logits(deep)
     imitation = head(shallow)
     return DraftPass(
@@ -109,7 +113,15 @@ class ImitationModule(L.LightningModule):
         return terms
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        out = draft_pass(self.adapter, self.head, self.fusion, batch, self.draft_layers, self.cfg.fusion_layers, self.backbone_trainable)
+        out = draft_pass(
+            self.adapter,
+            self.head,
+            self.fusion,
+            batch,
+            self.draft_layers,
+            self.cfg.fusion_layers,
+            self.backbone_trainable,
+        )
         terms = self._losses(batch, out)
         loss = sum(self.loss_weights[k] * v for k, v in terms.items())
         if self.backbone_trainable:
@@ -127,8 +139,18 @@ class ImitationModule(L.LightningModule):
         for name, value in self._losses(batch, out).items():
             self.log(f"val/{name}", value, batch_size=size, sync_dist=True)
         labels = batch["labels"]
-        self.log("val/agreement", losses.agreement(out.draft_logits, out.full_logits, labels), batch_size=size, sync_dist=True)
-        self.log("val/agreement_early_exit", losses.agreement(out.early_exit_logits, out.full_logits, labels), batch_size=size, sync_dist=True)
+        self.log(
+            "val/agreement",
+            losses.agreement(out.draft_logits, out.full_logits, labels),
+            batch_size=size,
+            sync_dist=True,
+        )
+        self.log(
+            "val/agreement_early_exit",
+            losses.agreement(out.early_exit_logits, out.full_logits, labels),
+            batch_size=size,
+            sync_dist=True,
+        )
 
     def on_validation_epoch_end(self) -> None:
         if not self.val_prompts or self.trainer.sanity_checking:
@@ -148,7 +170,9 @@ class ImitationModule(L.LightningModule):
 
 
 @torch.no_grad()
-def decode_acceptance(model: nn.Module, head: nn.Module | None, draft_layers: int, prompts: list[dict], draft_len: int = 5):
+def decode_acceptance(
+    model: nn.Module, head: nn.Module | None, draft_layers: int, prompts: list[dict], draft_len: int = 5
+):
     """Self-speculative decoding of `prompts` (dicts with input_ids, pixel_values, max_new_tokens): summed stats."""
     was_training = {m: m.training for m in (model, head) if m is not None}
     model.eval()
@@ -181,7 +205,9 @@ class ValidationReporter(L.Callback):
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.is_global_zero and not trainer.sanity_checking:
-            metrics = {k.removeprefix("val/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+            metrics = {
+                k.removeprefix("val/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")
+            }
             self.report(trainer.global_step, metrics)
 
 
@@ -209,11 +235,22 @@ def fit_imitation(
     joint_steps = round(cfg.mixed.joint_epochs * steps_per_epoch) if mixed else 0
     prompts = validation_prompts(splits["val"], builder, image_processor, cfg.val_decode_prompts)
     module = ImitationModule(
-        model, head, fusion, cfg, draft_layers=draft_layers, loss_weights=loss_weights, joint_steps=joint_steps, val_prompts=prompts
+        model,
+        head,
+        fusion,
+        cfg,
+        draft_layers=draft_layers,
+        loss_weights=loss_weights,
+        joint_steps=joint_steps,
+        val_prompts=prompts,
     )
     run = fit_module(
-        module, cfg, VLMDataModule(splits, builder, image_processor, cfg, seed),
-        callbacks=callbacks, tracking_run=tracking_run, progress_bar=progress_bar,
+        module,
+        cfg,
+        VLMDataModule(splits, builder, image_processor, cfg, seed),
+        callbacks=callbacks,
+        tracking_run=tracking_run,
+        progress_bar=progress_bar,
     )
     model.eval()
     head.eval()

@@ -56,7 +56,11 @@ def training_plan(cfg: ImitationConfig) -> list[PlannedHead]:
     """Every head: the loss variants, a ce+cs+kd head per extra fusion of the fusion table (the main fusion's is the
     ce+cs+kd variant, unless that variant is not trained), the mixed schedule."""
     plan = [PlannedHead(variant, variant, cfg.fusion, False) for variant in cfg.variants]
-    plan += [PlannedHead(head, "ce+cs+kd", kind, False) for kind, head in cfg.fusion_table_heads().items() if head not in cfg.variants]
+    plan += [
+        PlannedHead(head, "ce+cs+kd", kind, False)
+        for kind, head in cfg.fusion_table_heads().items()
+        if head not in cfg.variants
+    ]
     return [*plan, PlannedHead("mixed", "ce+cs+kd", cfg.fusion, True)]
 
 
@@ -110,25 +114,50 @@ def train_head(job: HeadJob) -> dict[str, Any]:
     before = None if planned.mixed else weights_fingerprint(backbone.model)
     torch.manual_seed(params.seed)
     head = ImitationNetwork(job.hidden_size, ImitationArchitecture.model_validate(job.architecture))
-    fusion = build_fusion(planned.fusion, adapter.hidden_size, fused_layer_count(cfg.fusion_layers, adapter.num_layers, n))
-    print(f"train_imitation: {planned.name} (n = {n}, weights {job.loss_weights}, {planned.fusion} fusion"
-          f"{', mixed schedule' if planned.mixed else ''}, {job.threads} thread(s))", flush=True)
-    result = fit_imitation(backbone.model, head, fusion, builder, backbone.image_processor, splits, cfg,
-                           draft_layers=n, loss_weights=job.loss_weights, mixed=planned.mixed, seed=params.seed,
-                           tracking_run=job.tracking_run, progress_bar=job.progress_bar)
+    fusion = build_fusion(
+        planned.fusion, adapter.hidden_size, fused_layer_count(cfg.fusion_layers, adapter.num_layers, n)
+    )
+    print(
+        f"train_imitation: {planned.name} (n = {n}, weights {job.loss_weights}, {planned.fusion} fusion"
+        f"{', mixed schedule' if planned.mixed else ''}, {job.threads} thread(s))",
+        flush=True,
+    )
+    result = fit_imitation(
+        backbone.model,
+        head,
+        fusion,
+        builder,
+        backbone.image_processor,
+        splits,
+        cfg,
+        draft_layers=n,
+        loss_weights=job.loss_weights,
+        mixed=planned.mixed,
+        seed=params.seed,
+        tracking_run=job.tracking_run,
+        progress_bar=job.progress_bar,
+    )
     metrics: dict[str, Any] = dict(result.metrics)
     metrics["parameters"] = float(sum(p.numel() for p in head.parameters()))
     metrics.update({f"flops_{k}": v for k, v in per_token_flops(adapter, n, head).items()})
     if planned.mixed:
         metrics["full_model_test_cider"] = caption_cider(backbone, builder, splits["test"], MIXED_CIDER_IMAGES)
-        metrics["finetuned_test_cider"] = caption_cider(load_backbone(job.paths.finetuned), builder, splits["test"], MIXED_CIDER_IMAGES)
+        metrics["finetuned_test_cider"] = caption_cider(
+            load_backbone(job.paths.finetuned), builder, splits["test"], MIXED_CIDER_IMAGES
+        )
         save_backbone(backbone, job.paths.mixed_backbone)
     else:
         metrics["backbone_unchanged"] = weights_fingerprint(backbone.model) == before
-    save_imitation(head, job.paths.heads / planned.name,
-                   {"draft_layers": n, "variant": planned.variant, "fusion": planned.fusion, "mixed": planned.mixed})
-    print(f"train_imitation: {planned.name} done in {metrics['train_seconds']:.0f} s, "
-          f"agreement {metrics.get('val_agreement', float('nan')):.3f}", flush=True)
+    save_imitation(
+        head,
+        job.paths.heads / planned.name,
+        {"draft_layers": n, "variant": planned.variant, "fusion": planned.fusion, "mixed": planned.mixed},
+    )
+    print(
+        f"train_imitation: {planned.name} done in {metrics['train_seconds']:.0f} s, "
+        f"agreement {metrics.get('val_agreement', float('nan')):.3f}",
+        flush=True,
+    )
     return {**metrics, "variant": planned.variant, "fusion": planned.fusion}
 
 
@@ -157,22 +186,39 @@ def train_imitation_heads(params: Params, paths: ImitationPaths) -> dict[str, An
     adapter = backbone.adapter
     n = resolve_draft_layers(cfg.draft_layers, adapter.num_layers, paths.layer_choice, "imitation.draft_layers")
     arch = searched_architecture(cfg.architecture, paths.best_architecture)
-    prompts = validation_prompts(splits["val"], backbone.prompt_builder(params.data.prompts), backbone.image_processor,
-                                 cfg.val_decode_prompts)
+    prompts = validation_prompts(
+        splits["val"], backbone.prompt_builder(params.data.prompts), backbone.image_processor, cfg.val_decode_prompts
+    )
     plan = training_plan(cfg)
     workers, threads = worker_layout(cfg.parallel_heads, len(plan), cfg.trainer.accelerator)
     if workers == 1:
         threads = torch.get_num_threads()
     results: dict[str, Any] = {"draft_layers": n, "num_layers": adapter.num_layers}
     early = decode_acceptance(backbone.model, None, n, prompts)
-    results["no_imitation"] = {"val_acceptance_rate": early.acceptance_rate, "val_mean_accepted_length": early.mean_accepted_length}
+    results["no_imitation"] = {
+        "val_acceptance_rate": early.acceptance_rate,
+        "val_mean_accepted_length": early.mean_accepted_length,
+    }
     jobs = []
     for planned in plan:
         weights = variant_weights(planned.variant, cfg.weights)
-        run_id = tracking.open_child_run(planned.name, {"loss_weights": weights, "fusion": planned.fusion, "mixed": planned.mixed,
-                                                        "draft_layers": n})
-        jobs.append(HeadJob(planned, weights, params.model_dump(), paths, n, arch.model_dump(), adapter.hidden_size, threads,
-                            tracking.run_ref(run_id) if run_id else None, progress_bar=workers == 1))
+        run_id = tracking.open_child_run(
+            planned.name, {"loss_weights": weights, "fusion": planned.fusion, "mixed": planned.mixed, "draft_layers": n}
+        )
+        jobs.append(
+            HeadJob(
+                planned,
+                weights,
+                params.model_dump(),
+                paths,
+                n,
+                arch.model_dump(),
+                adapter.hidden_size,
+                threads,
+                tracking.run_ref(run_id) if run_id else None,
+                progress_bar=workers == 1,
+            )
+        )
     print(f"train_imitation: {len(jobs)} heads in {workers} process(es) × {threads} thread(s)")
     try:
         trained = train_heads(jobs, workers)
@@ -193,6 +239,9 @@ def train_imitation_heads(params: Params, paths: ImitationPaths) -> dict[str, An
 
 
 def summary_line(results: dict[str, Any]) -> str:
-    per_head = {k: (round(v.get("val_agreement", float("nan")), 3), round(v.get("val_acceptance_rate", float("nan")), 3))
-                for k, v in results.items() if isinstance(v, dict) and "val_acceptance_rate" in v}
+    per_head = {
+        k: (round(v.get("val_agreement", float("nan")), 3), round(v.get("val_acceptance_rate", float("nan")), 3))
+        for k, v in results.items()
+        if isinstance(v, dict) and "val_acceptance_rate" in v
+    }
     return f"n = {results['draft_layers']}; (agreement, acceptance) per head: {per_head}"

@@ -44,7 +44,9 @@ def cosine(imitation: torch.Tensor, target: torch.Tensor, labels: torch.Tensor) 
     return (1 - F.cosine_similarity(imitation[:, :-1][mask], target[:, :-1][mask], dim=-1)).mean()
 
 
-def distillation(draft_logits: torch.Tensor, full_logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def distillation(
+    draft_logits: torch.Tensor, full_logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
     mask, _ = shifted_mask(labels)
     student = F.log_softmax(draft_logits[:, :-1][mask] / temperature, dim=-1)
     teacher = F.log_softmax(full_logits[:, :-1][mask] / temperature, dim=-1)

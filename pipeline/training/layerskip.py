@@ -36,11 +36,11 @@ from torch import nn
 from pipeline.config import LayerSkipConfig
 from pipeline.data.prepared import SplitData
 from pipeline.data.prompts import PromptBuilder
+from pipeline.evaluation.prompts import validation_prompts
 from pipeline.models.adapter import BackboneAdapter, adapter_for
 from pipeline.tracking import RunRef
 from pipeline.training import imitation_losses as losses
 from pipeline.training.datamodule import VLMDataModule
-from pipeline.evaluation.prompts import validation_prompts
 from pipeline.training.imitation import decode_acceptance
 from pipeline.training.optimizer import adamw_cosine, decay_groups
 from pipeline.training.trainer import fit_module
@@ -88,7 +88,15 @@ def exit_states(adapter: BackboneAdapter, batch: dict, kept: Sequence[bool] | No
 
 
 class LayerSkipModule(L.LightningModule):
-    def __init__(self, model: nn.Module, cfg: LayerSkipConfig, *, draft_layers: int, seed: int = 0, val_prompts: list[dict] | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: LayerSkipConfig,
+        *,
+        draft_layers: int,
+        seed: int = 0,
+        val_prompts: list[dict] | None = None,
+    ) -> None:
         super().__init__()
         self.model = model
         self.cfg = cfg
@@ -118,7 +126,9 @@ class LayerSkipModule(L.LightningModule):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
         return sample_kept_layers(self.rates, generator)
 
-    def compute_losses(self, batch: dict, states: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[torch.Tensor]]:
+    def compute_losses(
+        self, batch: dict, states: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[torch.Tensor]]:
         """Total loss, named terms, and the logits of every exit (1..L)."""
         labels = batch["labels"]
         logits = [self.adapter.logits(h) for h in states]
@@ -172,8 +182,11 @@ class LayerSkipModule(L.LightningModule):
         self.log("val/mean_accepted_length", stats.mean_accepted_length, rank_zero_only=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        return adamw_cosine(decay_groups(self.model.parameters(), self.cfg.optimizer.weight_decay), self.cfg.optimizer,
-                            self.cfg.max_steps)
+        return adamw_cosine(
+            decay_groups(self.model.parameters(), self.cfg.optimizer.weight_decay),
+            self.cfg.optimizer,
+            self.cfg.max_steps,
+        )
 
 
 @dataclass
@@ -199,11 +212,23 @@ def fit_layerskip(
     L.seed_everything(seed, workers=True, verbose=False)
     prompts = validation_prompts(splits["val"], builder, image_processor, cfg.val_decode_prompts)
     module = LayerSkipModule(model, cfg, draft_layers=draft_layers, seed=seed, val_prompts=prompts)
-    run = fit_module(module, cfg, VLMDataModule(splits, builder, image_processor, cfg, seed),
-                     callbacks=callbacks, tracking_run=tracking_run)
+    run = fit_module(
+        module,
+        cfg,
+        VLMDataModule(splits, builder, image_processor, cfg, seed),
+        callbacks=callbacks,
+        tracking_run=tracking_run,
+    )
     model.eval()
     metrics = dict(run.final_metrics)
     timed = sorted(module.step_seconds[1:] or module.step_seconds)  # the first step pays one-off set-up costs
     per_step = timed[len(timed) // 2] if timed else float("nan")
-    metrics.update({"steps": run.steps, "train_seconds": run.seconds, "seconds_per_step": per_step, "layers_dropped": float(module.layers_dropped)})
+    metrics.update(
+        {
+            "steps": run.steps,
+            "train_seconds": run.seconds,
+            "seconds_per_step": per_step,
+            "layers_dropped": float(module.layers_dropped),
+        }
+    )
     return LayerSkipResult(metrics, run.curve)

@@ -31,7 +31,9 @@ def build_trainer(
     """A checkpoint every 50 steps goes to `checkpoint_dir` when given; metrics go to the MLflow run `tracking_run`
     when given (Lightning's own logger, pointed at the run `pipeline.tracking` opened)."""
     logger = (
-        MLFlowLogger(tracking_uri=tracking_run.uri, run_id=tracking_run.run_id, log_model=False) if tracking_run else False
+        MLFlowLogger(tracking_uri=tracking_run.uri, run_id=tracking_run.run_id, log_model=False)
+        if tracking_run
+        else False
     )
     checkpoints = (
         [ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=0, every_n_train_steps=50)]
@@ -74,8 +76,9 @@ class TrainingCurve(L.Callback):
         self.validated_at: int | None = None  # global step of the last validation, on every rank
         self._clock = time.perf_counter()
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         loss = trainer.callback_metrics.get("train/loss")
         if loss is None or not trainer.is_global_zero:
             return
@@ -84,14 +87,19 @@ class TrainingCurve(L.Callback):
             now = time.perf_counter()
             rate = (now - self._clock) / self.print_every
             self._clock = now
-            print(f"  step {trainer.global_step}/{trainer.max_steps} loss {float(loss):.3f} ({rate:.2f} s/step)", flush=True)
+            print(
+                f"  step {trainer.global_step}/{trainer.max_steps} loss {float(loss):.3f} ({rate:.2f} s/step)",
+                flush=True,
+            )
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
             self.validated_at = trainer.global_step
         if trainer.is_global_zero and not trainer.sanity_checking:
             row: dict[str, float] = {"step": trainer.global_step}
-            row.update({k.removeprefix("val/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
+            row.update(
+                {k.removeprefix("val/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+            )
             self.val_rows.append(row)
 
 

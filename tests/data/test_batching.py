@@ -21,7 +21,7 @@ def test_prompt_layout_is_bos_images_prompt_and_target_ends_with_eos():
     builder = PromptBuilder(WordTokenizer(), PromptConfig(), image_token_id=4, num_image_tokens=3)
     prompt = builder.prompt_ids("vqa", "what colour ?")
     assert prompt[:4] == [1, 4, 4, 4]
-    assert len(prompt) == 4 + len("question : what colour ? answer :".split())
+    assert len(prompt) == 4 + len(["question", ":", "what", "colour", "?", "answer", ":"])
     target = builder.target_ids("red")
     assert target[-1] == 2 and len(target) == 2
 
@@ -42,7 +42,10 @@ def test_training_labels_cover_only_target_tokens():
 
 
 def test_generation_prompts_are_left_padded():
-    items = [{"prompt": [1, 4], "pixel_values": torch.zeros(3, 2, 2)}, {"prompt": [1, 4, 9], "pixel_values": torch.zeros(3, 2, 2)}]
+    items = [
+        {"prompt": [1, 4], "pixel_values": torch.zeros(3, 2, 2)},
+        {"prompt": [1, 4, 9], "pixel_values": torch.zeros(3, 2, 2)},
+    ]
     batch = collate_prompts(items, pad_id=0)
     assert batch["input_ids"].tolist() == [[0, 1, 4], [1, 4, 9]]
     assert batch["attention_mask"].tolist() == [[0, 1, 1], [1, 1, 1]]

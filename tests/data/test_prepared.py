@@ -3,7 +3,6 @@ reports what is missing."""
 
 from __future__ import annotations
 
-
 import pytest
 
 from pipeline.config import parse_params
@@ -22,7 +21,8 @@ def test_prepare_writes_a_relocatable_manifest_the_splits_and_a_tokenizer_that_k
     assert summary["train_captions"] == 30 and summary["train_descriptions"] == 6 and summary["train_questions"] == 18
     manifest = read_manifest(tmp_path)
     assert manifest["karpathy_json"] == "dataset_coco.json" and not any(
-        str(v).startswith("/") for v in (manifest["karpathy_json"], manifest["image_root"], manifest["tokenizer_dir"]))
+        str(v).startswith("/") for v in (manifest["karpathy_json"], manifest["image_root"], manifest["tokenizer_dir"])
+    )
     tokenizer = load_word_tokenizer(tmp_path / manifest["tokenizer_dir"])
     for word in ("caption", "describe", "question", "answer", ":"):
         assert tokenizer.convert_tokens_to_ids(word) != tokenizer.unk_token_id, word

@@ -66,9 +66,7 @@ def test_same_seed_gives_identical_files_and_pixels(tmp_path):
 def test_different_seed_gives_different_data(tmp_path):
     a, b = _small(tmp_path / "a", seed=3), _small(tmp_path / "b", seed=4)
     assert _json_bytes(a)["dataset_coco.json"] != _json_bytes(b)["dataset_coco.json"]
-    differing = [
-        p for p in a.rglob("*.png") if not np.array_equal(_pixels(p), _pixels(b / p.relative_to(a)))
-    ]
+    differing = [p for p in a.rglob("*.png") if not np.array_equal(_pixels(p), _pixels(b / p.relative_to(a)))]
     assert len(differing) > 10
 
 

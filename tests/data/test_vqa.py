@@ -30,7 +30,10 @@ def test_real_layout_loads():
     assert [r.question_id for r in records] == [262148000, 262148001, 393225001, 393225002]
     first = records[0]
     assert (first.image_id, first.question, first.answer, first.answer_type) == (
-        262148, "Where is he looking?", "down", "other"
+        262148,
+        "Where is he looking?",
+        "down",
+        "other",
     )
     assert len(first.answers) == 10 and first.answers[2] == "at table"
     assert records[3].answer == "1" and records[3].answer_type == "number"

@@ -87,7 +87,9 @@ def test_residual_distribution():
     torch.testing.assert_close(residual_distribution(p, p), p)  # no residual mass: fall back to p
 
 
-@pytest.mark.parametrize(("temperature", "top_k", "top_p"), [(1.0, None, None), (0.7, 5, None), (1.3, None, 0.8), (0.9, 4, 0.6)])
+@pytest.mark.parametrize(
+    ("temperature", "top_k", "top_p"), [(1.0, None, None), (0.7, 5, None), (1.3, None, 0.8), (0.9, 4, 0.6)]
+)
 def test_warping_matches_generate(temperature, top_k, top_p):
     logits = torch.randn(3, 12, generator=torch.Generator().manual_seed(0))
     expected = logits
@@ -101,7 +103,9 @@ def test_warping_matches_generate(temperature, top_k, top_p):
     torch.testing.assert_close(got, torch.softmax(expected, dim=-1))
 
 
-@pytest.mark.parametrize("bad", [dict(temperature=-1.0), dict(temperature=1.0, top_p=0.0), dict(temperature=1.0, top_k=-2)])
+@pytest.mark.parametrize(
+    "bad", [dict(temperature=-1.0), dict(temperature=1.0, top_p=0.0), dict(temperature=1.0, top_k=-2)]
+)
 def test_bad_sampling_settings_are_named(bad):
     with pytest.raises(ValueError, match=next(iter(bad)) if "top" not in str(bad) else "top_"):
         SamplingConfig(**bad)

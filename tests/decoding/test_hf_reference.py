@@ -22,7 +22,9 @@ def _llava():
 def test_hf_greedy_is_generate_and_early_exit_returns_the_same_tokens():
     model, input_ids, pixels = _llava()
     greedy = hf_greedy(model, input_ids, 16, [], pixel_values=pixels)
-    expected = model.generate(input_ids=input_ids, pixel_values=pixels, max_new_tokens=16, do_sample=False, eos_token_id=[])
+    expected = model.generate(
+        input_ids=input_ids, pixel_values=pixels, max_new_tokens=16, do_sample=False, eos_token_id=[]
+    )
     assert torch.equal(greedy, expected)
     early = hf_early_exit(model, input_ids, 16, [], pixel_values=pixels, draft_layers=2, draft_len=3)
     assert torch.equal(early, greedy)

@@ -20,8 +20,7 @@ from pipeline.decoding import (
     SelfSpeculativeDecoder,
 )
 from pipeline.models.adapter import adapter_for
-from tests.conftest import make_tiny_llava, make_vlm_inputs
-from tests.conftest import make_causal_lm, make_text_prompt
+from tests.conftest import make_causal_lm, make_text_prompt, make_tiny_llava, make_vlm_inputs
 from tests.decoding.draft_heads import FullModelHead, RandomHead
 
 NEW_TOKENS = 24
@@ -49,7 +48,11 @@ class Case:
     def reference(self, eos, max_new_tokens: int = NEW_TOKENS) -> torch.Tensor:
         with torch.no_grad():
             return self.model.generate(
-                input_ids=self.input_ids, **self.inputs, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos
+                input_ids=self.input_ids,
+                **self.inputs,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=eos,
             )
 
     def run(self, decoder, eos, max_new_tokens: int = NEW_TOKENS):
@@ -97,7 +100,9 @@ def test_self_speculative_is_lossless(case, head_kind):
                 assert out.stats.new_tokens == expected.shape[1] - case.input_ids.shape[1]
 
 
-@pytest.mark.parametrize("policy", [GrowingDraftLength(1, 6, 4), HeuristicDraftLength(3), ConfidenceStop(0.3, 6)], ids=repr)
+@pytest.mark.parametrize(
+    "policy", [GrowingDraftLength(1, 6, 4), HeuristicDraftLength(3), ConfidenceStop(0.3, 6)], ids=repr
+)
 def test_every_policy_is_lossless(case, policy):
     decoder = SelfSpeculativeDecoder(case.model, draft_layers=case.num_layers // 2, draft_len=policy)
     assert torch.equal(case.run(decoder, []).sequences, case.free)
@@ -172,8 +177,16 @@ def test_sliding_window_layers_roll_back():
 
     torch.manual_seed(0)
     config = MistralConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=2, sliding_window=6, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        sliding_window=6,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
     )
     model = MistralForCausalLM(config).double().eval()
     ids = make_text_prompt(8)

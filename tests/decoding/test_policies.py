@@ -36,7 +36,7 @@ def test_draft_len_of_another_type_is_refused():
 
 def test_growing_schedule_is_monotone_and_bounded():
     policy = GrowingDraftLength(d_min=2, d_max=6, step=5)
-    lengths = [policy.propose(t) for t in range(0, 60)]
+    lengths = [policy.propose(t) for t in range(60)]
     assert lengths[0] == 2 and lengths[-1] == 6
     assert all(a <= b for a, b in zip(lengths, lengths[1:]))
     assert set(lengths) == {2, 3, 4, 5, 6}
@@ -88,7 +88,9 @@ class RecordingPolicy(DraftPolicy):
 def test_the_loop_follows_whatever_policy_it_is_given():
     model = make_causal_lm("llama")
     policy = RecordingPolicy()
-    out = SelfSpeculativeDecoder(model, 2, draft_len=policy).generate(make_text_prompt(8), max_new_tokens=30, eos_token_id=[])
+    out = SelfSpeculativeDecoder(model, 2, draft_len=policy).generate(
+        make_text_prompt(8), max_new_tokens=30, eos_token_id=[]
+    )
     stats = out.stats
     assert len(policy.updates) == stats.verify_calls == len(policy.proposed)
     assert sum(d for d, _ in policy.updates) == stats.drafted
@@ -118,7 +120,6 @@ def test_growing_schedule_drives_longer_drafts_later():
 
 
 def test_token_sources_say_which_tokens_the_draft_wrote():
-    import torch
 
     from pipeline.decoding import SelfSpeculativeDecoder
     from tests.conftest import make_causal_lm, make_text_prompt
@@ -127,8 +128,14 @@ def test_token_sources_say_which_tokens_the_draft_wrote():
     model, prompt = make_causal_lm(num_layers=4), make_text_prompt()
     perfect = SelfSpeculativeDecoder(model, 2, head=FullModelHead(model, 2), draft_len=3).generate(prompt, 9, []).stats
     # first token from prefill, then rounds of 3 accepted draft tokens + the verifier's bonus token
-    assert perfect.rounds == [(3, 3), (3, 3)] and perfect.token_sources() == ["verify"] + (["draft"] * 3 + ["verify"]) * 2
-    never = SelfSpeculativeDecoder(model, 2, head=RandomHead(model.config.hidden_size), draft_len=3).generate(prompt, 5, []).stats
+    assert (
+        perfect.rounds == [(3, 3), (3, 3)] and perfect.token_sources() == ["verify"] + (["draft"] * 3 + ["verify"]) * 2
+    )
+    never = (
+        SelfSpeculativeDecoder(model, 2, head=RandomHead(model.config.hidden_size), draft_len=3)
+        .generate(prompt, 5, [])
+        .stats
+    )
     assert never.token_sources() == ["verify"] * 5 and all(accepted == 0 for _, accepted in never.rounds)
     merged = perfect.merge(never)
     assert merged.rounds == perfect.rounds + never.rounds and isinstance(merged.rounds[0], tuple)

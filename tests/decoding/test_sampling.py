@@ -19,8 +19,16 @@ def peaky_model() -> LlamaForCausalLM:
     """Random init with a sharpened LM head, so that the early-exit draft and the full model disagree clearly."""
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
     )
     model = LlamaForCausalLM(config).double().eval()
     with torch.no_grad():
@@ -69,7 +77,9 @@ def test_ssd_sampling_matches_the_full_model_distribution():
     counts: dict[tuple[int, ...], int] = {}
     drafted = accepted = 0
     for _ in range(SAMPLES):
-        out = decoder.generate(prompt, max_new_tokens=GENERATED + 1, eos_token_id=[], temperature=0.9, top_p=0.97, generator=generator)
+        out = decoder.generate(
+            prompt, max_new_tokens=GENERATED + 1, eos_token_id=[], temperature=0.9, top_p=0.97, generator=generator
+        )
         outcome = tuple(out.sequences[0, prompt.shape[1] : prompt.shape[1] + GENERATED].tolist())
         counts[outcome] = counts.get(outcome, 0) + 1
         drafted += out.stats.drafted

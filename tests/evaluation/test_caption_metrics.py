@@ -12,12 +12,26 @@ from pipeline.errors import PipelineError
 from pipeline.evaluation import caption_metrics
 from pipeline.evaluation.caption_metrics import SPICE_REQUIRED_FILES, caption_scores, meteor_score, spice_availability
 
-needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="the PTB tokenizer and METEOR run on Java, which is not on PATH")
+needs_java = pytest.mark.skipif(
+    shutil.which("java") is None, reason="the PTB tokenizer and METEOR run on Java, which is not on PATH"
+)
 
 REFS = {
-    1: ["A dog runs across the green grass.", "A brown dog is running on a lawn.", "The dog runs outside on the grass."],
-    2: ["Two people ride bicycles down a city street.", "Cyclists riding along a busy road.", "Two men on bikes in traffic."],
-    3: ["A plate of pasta with tomato sauce.", "Spaghetti with red sauce on a white plate.", "A dish of noodles and sauce."],
+    1: [
+        "A dog runs across the green grass.",
+        "A brown dog is running on a lawn.",
+        "The dog runs outside on the grass.",
+    ],
+    2: [
+        "Two people ride bicycles down a city street.",
+        "Cyclists riding along a busy road.",
+        "Two men on bikes in traffic.",
+    ],
+    3: [
+        "A plate of pasta with tomato sauce.",
+        "Spaghetti with red sauce on a white plate.",
+        "A dish of noodles and sauce.",
+    ],
 }
 CANDS = {1: "a dog running on the grass", 2: "two people riding bikes on a street", 3: "a white plate with spaghetti"}
 
@@ -103,7 +117,9 @@ def test_spice_available_when_its_jars_are_there(tmp_path, monkeypatch):
     assert spice_availability() == (True, "")
     (tmp_path / "lib" / "stanford-corenlp-3.6.0-models.jar").unlink()
     available, reason = spice_availability()
-    assert not available and "stanford-corenlp-3.6.0-models.jar" in reason and "stanford-corenlp-3.6.0.jar," not in reason
+    assert (
+        not available and "stanford-corenlp-3.6.0-models.jar" in reason and "stanford-corenlp-3.6.0.jar," not in reason
+    )
 
 
 def test_installed_spice_reports_missing_corenlp_jars():

@@ -22,7 +22,12 @@ def test_confidence_is_a_probability_per_candidate_layer():
     input_ids, pixels = make_vlm_inputs(batch=2, text_len=6)
     labels = torch.full_like(input_ids, -100)
     labels[:, -3:] = input_ids[:, -3:]
-    batch = {"input_ids": input_ids, "pixel_values": pixels, "labels": labels, "attention_mask": torch.ones_like(input_ids)}
+    batch = {
+        "input_ids": input_ids,
+        "pixel_values": pixels,
+        "labels": labels,
+        "attention_mask": torch.ones_like(input_ids),
+    }
     confidence = early_exit_confidence(adapter_for(model), [batch], max_layer=2)
     assert len(confidence) == 2 and all(0 < c <= 1 for c in confidence)
     with pytest.raises(ValueError, match="no scored tokens"):

@@ -35,18 +35,38 @@ def test_keys_name_what_a_method_is_and_are_unique():
 
 def test_table1_rows_in_the_papers_order():
     labels = [spec.label for spec in _plan().table1()]
-    assert labels == ["full model", "model.generate", "draft without imitation", "draft with imitation", "Draft & Verify",
-                      "LayerSkip", "ours (ce)", "ours (ce+cs)", "ours (ce+cs+kd)", "ours, growing d", "ours, mixed schedule"]
+    assert labels == [
+        "full model",
+        "model.generate",
+        "draft without imitation",
+        "draft with imitation",
+        "Draft & Verify",
+        "LayerSkip",
+        "ours (ce)",
+        "ours (ce+cs)",
+        "ours (ce+cs+kd)",
+        "ours, growing d",
+        "ours, mixed schedule",
+    ]
 
 
 def test_figure_series_are_selected_by_what_a_method_is():
     plan = _plan()
     assert [(s.head, s.draft_len) for s in plan.by_draft_len()] == [("ce+cs+kd", 1), ("ce+cs+kd", 3), ("ce+cs+kd", 5)]
     # Fig. 5: ours as trained; neither the fusion-table heads nor the other d's
-    assert [s.label for s in plan.ours()] == ["ours (ce)", "ours (ce+cs)", "ours (ce+cs+kd)", "ours, growing d", "ours, mixed schedule"]
+    assert [s.label for s in plan.ours()] == [
+        "ours (ce)",
+        "ours (ce+cs)",
+        "ours (ce+cs+kd)",
+        "ours, growing d",
+        "ours, mixed schedule",
+    ]
     rows = plan.fusion_rows()
     assert [(kind, ssd.head, draft.head) for kind, ssd, draft in rows] == [
-        ("average", "ce+cs+kd", "ce+cs+kd"), ("concat", "fusion-concat", "fusion-concat"), ("attention", "fusion-attention", "fusion-attention")]
+        ("average", "ce+cs+kd", "ce+cs+kd"),
+        ("concat", "fusion-concat", "fusion-concat"),
+        ("attention", "fusion-attention", "fusion-attention"),
+    ]
     assert all(ssd.kind == "ssd" and ssd.draft_len == 3 and draft.kind == "draft_only" for _, ssd, draft in rows)
 
 
@@ -77,5 +97,7 @@ def test_without_the_full_loss_variant_ours_is_the_first_head_and_the_fusions_ge
     plan = evaluation_plan(params, {"ce": 2, "fusion-average": 2, "fusion-concat": 2}, FOUND, layerskip=False)
     assert plan.main_head == "ce" and plan.draft_layers == 2
     assert [(kind, ssd.label) for kind, ssd, _ in plan.fusion_rows()] == [
-        ("average", "ours (ce), average fusion"), ("concat", "ours (ce), concat fusion")]
+        ("average", "ours (ce), average fusion"),
+        ("concat", "ours (ce), concat fusion"),
+    ]
     assert not any(s.backbone == "layerskip" for s in plan.methods)

@@ -47,8 +47,13 @@ def test_time_methods_times_every_method_on_every_prompt_and_keeps_first_outputs
     # the first method primes every prompt shape once; each warms up on one prompt; then 3 repeats × 3 prompts
     assert calls == {"slow": 3 + 1 + 9, "fast": 1 + 9}
     unprimed = {"slow": 0}
-    time_methods({"slow": lambda p: (unprimed.__setitem__("slow", unprimed["slow"] + 1), slow(p))[1]}, prompts, repeats=1,
-                 warmup_prompts=0, prime_all=False)
+    time_methods(
+        {"slow": lambda p: (unprimed.__setitem__("slow", unprimed["slow"] + 1), slow(p))[1]},
+        prompts,
+        repeats=1,
+        warmup_prompts=0,
+        prime_all=False,
+    )
     assert unprimed == {"slow": 3}
     for t in timings.values():
         assert t.outputs == [[0, 1], [0, 1, 2], [0, 1, 2, 3, 4]] and len(t.seconds) == 3
@@ -79,7 +84,9 @@ def test_time_methods_interleaves_methods_per_prompt_so_drift_hits_all_alike():
         time.sleep(0.001 * clock["now"])
         return torch.arange(4), None
 
-    timings = time_methods({"first": drifting, "last": drifting}, [{"n": 4}] * 6, repeats=1, warmup_prompts=0, prime_all=False)
+    timings = time_methods(
+        {"first": drifting, "last": drifting}, [{"n": 4}] * 6, repeats=1, warmup_prompts=0, prime_all=False
+    )
     assert timings["last"].latency() / timings["first"].latency() == pytest.approx(1.0, abs=0.06)
 
 

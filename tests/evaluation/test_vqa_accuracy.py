@@ -28,7 +28,9 @@ def test_normalize_answer_follows_the_official_script(raw, normalised):
 
 
 def ten(agreeing: int, answer: str = "dog") -> list[str]:
-    return [answer] * agreeing + ["cat", "bird", "horse", "cow", "fish", "frog", "ant", "bee", "owl", "fox"][: 10 - agreeing]
+    return [answer] * agreeing + ["cat", "bird", "horse", "cow", "fish", "frog", "ant", "bee", "owl", "fox"][
+        : 10 - agreeing
+    ]
 
 
 @pytest.mark.parametrize(

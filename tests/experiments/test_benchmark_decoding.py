@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +16,6 @@ from pipeline.io import atomic_write_json
 from pipeline.models.imitation import ImitationNetwork, save_imitation
 from pipeline.models.loading import build_backbone, save_backbone
 from tests.conftest import ROOT, TINY
-
 
 
 def _benchmark_module():
@@ -40,26 +38,65 @@ def test_benchmark_runs_every_method_and_reports_lossless_identity(tiny_data, tm
     params["data"]["out_dir"] = str(data_dir)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     out = tmp_path / "bench.json"
-    result = _benchmark_module().main([
-        "--model", str(tmp_path / "model"), "--params", str(tmp_path / "params.yaml"), "--captions", "2", "--descriptions", "1",
-        "--max-new-tokens", "12", "--repeats", "1", "--draft-layers", "1", "2", "--draft-lens", "2",
-        "--imitation", str(tmp_path / "imitation"), "--layerskip", str(tmp_path / "layerskip"),
-        "--draft-verify", str(tmp_path / "dv.json"), "--out", str(out),
-    ])
+    result = _benchmark_module().main(
+        [
+            "--model",
+            str(tmp_path / "model"),
+            "--params",
+            str(tmp_path / "params.yaml"),
+            "--captions",
+            "2",
+            "--descriptions",
+            "1",
+            "--max-new-tokens",
+            "12",
+            "--repeats",
+            "1",
+            "--draft-layers",
+            "1",
+            "2",
+            "--draft-lens",
+            "2",
+            "--imitation",
+            str(tmp_path / "imitation"),
+            "--layerskip",
+            str(tmp_path / "layerskip"),
+            "--draft-verify",
+            str(tmp_path / "dv.json"),
+            "--out",
+            str(out),
+        ]
+    )
     saved = json.loads(out.read_text())
     assert saved["methods"] == json.loads(json.dumps(result["methods"]))
     rows = {r["method"]: r for r in saved["methods"]}
-    lossless = ["generate", "full", "hf-early-exit:n1:d2", "ssd:early-exit:n2:d2", "ssd:early-exit:n1:dgrowing",
-                "draft-verify:skip2:t0.6", "draft-verify:skip2:t0.5", "ssd:ce:n1:d2", "ssd:ce:n1:dgrowing",
-                "layerskip:generate", "layerskip:ssd:early-exit:n1:d2"]
+    lossless = [
+        "generate",
+        "full",
+        "hf-early-exit:n1:d2",
+        "ssd:early-exit:n2:d2",
+        "ssd:early-exit:n1:dgrowing",
+        "draft-verify:skip2:t0.6",
+        "draft-verify:skip2:t0.5",
+        "ssd:ce:n1:d2",
+        "ssd:ce:n1:dgrowing",
+        "layerskip:generate",
+        "layerskip:ssd:early-exit:n1:d2",
+    ]
     for name in lossless:
         assert rows[name]["identical_to_greedy"] == 1.0, name
         # the same tokens as greedy decoding, so the same count; speed-up = the ratio of tokens/s to model.generate's
         assert rows[name]["new_tokens"] == rows["generate"]["new_tokens"], name
-        assert rows[name]["speedup_vs_hf_generate"] == pytest.approx(rows[name]["tokens_per_second"] / rows["generate"]["tokens_per_second"])
+        assert rows[name]["speedup_vs_hf_generate"] == pytest.approx(
+            rows[name]["tokens_per_second"] / rows["generate"]["tokens_per_second"]
+        )
     assert rows["generate"]["speedup_vs_hf_generate"] == 1.0
-    assert {"draft:early-exit:n1", "draft:early-exit:n2", "draft:ce:n1"} <= set(rows)  # the drafts alone: lossy, but timed
+    assert {"draft:early-exit:n1", "draft:early-exit:n2", "draft:ce:n1"} <= set(
+        rows
+    )  # the drafts alone: lossy, but timed
     ssd = rows["ssd:early-exit:n1:d2"]
     assert ssd["acceptance_rate"] == pytest.approx(ssd["accepted"] / ssd["drafted"])
-    assert ssd["expected_speedup_leviathan"] == pytest.approx(expected_speedup(ssd["acceptance_rate"], 1 / TINY.num_layers, 2))
+    assert ssd["expected_speedup_leviathan"] == pytest.approx(
+        expected_speedup(ssd["acceptance_rate"], 1 / TINY.num_layers, 2)
+    )
     assert set(ssd["speedup_by_task"]) == {"caption", "description"}

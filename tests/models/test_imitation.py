@@ -35,7 +35,9 @@ def test_save_and_load_round_trip(tmp_path, attention):
     net = ImitationNetwork(H, ImitationArchitecture(attention=attention, residual=False))
     save_imitation(net, tmp_path / "net", {"draft_layers": 3})
     loaded, extra = load_imitation(tmp_path / "net")
-    assert extra["draft_layers"] == 3 and loaded.architecture == net.architecture and loaded.hidden_size == net.hidden_size
+    assert (
+        extra["draft_layers"] == 3 and loaded.architecture == net.architecture and loaded.hidden_size == net.hidden_size
+    )
     h = torch.randn(1, 4, H)
     net.eval()
     assert torch.equal(loaded(h), net(h))
@@ -69,9 +71,13 @@ def test_decoding_with_an_imitation_head_is_lossless(attention):
     model = make_tiny_llava("llama", num_layers=4, dtype=torch.float64)
     input_ids, pixels = make_vlm_inputs(batch=1, text_len=5, dtype=torch.float64)
     torch.manual_seed(1)
-    net = ImitationNetwork(model.config.text_config.hidden_size, ImitationArchitecture(attention=attention, residual=False))
+    net = ImitationNetwork(
+        model.config.text_config.hidden_size, ImitationArchitecture(attention=attention, residual=False)
+    )
     net = net.to(torch.float64).eval()
-    expected = model.generate(input_ids=input_ids, pixel_values=pixels, max_new_tokens=20, do_sample=False, eos_token_id=[])
+    expected = model.generate(
+        input_ids=input_ids, pixel_values=pixels, max_new_tokens=20, do_sample=False, eos_token_id=[]
+    )
     out = SelfSpeculativeDecoder(model, 2, as_draft_head(net), 4).generate(input_ids, 20, [], pixel_values=pixels)
     assert torch.equal(out.sequences, expected)
     assert out.stats.verify_calls > 1

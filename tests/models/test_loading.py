@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from pipeline.errors import ModelLoadError
-from pipeline.models.loading import Backbone, load_backbone, save_backbone
 from pipeline.models.adapter import adapter_for
+from pipeline.models.loading import Backbone, load_backbone, save_backbone
 from pipeline.models.tiny_llava import tiny_image_processor
 from tests.conftest import make_tiny_llava, make_vlm_inputs
 
@@ -23,7 +23,9 @@ def test_save_and_load_round_trip(tmp_path, word_tokenizer):
     loaded = load_backbone(tmp_path / "m")
     ids, pixels = make_vlm_inputs()
     with torch.no_grad():
-        torch.testing.assert_close(loaded.model(input_ids=ids, pixel_values=pixels).logits, model(input_ids=ids, pixel_values=pixels).logits)
+        torch.testing.assert_close(
+            loaded.model(input_ids=ids, pixel_values=pixels).logits, model(input_ids=ids, pixel_values=pixels).logits
+        )
     assert loaded.tokenizer.decode(loaded.tokenizer.encode("a red circle", add_special_tokens=False)) == "a red circle"
     assert loaded.adapter.num_layers == 4
 
@@ -43,5 +45,7 @@ def test_weights_that_do_not_fit_the_config_fail_loudly(tmp_path, word_tokenizer
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     config["text_config"]["intermediate_size"] = 96  # the saved MLP weights are 64 wide
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ModelLoadError, match=r"the weights in .*/m do not match its config \(mismatched_keys: .*mlp.down_proj.weight"):
+    with pytest.raises(
+        ModelLoadError, match=r"the weights in .*/m do not match its config \(mismatched_keys: .*mlp.down_proj.weight"
+    ):
         load_backbone(tmp_path / "m")

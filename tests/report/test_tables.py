@@ -17,16 +17,28 @@ FOUND = {"skip_layers": [2], "threshold": 0.6, "max_draft_len": 8}
 
 
 def _row(speedup: float, cider: float, identical: float = 1.0, acceptance: float | None = None) -> dict:
-    row = {"speedup": speedup, "tokens_per_second": 100.0 * speedup, "identical_share": identical,
-           "speedup_by_task": {"caption": speedup}, "tasks": {"caption": {"bleu4": 0.3, "rouge_l": 0.5, "cider": cider, "meteor": 0.2}}}
+    row = {
+        "speedup": speedup,
+        "tokens_per_second": 100.0 * speedup,
+        "identical_share": identical,
+        "speedup_by_task": {"caption": speedup},
+        "tasks": {"caption": {"bleu4": 0.3, "rouge_l": 0.5, "cider": cider, "meteor": 0.2}},
+    }
     if acceptance is not None:
-        row.update(acceptance_rate=acceptance, mean_accepted_length=1.5, acceptance_by_position=[acceptance, acceptance / 2])
+        row.update(
+            acceptance_rate=acceptance, mean_accepted_length=1.5, acceptance_by_position=[acceptance, acceptance / 2]
+        )
     return row
 
 
 def _plan() -> EvaluationPlan:
-    params = parse_params({"imitation": {"variants": ["ce+cs+kd"], "fusion_comparison": ["average", "concat"]},
-                           "decoding": {"draft_len": 3}, "evaluate": {"draft_lens": [1, 5]}})
+    params = parse_params(
+        {
+            "imitation": {"variants": ["ce+cs+kd"], "fusion_comparison": ["average", "concat"]},
+            "decoding": {"draft_len": 3},
+            "evaluate": {"draft_lens": [1, 5]},
+        }
+    )
     return evaluation_plan(params, {"ce+cs+kd": 1, "fusion-concat": 1}, FOUND)
 
 
@@ -34,19 +46,33 @@ def _results(plan: EvaluationPlan, **by_label: dict) -> dict[str, dict]:
     """Every planned method gets a default row; `by_label` overrides some (labels only pick the rows to fill in)."""
     rows = {}
     for spec in plan.methods:
-        default = _row(1.0, 0.5) if spec.kind in ("autoregressive", "hf_generate") else (
-            _row(4.0, 0.2, identical=0.0) if spec.kind == "draft_only" else _row(1.2, 0.5, acceptance=0.4))
+        default = (
+            _row(1.0, 0.5)
+            if spec.kind in ("autoregressive", "hf_generate")
+            else (_row(4.0, 0.2, identical=0.0) if spec.kind == "draft_only" else _row(1.2, 0.5, acceptance=0.4))
+        )
         rows[spec.key] = by_label.get(spec.label, default)
     return rows
 
 
 def test_claims_are_checked_not_assumed():
     plan = _plan()
-    results = _results(plan, **{"draft with imitation": _row(3.5, 0.3, identical=0.2), "draft without imitation": _row(4.0, 0.1, identical=0.0),
-                                "ours (ce+cs+kd)": _row(1.4, 0.5, acceptance=0.4), "LayerSkip": _row(1.3, 0.6, acceptance=0.3),
-                                "Draft & Verify": _row(1.1, 0.5, acceptance=0.8), "ours, growing d": _row(1.2, 0.5, identical=0.95, acceptance=0.4)})
+    results = _results(
+        plan,
+        **{
+            "draft with imitation": _row(3.5, 0.3, identical=0.2),
+            "draft without imitation": _row(4.0, 0.1, identical=0.0),
+            "ours (ce+cs+kd)": _row(1.4, 0.5, acceptance=0.4),
+            "LayerSkip": _row(1.3, 0.6, acceptance=0.3),
+            "Draft & Verify": _row(1.1, 0.5, acceptance=0.8),
+            "ours, growing d": _row(1.2, 0.5, identical=0.95, acceptance=0.4),
+        },
+    )
     checked = {claim: (held, evidence) for claim, held, evidence in claims(plan, results)}
-    assert checked["draft with imitation ≫ draft without (caption CIDEr of the draft alone)"] == (True, "0.300 vs 0.100")
+    assert checked["draft with imitation ≫ draft without (caption CIDEr of the draft alone)"] == (
+        True,
+        "0.300 vs 0.100",
+    )
     assert checked["ours faster than LayerSkip"] == (True, "1.40× vs 1.30×")
     assert checked["ours faster than Draft & Verify"] == (True, "1.40× vs 1.10×")
     held, evidence = checked["lossless methods identical to their full model's greedy output"]
@@ -66,17 +92,35 @@ def test_table1_shows_each_planned_row_once_in_order():
 
 
 def test_table_n_keeps_the_best_d_per_n_and_loss():
-    rows = [{"config.draft_layers": "1", "loss_label": "ce", "config.draft_len": d, "speedup": s, "acceptance_rate": "0.5",
-             "mean_accepted_length": "1", "cider_draft": "0.2", "cider_ssd": "0.5", "cider_full": "0.5", "draft_cost_ratio": "0.1"}
-            for d, s in (("2", "1.2"), ("4", "1.5"))]
+    rows = [
+        {
+            "config.draft_layers": "1",
+            "loss_label": "ce",
+            "config.draft_len": d,
+            "speedup": s,
+            "acceptance_rate": "0.5",
+            "mean_accepted_length": "1",
+            "cider_draft": "0.2",
+            "cider_ssd": "0.5",
+            "cider_full": "0.5",
+            "draft_cost_ratio": "0.1",
+        }
+        for d, s in (("2", "1.2"), ("4", "1.5"))
+    ]
     assert table_n(rows).splitlines()[2].startswith("| 1 | ce | 4 | 1.50× |")
 
 
 def test_fusion_table_has_a_row_per_evaluated_fusion():
     plan = _plan()
-    results = _results(plan, **{"ours (ce+cs+kd)": _row(1.4, 0.5, acceptance=0.45), "draft with imitation": _row(9.0, 0.30, identical=0.0),
-                                "ours (ce+cs+kd), concat fusion": _row(1.2, 0.5, acceptance=0.35),
-                                "draft with imitation, concat fusion": _row(9.0, 0.25, identical=0.0)})
+    results = _results(
+        plan,
+        **{
+            "ours (ce+cs+kd)": _row(1.4, 0.5, acceptance=0.45),
+            "draft with imitation": _row(9.0, 0.30, identical=0.0),
+            "ours (ce+cs+kd), concat fusion": _row(1.2, 0.5, acceptance=0.35),
+            "draft with imitation, concat fusion": _row(9.0, 0.25, identical=0.0),
+        },
+    )
     imitation = {"ce+cs+kd": {"val_agreement": 0.6}, "fusion-concat": {"val_agreement": 0.55}}
     table = table_fusion(fusion_rows(plan, results, imitation)).splitlines()
     assert table[0].startswith("| fusion | val agreement | speed-up | acceptance")
@@ -90,11 +134,18 @@ def test_figures_and_plots_files_share_their_series(tmp_path: Path, monkeypatch)
     plan = _plan()
     results = _results(plan)
     drawn: dict[str, dict] = {}
-    monkeypatch.setattr("pipeline.report.results.line_plot", lambda path, x, curves, **_: drawn.update({Path(path).name: {"x": list(x), **curves}}))
+    monkeypatch.setattr(
+        "pipeline.report.results.line_plot",
+        lambda path, x, curves, **_: drawn.update({Path(path).name: {"x": list(x), **curves}}),
+    )
     draw_figures(ReportInputs({"plan": plan.to_dict(), "methods": results}), tmp_path)
     by_d = series.speedup_by_draft_len(plan, results)
     assert [row["d"] for row in by_d] == [1, 3, 5] == drawn["speedup_by_d.png"]["x"]
     assert drawn["speedup_by_d.png"]["ours (ce+cs+kd)"] == [row["speedup"] for row in by_d]
     curves = series.acceptance_by_position(plan, results)
-    assert {row["method"] for row in curves} == set(drawn["acceptance_by_position.png"]) - {"x"} == {s.label for s in plan.ours()}
+    assert (
+        {row["method"] for row in curves}
+        == set(drawn["acceptance_by_position.png"]) - {"x"}
+        == {s.label for s in plan.ours()}
+    )
     assert "ours (ce+cs+kd), concat fusion" not in drawn["acceptance_by_position.png"]

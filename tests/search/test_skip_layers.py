@@ -42,7 +42,9 @@ def test_search_returns_a_valid_skip_set_with_the_defined_objective(setup):
         assert set(previous) < set(current) and len(current) == len(previous) + 1
     for row in result.trace:
         assert row["cost_ratio"] == pytest.approx((NUM_LAYERS - len(row["skip_layers"])) / NUM_LAYERS)
-        assert row["objective"] == pytest.approx(expected_speedup(row["acceptance_rate"], row["cost_ratio"], row["mean_draft_length"]))
+        assert row["objective"] == pytest.approx(
+            expected_speedup(row["acceptance_rate"], row["cost_ratio"], row["mean_draft_length"])
+        )
     assert result.objective == max(row["objective"] for row in result.trace)
     # the proxy that ranks candidates: skipping nothing agrees with the full model everywhere
     assert teacher_forced_agreement(model, prompts, reference_continuations(model, prompts), []) == 1.0
@@ -63,9 +65,13 @@ def test_floor_is_respected_and_an_unreachable_floor_is_flagged(setup):
 
 def test_decoder_with_the_found_set_is_lossless(setup):
     model, prompts, result = setup
-    decoder = DraftAndVerifyDecoder(model, skip_layers=result.skip_layers, draft_len=ConfidenceStop(result.threshold, result.max_draft_len))
+    decoder = DraftAndVerifyDecoder(
+        model, skip_layers=result.skip_layers, draft_len=ConfidenceStop(result.threshold, result.max_draft_len)
+    )
     for p in prompts:
         with torch.no_grad():
-            reference = model.generate(input_ids=p["input_ids"], pixel_values=p["pixel_values"], max_new_tokens=24, do_sample=False)
+            reference = model.generate(
+                input_ids=p["input_ids"], pixel_values=p["pixel_values"], max_new_tokens=24, do_sample=False
+            )
         out = decoder.generate(p["input_ids"], max_new_tokens=24, pixel_values=p["pixel_values"])
         assert torch.equal(out.sequences, reference)

@@ -30,25 +30,34 @@ def test_repository_spaces_load_with_their_trainables_keys():
 def test_distributions_become_tune_objects(tmp_path):
     from ray.tune.search.sample import Categorical, Float, Integer
 
-    space = load_search_space(_write(tmp_path, (
-        "space:\n  a: {choice: [1, 2]}\n  b: {grid: [x, y]}\n  c: {loguniform: [0.001, 0.1]}\n"
-        "  d: {randint: [1, 4]}\n  e: 7\n  f: {uniform: [0, 1]}\n")))
+    space = load_search_space(
+        _write(
+            tmp_path,
+            (
+                "space:\n  a: {choice: [1, 2]}\n  b: {grid: [x, y]}\n  c: {loguniform: [0.001, 0.1]}\n"
+                "  d: {randint: [1, 4]}\n  e: 7\n  f: {uniform: [0, 1]}\n"
+            ),
+        )
+    )
     tune_space = space.to_tune()
     assert isinstance(tune_space["a"], Categorical) and tune_space["b"] == {"grid_search": ["x", "y"]}
     assert isinstance(tune_space["c"], Float) and isinstance(tune_space["d"], Integer) and tune_space["e"] == 7
     assert space.grid_size() == 2 and space.values("e") == [7]
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("space:\n  a: {choice: []}\n", "a: choice needs a non-empty list"),
-    ("space:\n  a: {uniform: [1, 0]}\n", "a: uniform needs [lo, hi]"),
-    ("space:\n  a: {loguniform: [0, 1]}\n", "loguniform needs lo > 0"),
-    ("space:\n  a: {choice: [1], grid: [2]}\n", "exactly one of"),
-    ("space:\n  typo: {choice: [1]}\n", "typo: unknown key"),
-    ("spaces:\n  a: 1\n", "non-empty `space:` section"),
-    ("space:\n  a: {choice: [1]}\nevaluate_first:\n  - {b: 1}\n", "outside `space`"),
-    ("space: [\n", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("space:\n  a: {choice: []}\n", "a: choice needs a non-empty list"),
+        ("space:\n  a: {uniform: [1, 0]}\n", "a: uniform needs [lo, hi]"),
+        ("space:\n  a: {loguniform: [0, 1]}\n", "loguniform needs lo > 0"),
+        ("space:\n  a: {choice: [1], grid: [2]}\n", "exactly one of"),
+        ("space:\n  typo: {choice: [1]}\n", "typo: unknown key"),
+        ("spaces:\n  a: 1\n", "non-empty `space:` section"),
+        ("space:\n  a: {choice: [1]}\nevaluate_first:\n  - {b: 1}\n", "outside `space`"),
+        ("space: [\n", "not valid YAML"),
+    ],
+)
 def test_bad_files_name_the_file_and_the_problem(tmp_path, text, fragment):
     path = _write(tmp_path, text)
     with pytest.raises(ConfigError) as error:

@@ -70,8 +70,14 @@ def test_failed_and_killed_trials_are_retried_and_logged_as_nested_runs(tmp_path
     try:
         with tracking.stage_run("faults", "test-search", {"a": 1}) as parent:
             results = run_search(
-                tune.with_parameters(faulty_trial, marker_dir=str(markers)), space, runtime, spec, plan_search(runtime, spec),
-                parent_run=tracking.run_ref(parent.info.run_id), experiment="test-search", tags={"search": "faults"},
+                tune.with_parameters(faulty_trial, marker_dir=str(markers)),
+                space,
+                runtime,
+                spec,
+                plan_search(runtime, spec),
+                parent_run=tracking.run_ref(parent.info.run_id),
+                experiment="test-search",
+                tags={"search": "faults"},
             )
     finally:
         stop.set()
@@ -80,7 +86,9 @@ def test_failed_and_killed_trials_are_retried_and_logged_as_nested_runs(tmp_path
     assert sorted(r.metrics["value"] for r in results) == [0, 2, 4]
     assert {r.config["x"]: r.metrics["attempt"] for r in results} == {0: 1, 1: 2, 2: 2}  # two retried
     assert read_state(runtime, "faults")["complete"] is True
-    children = mlflow.search_runs(experiment_names=["test-search"], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    children = mlflow.search_runs(
+        experiment_names=["test-search"], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
     assert len(children) == 3 and set(children["params.x"]) == {"0", "1", "2"}
     assert set(children["metrics.value"]) == {0.0, 2.0, 4.0} and set(children["tags.search"]) == {"faults"}
 
@@ -118,8 +126,13 @@ def test_an_interrupted_search_resumes_instead_of_starting_over(tmp_path):
 
     markers = tmp_path / "markers"
     markers.mkdir()
-    driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(tmp_path)], cwd=ROOT,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    driver = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, str(tmp_path)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 180
     while not ((markers / "done-0").exists() and list(markers.glob("start-1-*"))):
         assert driver.poll() is None and time.monotonic() < deadline, driver.stdout.read().decode()[-3000:]
@@ -140,6 +153,9 @@ def test_an_interrupted_search_resumes_instead_of_starting_over(tmp_path):
         assert len(list(markers.glob("start-0-*"))) == 1  # the finished trial was not run again
         assert len(list(markers.glob("start-1-*"))) == 2  # the interrupted one was
         # Other inputs (a different fingerprint) never resume someone else's search
-        assert plan_search(runtime, SearchSpec(name="resume", fingerprint="other", metric="value", mode="max")).resume is False
+        assert (
+            plan_search(runtime, SearchSpec(name="resume", fingerprint="other", metric="value", mode="max")).resume
+            is False
+        )
     finally:
         stop_ray()

@@ -20,8 +20,11 @@ PACKAGES = ("pipeline", "stages")
 # Files a stage names in code that are its resume state, not a dependency or an output
 STATE = ("checkpoints/", "ray_results")
 # Params naming repository files: whoever reads the attribute chain depends on the file its default names
-PARAM_FILES = {("data", "out_dir"): "data/prepared", ("nas", "search_space"): "experiments/search_spaces/nas.yaml",
-               ("sweep", "search_space"): "experiments/search_spaces/sweep.yaml"}
+PARAM_FILES = {
+    ("data", "out_dir"): "data/prepared",
+    ("nas", "search_space"): "experiments/search_spaces/nas.yaml",
+    ("sweep", "search_space"): "experiments/search_spaces/sweep.yaml",
+}
 
 
 def module_file(module: str, root: Path = ROOT) -> Path | None:
@@ -92,8 +95,13 @@ def stage_code(stage: str, root: Path = ROOT) -> StageCode:
                         code.param_files.add(file)
     stage_file = root / "stages" / f"{stage}.py"
     for node in ast.walk(ast.parse(stage_file.read_text())):
-        if (isinstance(node, ast.Call) and ast.unparse(node.func) == "Path" and node.args
-                and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+        if (
+            isinstance(node, ast.Call)
+            and ast.unparse(node.func) == "Path"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
             if not node.args[0].value.startswith(STATE):
                 code.named_paths.add(node.args[0].value.rstrip("/"))
     return code

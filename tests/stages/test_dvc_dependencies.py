@@ -33,9 +33,15 @@ def test_every_module_a_stage_imports_is_one_of_its_deps(stage):
 def test_a_stage_lists_no_code_it_does_not_run(stage):
     files = stage_code(stage).files()
     for entry in (e for e in declared(STAGES[stage], "deps") if is_code(e)):
-        listed = {str(p.relative_to(ROOT)) for p in (ROOT / entry).rglob("*.py") if p.stat().st_size} if (ROOT / entry).is_dir() else {entry}
+        listed = (
+            {str(p.relative_to(ROOT)) for p in (ROOT / entry).rglob("*.py") if p.stat().st_size}
+            if (ROOT / entry).is_dir()
+            else {entry}
+        )
         extra = sorted(listed - files)
-        assert not extra, f"stage {stage} lists {extra} in dvc.yaml but does not import them (an edit would re-run it needlessly); {FIX}"
+        assert not extra, (
+            f"stage {stage} lists {extra} in dvc.yaml but does not import them (an edit would re-run it needlessly); {FIX}"
+        )
 
 
 @pytest.mark.parametrize("stage", sorted(STAGES))
@@ -43,9 +49,14 @@ def test_every_file_a_stage_reads_or_writes_is_declared(stage):
     code = stage_code(stage)
     entries = declared(STAGES[stage], "deps", "outs", "metrics", "plots")
     # a folder the stage writes into (e.g. reports/figures) counts when its files are declared
-    undeclared = sorted(p for p in code.named_paths | code.param_files
-                        if not covered(p, entries) and not any(covered(e, {p}) for e in entries))
-    assert not undeclared, f"stage {stage} reads or writes {undeclared}, which dvc.yaml declares neither as deps nor as outs"
+    undeclared = sorted(
+        p
+        for p in code.named_paths | code.param_files
+        if not covered(p, entries) and not any(covered(e, {p}) for e in entries)
+    )
+    assert not undeclared, (
+        f"stage {stage} reads or writes {undeclared}, which dvc.yaml declares neither as deps nor as outs"
+    )
 
 
 def test_a_new_import_is_caught_and_named(tmp_path):
@@ -55,7 +66,9 @@ def test_a_new_import_is_caught_and_named(tmp_path):
         (shutil.copytree if source.is_dir() else shutil.copy)(source, tmp_path / name)
     (tmp_path / "pipeline/throwaway.py").write_text("VALUE = 1\n")
     stage_file = tmp_path / "stages/select_layer.py"
-    stage_file.write_text(stage_file.read_text().replace("from pipeline import tracking\n", "from pipeline import throwaway, tracking\n"))
+    stage_file.write_text(
+        stage_file.read_text().replace("from pipeline import tracking\n", "from pipeline import throwaway, tracking\n")
+    )
     code = stage_code("select_layer", tmp_path)
     deps = declared(dvc_stages(tmp_path)["select_layer"], "deps")
     assert [f for f in code.files(tmp_path) if not covered(f, deps)] == ["pipeline/throwaway.py"]
@@ -67,4 +80,6 @@ def test_a_new_import_is_caught_and_named(tmp_path):
 def test_decoding_code_is_not_a_dependency_of_the_backbones_training():
     """An edit to the decoder must never retrain the backbone (or regenerate the data)."""
     for stage in ("prepare", "finetune"):
-        assert not [f for f in stage_code(stage).files() if f.startswith(("pipeline/decoding/", "pipeline/search/"))], stage
+        assert not [f for f in stage_code(stage).files() if f.startswith(("pipeline/decoding/", "pipeline/search/"))], (
+            stage
+        )

@@ -35,15 +35,37 @@ pytestmark = pytest.mark.slow
 SMALL = {
     "data": {"synthetic": {"n_train": 48, "n_val": 12, "n_test": 12}},
     "model": {"tiny": {**TINY.model_dump(), "num_layers": 2}},
-    "finetune": {"max_steps": 6, "batch_size": 8, "val_every_steps": 3, "val_batches": 1, "optimizer": {"warmup_steps": 1},
-                 "eval_samples": 12, "eval_batch_size": 12, "eval_max_new_tokens": 8},
+    "finetune": {
+        "max_steps": 6,
+        "batch_size": 8,
+        "val_every_steps": 3,
+        "val_batches": 1,
+        "optimizer": {"warmup_steps": 1},
+        "eval_samples": 12,
+        "eval_batch_size": 12,
+        "eval_max_new_tokens": 8,
+    },
     "layer_choice": {"val_examples": 12, "batch_size": 12},
-    "imitation": {"max_steps": 4, "batch_size": 8, "val_every_steps": 2, "val_batches": 1, "val_decode_prompts": 2,
-                  "optimizer": {"warmup_steps": 1}, "variants": ["ce", "ce+cs+kd"],
-                  "parallel_heads": 2},  # the worker-process path (auto is one process on 2 cores)
+    "imitation": {
+        "max_steps": 4,
+        "batch_size": 8,
+        "val_every_steps": 2,
+        "val_batches": 1,
+        "val_decode_prompts": 2,
+        "optimizer": {"warmup_steps": 1},
+        "variants": ["ce", "ce+cs+kd"],
+        "parallel_heads": 2,
+    },  # the worker-process path (auto is one process on 2 cores)
     "baselines": {
-        "layerskip": {"max_steps": 4, "batch_size": 8, "val_every_steps": 2, "val_batches": 1, "val_decode_prompts": 2,
-                      "optimizer": {"warmup_steps": 1}, "eval_samples": 12},
+        "layerskip": {
+            "max_steps": 4,
+            "batch_size": 8,
+            "val_every_steps": 2,
+            "val_batches": 1,
+            "val_decode_prompts": 2,
+            "optimizer": {"warmup_steps": 1},
+            "eval_samples": 12,
+        },
         "draft_verify": {"prompts": 2, "thresholds": [0.5], "max_skipped": 1, "acceptance_floor": 0.0},
     },
     "ray": {"num_cpus": 2},
@@ -70,7 +92,16 @@ def _run(args: list[str], cwd: Path, env: dict) -> str:
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     work = tmp_path_factory.mktemp("repo")
-    for name in ("pipeline", "stages", "experiments", "dvc.yaml", "params.yaml", "pyproject.toml", ".dvc", ".gitignore"):
+    for name in (
+        "pipeline",
+        "stages",
+        "experiments",
+        "dvc.yaml",
+        "params.yaml",
+        "pyproject.toml",
+        ".dvc",
+        ".gitignore",
+    ):
         source = ROOT / name
         if source.is_dir():
             shutil.copytree(source, work / name, ignore=shutil.ignore_patterns("__pycache__", "tmp", "cache"))
@@ -91,7 +122,17 @@ def workspace(tmp_path_factory):
 
 def test_repro_runs_every_stage_and_writes_outputs(workspace):
     work, _, log = workspace
-    for stage in ("prepare", "finetune", "select_layer", "nas", "train_imitation", "train_baselines", "sweep", "evaluate", "report"):
+    for stage in (
+        "prepare",
+        "finetune",
+        "select_layer",
+        "nas",
+        "train_imitation",
+        "train_baselines",
+        "sweep",
+        "evaluate",
+        "report",
+    ):
         assert f"Running stage '{stage}'" in log, stage
     metrics = json.loads((work / "metrics/finetune.json").read_text())
     assert metrics["steps"] == 6 and metrics["resumed"] == 0
@@ -99,7 +140,11 @@ def test_repro_runs_every_stage_and_writes_outputs(workspace):
     assert [int(r["step"]) for r in curve] == [1, 2, 3, 4, 5, 6]
     assert metrics["train_loss_last50"] == pytest.approx(sum(float(r["train_loss"]) for r in curve) / 6)
     choice = json.loads((work / "metrics/layer_choice.json").read_text())
-    assert choice["chosen_n"] == 1 and choice["layers"] == [1] and (work / "reports/figures/layer_reward.png").stat().st_size > 0
+    assert (
+        choice["chosen_n"] == 1
+        and choice["layers"] == [1]
+        and (work / "reports/figures/layer_reward.png").stat().st_size > 0
+    )
 
 
 def test_trained_heads_are_the_ones_measured_and_the_frozen_backbone_stays_frozen(workspace):
@@ -114,7 +159,12 @@ def test_trained_heads_are_the_ones_measured_and_the_frozen_backbone_stays_froze
     imitation = json.loads((work / "metrics/imitation.json").read_text())
     assert imitation["draft_layers"] == 1 and imitation["frozen_backbone_unchanged"] is True
     assert {k for k, v in imitation.items() if isinstance(v, dict) and "variant" in v} == {
-        "ce", "ce+cs+kd", "fusion-concat", "fusion-attention", "mixed"}
+        "ce",
+        "ce+cs+kd",
+        "fusion-concat",
+        "fusion-attention",
+        "mixed",
+    }
     for kind in ("concat", "attention"):  # the fusion table's heads: full loss, the other fusions
         assert imitation[f"fusion-{kind}"]["fusion"] == kind and imitation[f"fusion-{kind}"]["variant"] == "ce+cs+kd"
     # the acceptance train_imitation reports is what the saved head achieves on the same validation prompts
@@ -147,8 +197,12 @@ def test_baselines_and_searches_report_what_they_found(workspace):
     sweep = json.loads((work / "metrics/sweep.json").read_text())
     assert sweep["trials"] == 2 and sweep["all_lossless"] is True and sweep["failed_trials"] == 0
     pareto = list(csv.DictReader((work / "plots/sweep_pareto.csv").open()))
-    assert {(r["method"], r["setting"]) for r in pareto} == {("ssd", "n=1 ce d=2"), ("ssd", "n=1 ce+cs+kd d=2"),
-                                                             ("draft_only", "draft n=1 ce"), ("draft_only", "draft n=1 ce+cs+kd")}
+    assert {(r["method"], r["setting"]) for r in pareto} == {
+        ("ssd", "n=1 ce d=2"),
+        ("ssd", "n=1 ce+cs+kd d=2"),
+        ("draft_only", "draft n=1 ce"),
+        ("draft_only", "draft n=1 ce+cs+kd"),
+    }
 
 
 def test_evaluate_and_report_agree_with_each_other(workspace):
@@ -157,12 +211,22 @@ def test_evaluate_and_report_agree_with_each_other(workspace):
     plan, results = EvaluationPlan.from_dict(evaluation["plan"]), evaluation["methods"]
     assert set(results) == {s.key for s in plan.methods}
     assert results[plan.reference.key]["speedup"] == 1.0
-    assert {s.label for s in plan.table1()} == {"full model", "model.generate", "draft without imitation", "draft with imitation",
-                                                "Draft & Verify", "LayerSkip", "ours (ce)", "ours (ce+cs+kd)", "ours, growing d",
-                                                "ours, mixed schedule"}
+    assert {s.label for s in plan.table1()} == {
+        "full model",
+        "model.generate",
+        "draft without imitation",
+        "draft with imitation",
+        "Draft & Verify",
+        "LayerSkip",
+        "ours (ce)",
+        "ours (ce+cs+kd)",
+        "ours, growing d",
+        "ours, mixed schedule",
+    }
     verified = [s for s in plan.methods if s.verified]
-    assert len(verified) >= 10 and all(results[s.key]["identical_share"] == 1.0 for s in verified), \
-        {s.label: results[s.key]["identical_share"] for s in verified}
+    assert len(verified) >= 10 and all(results[s.key]["identical_share"] == 1.0 for s in verified), {
+        s.label: results[s.key]["identical_share"] for s in verified
+    }
     tasks = results[plan.reference.key]["tasks"]
     assert {"bleu1", "bleu4", "meteor", "rouge_l", "cider"} <= set(tasks["caption"]) and "vqa_accuracy" in tasks["vqa"]
     assert "spice" in tasks["caption"] or "spice_unavailable" in tasks["caption"]
@@ -174,10 +238,14 @@ def test_evaluate_and_report_agree_with_each_other(workspace):
     assert {r["key"] for r in acceptance} == {s.key for s in plan.ours()}
     report = (work / "reports/results.md").read_text()
     table1 = report.split("## Table 1")[1].split("##")[0]
-    assert [line.split(" | ")[0].removeprefix("| ") for line in table1.splitlines() if line.startswith("| ")][1:] == \
-        [s.label for s in plan.table1()]
+    assert [line.split(" | ")[0].removeprefix("| ") for line in table1.splitlines() if line.startswith("| ")][1:] == [
+        s.label for s in plan.table1()
+    ]
     main = results[plan.main.key]
-    assert f"| {plan.main.label} |" in table1 and f"| {main['speedup']:.2f}× |" in table1.split(f"| {plan.main.label} |")[1].splitlines()[0]
+    assert (
+        f"| {plan.main.label} |" in table1
+        and f"| {main['speedup']:.2f}× |" in table1.split(f"| {plan.main.label} |")[1].splitlines()[0]
+    )
     assert "## VQA" in report and "## Draft layers n" in report
     fusion_table = report.split("## Fusion strategies")[1]
     assert all(f"| {kind} |" in fusion_table for kind in ("average", "concat", "attention"))
@@ -201,7 +269,17 @@ def test_second_repro_is_a_no_op_and_param_change_reruns_only_dependants(workspa
     again = _run([str(BIN / "dvc"), "repro"], work, env)
     assert "Running stage" not in again
     # an edit reaches every stage whose code imports the edited module, and no other
-    every = {"prepare", "finetune", "select_layer", "nas", "train_imitation", "train_baselines", "sweep", "evaluate", "report"}
+    every = {
+        "prepare",
+        "finetune",
+        "select_layer",
+        "nas",
+        "train_imitation",
+        "train_baselines",
+        "sweep",
+        "evaluate",
+        "report",
+    }
     assert _stale_stages(work, env, "pipeline/config.py") == every
     assert _stale_stages(work, env, "pipeline/decoding/engine.py") == every - {"prepare", "finetune"}
     assert _stale_stages(work, env, "pipeline/report/tables.py") == {"report"}
@@ -247,9 +325,23 @@ def test_mlflow_server_shows_the_finetune_run_with_params_and_loss_curve(workspa
     work, env, _ = workspace
     port = _free_port()
     server = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{work / 'mlflow.db'}",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{work / 'mlflow.db'}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=work,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -264,7 +356,9 @@ def test_mlflow_server_shows_the_finetune_run_with_params_and_loss_curve(workspa
         with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=fastvlm-ssd") as r:
             experiment = json.load(r)["experiment"]
         runs = _post(f"{base}/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
-        finetune = [r for r in runs if any(t["key"] == "dvc_stage" and t["value"] == "finetune" for t in r["data"]["tags"])]
+        finetune = [
+            r for r in runs if any(t["key"] == "dvc_stage" and t["value"] == "finetune" for t in r["data"]["tags"])
+        ]
         assert finetune, "no finetune run in the store"
         run = finetune[-1]
         params = {p["key"]: p["value"] for p in run["data"]["params"]}
@@ -276,13 +370,25 @@ def test_mlflow_server_shows_the_finetune_run_with_params_and_loss_curve(workspa
         assert len(history) >= 2  # a curve, not a point
         # train_imitation: one child run per variant under the stage run, with its own agreement metric
         tags = lambda r: {t["key"]: t["value"] for t in r["data"].get("tags", [])}  # noqa: E731
-        children = [r for r in runs if tags(r).get("dvc_stage") == "train_imitation" and "mlflow.parentRunId" in tags(r)]
-        assert {tags(r)["variant"] for r in children} >= {"ce", "ce+cs+kd", "mixed", "fusion-concat", "fusion-attention"}
+        children = [
+            r for r in runs if tags(r).get("dvc_stage") == "train_imitation" and "mlflow.parentRunId" in tags(r)
+        ]
+        assert {tags(r)["variant"] for r in children} >= {
+            "ce",
+            "ce+cs+kd",
+            "mixed",
+            "fusion-concat",
+            "fusion-attention",
+        }
         # trained in worker processes: Lightning's logger wrote each head's loss curve into its child run by id
         for child in children:
-            assert {"val_agreement", "train/loss"} <= {m["key"] for m in child["data"].get("metrics", [])}, tags(child)["variant"]
+            assert {"val_agreement", "train/loss"} <= {m["key"] for m in child["data"].get("metrics", [])}, tags(child)[
+                "variant"
+            ]
             assert child["info"]["status"] == "FINISHED"
-        baseline_runs = [r for r in runs if tags(r).get("dvc_stage") == "train_baselines" and "mlflow.parentRunId" in tags(r)]
+        baseline_runs = [
+            r for r in runs if tags(r).get("dvc_stage") == "train_baselines" and "mlflow.parentRunId" in tags(r)
+        ]
         assert {tags(r)["variant"] for r in baseline_runs} >= {"layerskip", "draft_verify"}
         # Ray Tune trials: nested under their search's stage run, side by side for the compare view
         evaluated = [r for r in runs if tags(r).get("dvc_stage") == "evaluate" and "mlflow.parentRunId" in tags(r)]

@@ -14,7 +14,10 @@ def test_invalid_params_exit_cleanly_listing_fields(tmp_path, capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "params.yaml has 4 invalid field(s)" in err
-    assert "finetune.optimizer.lr: Input should be greater than 0" in err and "finetune.batch_size: Input should be a valid integer" in err
+    assert (
+        "finetune.optimizer.lr: Input should be greater than 0" in err
+        and "finetune.batch_size: Input should be a valid integer" in err
+    )
     assert "finetune.lr: unknown key" in err and "model.preset: Value error, unknown preset 'nope'" in err
     assert "Traceback" not in err
 

@@ -31,8 +31,26 @@ def ray_head(tmp_path):
     (Teardown runs `ray stop`, which stops every Ray instance of this user on the machine.)"""
     port = _free_port()
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    subprocess.run([RAY, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "2",
-                    "--include-dashboard", "false", "--disable-usage-stats"], check=True, env=env, capture_output=True, timeout=180)
+    subprocess.run(
+        [
+            RAY,
+            "start",
+            "--head",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--num-cpus",
+            "2",
+            "--include-dashboard",
+            "false",
+            "--disable-usage-stats",
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=180,
+    )
     try:
         yield f"127.0.0.1:{port}"
     finally:
@@ -61,7 +79,9 @@ def test_nas_runs_on_a_ray_cluster_by_address(tiny_repo, ray_head, monkeypatch):
     top = max(rows, key=lambda r: float(r["score"]))  # the table is what ASHA saw: the winner is its best last score
     assert best["draft_layers"] == 1 and best["score"] == pytest.approx(float(top["score"]))
     assert {k: str(best["architecture"][k]) for k in ("num_linear", "activation")} == {
-        "num_linear": top["config.num_linear"], "activation": top["config.activation"]}
+        "num_linear": top["config.num_linear"],
+        "activation": top["config.activation"],
+    }
     summary = json.loads((tiny_repo / "metrics/nas.json").read_text())
     assert summary["trials"] == 2 and summary["best"]["score"] == best["score"]
     # the reported cost is the winner's: FLOPs of layer 0 + its network + the LM head over the full model's
@@ -72,7 +92,9 @@ def test_nas_runs_on_a_ray_cluster_by_address(tiny_repo, ray_head, monkeypatch):
 
     adapter = load_backbone(tiny_repo / "models/finetuned").adapter
     network = ImitationNetwork(adapter.hidden_size, ImitationArchitecture.model_validate(best["architecture"]))
-    assert summary["best"]["draft_cost_ratio"] == pytest.approx(per_token_flops(adapter, 1, network)["draft_cost_ratio"])
+    assert summary["best"]["draft_cost_ratio"] == pytest.approx(
+        per_token_flops(adapter, 1, network)["draft_cost_ratio"]
+    )
     runs = _runs(tiny_repo)
     parent = runs[runs["tags.dvc_stage"] == "nas"]
     parent = parent[parent["tags.mlflow.parentRunId"].isna()]
@@ -99,13 +121,24 @@ def test_sweep_stage_reports_speed_quality_and_losslessness(tiny_repo, monkeypat
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     sweep.main(tiny_params())
     rows = list(csv.DictReader((tiny_repo / "reports/sweep.csv").open()))
-    assert {(r["config.draft_layers"], r["config.draft_len"]) for r in rows} == {("1", "2"), ("2", "2"), ("1", "growing"), ("2", "growing")}
+    assert {(r["config.draft_layers"], r["config.draft_len"]) for r in rows} == {
+        ("1", "2"),
+        ("2", "2"),
+        ("1", "growing"),
+        ("2", "growing"),
+    }
     for row in rows:
-        assert float(row["identical_share"]) == 1.0 and float(row["cider_ssd"]) == pytest.approx(float(row["cider_full"]))
+        assert float(row["identical_share"]) == 1.0 and float(row["cider_ssd"]) == pytest.approx(
+            float(row["cider_full"])
+        )
         # speed-up = the full model's per-token latency over SSD's, both measured in the trial
-        assert float(row["speedup"]) == pytest.approx(float(row["tokens_per_second"]) / float(row["tokens_per_second_full"]))
+        assert float(row["speedup"]) == pytest.approx(
+            float(row["tokens_per_second"]) / float(row["tokens_per_second_full"])
+        )
     # each (n, λ) head was trained once and shared by its d-trials
-    assert {r["head_source"] for r in rows} <= {"sweep", "sweep (shared)"} and sum(r["head_source"] == "sweep" for r in rows) == 2
+    assert {r["head_source"] for r in rows} <= {"sweep", "sweep (shared)"} and sum(
+        r["head_source"] == "sweep" for r in rows
+    ) == 2
     summary = json.loads((tiny_repo / "metrics/sweep.json").read_text())
     assert summary["all_lossless"] is True and summary["trials"] == 4 and summary["pareto"]
     assert (tiny_repo / "reports/figures/sweep_pareto.png").stat().st_size > 0
@@ -114,4 +147,6 @@ def test_sweep_stage_reports_speed_quality_and_losslessness(tiny_repo, monkeypat
     runs = _runs(tiny_repo)
     parent = runs[(runs["tags.dvc_stage"] == "sweep") & runs["tags.mlflow.parentRunId"].isna()]
     children = runs[runs["tags.mlflow.parentRunId"] == parent["run_id"].iloc[0]]
-    assert len(children) == 4 and children["metrics.speedup"].notna().all() and children["metrics.cider_ssd"].notna().all()
+    assert (
+        len(children) == 4 and children["metrics.speedup"].notna().all() and children["metrics.cider_ssd"].notna().all()
+    )

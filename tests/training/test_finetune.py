@@ -9,8 +9,17 @@ from pipeline.config import FinetuneConfig, ModelConfig, PromptConfig, TinyLlava
 from pipeline.models.loading import build_backbone
 from pipeline.training.finetune import fit_finetune
 
-TINY = TinyLlavaConfig(num_layers=2, hidden_size=32, intermediate_size=64, num_heads=2, num_kv_heads=2,
-                       vision_layers=1, vision_hidden_size=32, vision_intermediate_size=64, vision_heads=2)
+TINY = TinyLlavaConfig(
+    num_layers=2,
+    hidden_size=32,
+    intermediate_size=64,
+    num_heads=2,
+    num_kv_heads=2,
+    vision_layers=1,
+    vision_hidden_size=32,
+    vision_intermediate_size=64,
+    vision_heads=2,
+)
 
 
 @pytest.fixture
@@ -22,10 +31,25 @@ def _fit(setup, tmp: Path, steps: int, fingerprint: str, **overrides):
     splits, tokenizer = setup
     backbone = build_backbone(ModelConfig(tiny=TINY), tokenizer, seed=0)
     builder = backbone.prompt_builder(PromptConfig())
-    cfg = FinetuneConfig(max_steps=steps, batch_size=8, val_every_steps=2, val_batches=1,
-                         optimizer={"warmup_steps": 1, "lr": 3e-3}, task_weights={"caption": 1.0, "description": 0.0, "vqa": 0.0}, **overrides)
-    result = fit_finetune(backbone.model, builder, backbone.image_processor, splits, cfg, seed=0,
-                          checkpoint_dir=tmp / "ckpt", fingerprint=fingerprint)
+    cfg = FinetuneConfig(
+        max_steps=steps,
+        batch_size=8,
+        val_every_steps=2,
+        val_batches=1,
+        optimizer={"warmup_steps": 1, "lr": 3e-3},
+        task_weights={"caption": 1.0, "description": 0.0, "vqa": 0.0},
+        **overrides,
+    )
+    result = fit_finetune(
+        backbone.model,
+        builder,
+        backbone.image_processor,
+        splits,
+        cfg,
+        seed=0,
+        checkpoint_dir=tmp / "ckpt",
+        fingerprint=fingerprint,
+    )
     return result, backbone
 
 

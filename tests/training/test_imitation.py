@@ -37,8 +37,14 @@ def _setup(tiny_data, steps: int, **overrides):
     splits, tokenizer = tiny_data
     backbone = build_backbone(ModelConfig(tiny=TINY), tokenizer, seed=0)
     builder = backbone.prompt_builder(PromptConfig())
-    settings = dict(max_steps=steps, batch_size=8, val_every_steps=steps, val_batches=1,
-                    val_decode_prompts=2, optimizer={"warmup_steps": 1, "lr": 1e-3})
+    settings = dict(
+        max_steps=steps,
+        batch_size=8,
+        val_every_steps=steps,
+        val_batches=1,
+        val_decode_prompts=2,
+        optimizer={"warmup_steps": 1, "lr": 1e-3},
+    )
     cfg = ImitationConfig(**{**settings, **overrides})
     torch.manual_seed(0)
     head = ImitationNetwork(TINY.hidden_size)
@@ -51,15 +57,26 @@ def _greedy(backbone, splits, builder):
 
     pixels = PixelStore([splits["test"].images[0].image_path], backbone.image_processor)
     ids = torch.tensor([builder.prompt_ids("caption")])
-    return backbone.model.generate(input_ids=ids, pixel_values=pixels[0].unsqueeze(0), max_new_tokens=8, do_sample=False)
+    return backbone.model.generate(
+        input_ids=ids, pixel_values=pixels[0].unsqueeze(0), max_new_tokens=8, do_sample=False
+    )
 
 
 def test_frozen_schedule_leaves_the_backbone_bit_identical_and_the_draft_learns(tiny_data):
     backbone, builder, cfg, head, fusion, splits = _setup(tiny_data, steps=30)
     before = {k: v.clone() for k, v in backbone.model.state_dict().items()}
     greedy_before = _greedy(backbone, splits, builder)
-    result = fit_imitation(backbone.model, head, fusion, builder, backbone.image_processor, splits, cfg,
-                           draft_layers=2, loss_weights={"ce": 0.0, "cs": 0.5, "kd": 1.0})
+    result = fit_imitation(
+        backbone.model,
+        head,
+        fusion,
+        builder,
+        backbone.image_processor,
+        splits,
+        cfg,
+        draft_layers=2,
+        loss_weights={"ce": 0.0, "cs": 0.5, "kd": 1.0},
+    )
     after = backbone.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before), "frozen backbone changed"
     assert torch.equal(_greedy(backbone, splits, builder), greedy_before)
@@ -84,8 +101,19 @@ def test_mixed_schedule_trains_the_backbone_then_freezes_it(tiny_data):
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             snapshots.append(module.model.model.language_model.layers[0].mlp.down_proj.weight.detach().clone())
 
-    result = fit_imitation(backbone.model, head, fusion, builder, backbone.image_processor, splits, cfg,
-                           draft_layers=2, loss_weights={"ce": 1.0, "cs": 0.0, "kd": 0.0}, mixed=True, callbacks=[Snapshot()])
+    result = fit_imitation(
+        backbone.model,
+        head,
+        fusion,
+        builder,
+        backbone.image_processor,
+        splits,
+        cfg,
+        draft_layers=2,
+        loss_weights={"ce": 1.0, "cs": 0.0, "kd": 0.0},
+        mixed=True,
+        callbacks=[Snapshot()],
+    )
     joint = int(result.metrics["joint_steps"])
     assert joint == 3  # 24 images / batch 8 = 3 steps per epoch
     after = backbone.model.state_dict()
@@ -100,8 +128,17 @@ def test_attention_head_trains_on_after_validation_decoding(tiny_data):
     # train(), so a cache left switched on broke the next training batch (batch 1 cache vs batch 8 inputs).
     backbone, builder, cfg, _, fusion, splits = _setup(tiny_data, steps=6, val_every_steps=2)
     head = ImitationNetwork(TINY.hidden_size, ImitationArchitecture(attention=True))
-    result = fit_imitation(backbone.model, head, fusion, builder, backbone.image_processor, splits, cfg,
-                           draft_layers=2, loss_weights={"ce": 1.0, "cs": 0.0, "kd": 1.0})
+    result = fit_imitation(
+        backbone.model,
+        head,
+        fusion,
+        builder,
+        backbone.image_processor,
+        splits,
+        cfg,
+        draft_layers=2,
+        loss_weights={"ce": 1.0, "cs": 0.0, "kd": 1.0},
+    )
     assert result.metrics["steps"] == 6
     assert len(result.curve) == 3 and all("acceptance_rate" in row for row in result.curve)
 
@@ -115,7 +152,16 @@ def test_trainable_fusion_fits_a_draft_deeper_than_the_fused_layers(tiny_data, k
     assert cfg.fusion_layers == 4 and fused_layer_count(cfg.fusion_layers, TINY.num_layers, 2) == 2
     fusion = build_fusion(kind, TINY.hidden_size, fused_layer_count(cfg.fusion_layers, TINY.num_layers, 2))
     before = [p.clone() for p in fusion.parameters()]
-    result = fit_imitation(backbone.model, head, fusion, builder, backbone.image_processor, splits, cfg,
-                           draft_layers=2, loss_weights={"ce": 1.0, "cs": 1.0, "kd": 1.0})
+    result = fit_imitation(
+        backbone.model,
+        head,
+        fusion,
+        builder,
+        backbone.image_processor,
+        splits,
+        cfg,
+        draft_layers=2,
+        loss_weights={"ce": 1.0, "cs": 1.0, "kd": 1.0},
+    )
     assert result.metrics["steps"] == 3 and 0 <= result.metrics["val_cs"] <= 2
     assert any(not torch.equal(a, b) for a, b in zip(before, fusion.parameters()))  # the fusion trains with the head

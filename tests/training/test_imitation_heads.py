@@ -13,8 +13,10 @@ from pipeline.training.imitation_heads import training_plan, worker_layout
 def test_training_plan_adds_one_full_loss_head_per_other_fusion():
     cfg = parse_params({"imitation": {"fusion": "average", "variants": ["ce", "ce+cs+kd"]}}).imitation
     assert training_plan(cfg) == [
-        ("ce", "ce", "average", False), ("ce+cs+kd", "ce+cs+kd", "average", False),
-        ("fusion-concat", "ce+cs+kd", "concat", False), ("fusion-attention", "ce+cs+kd", "attention", False),
+        ("ce", "ce", "average", False),
+        ("ce+cs+kd", "ce+cs+kd", "average", False),
+        ("fusion-concat", "ce+cs+kd", "concat", False),
+        ("fusion-attention", "ce+cs+kd", "attention", False),
         ("mixed", "ce+cs+kd", "average", True),
     ]
     # without a ce+cs+kd variant, the main fusion's table row needs its own head
@@ -24,15 +26,18 @@ def test_training_plan_adds_one_full_loss_head_per_other_fusion():
     assert [name for name, *_ in training_plan(cfg)] == ["ce", "ce+cs", "ce+cs+kd", "mixed"]
 
 
-@pytest.mark.parametrize(("setting", "heads", "accelerator", "cpus", "expected"), [
-    ("auto", 6, "cpu", 2, (1, 2)),    # a process per two cores: one on this 2-core machine
-    ("auto", 6, "cpu", 8, (4, 2)),
-    ("auto", 6, "cpu", 16, (6, 2)),   # never more processes than heads; the spare cores become threads
-    ("auto", 6, "cpu", 1, (1, 1)),
-    ("auto", 6, "gpu", 16, (1, 16)),  # one model copy per accelerator
-    (1, 6, "cpu", 2, (1, 2)),
-    (4, 3, "cpu", 8, (3, 2)),
-])
+@pytest.mark.parametrize(
+    ("setting", "heads", "accelerator", "cpus", "expected"),
+    [
+        ("auto", 6, "cpu", 2, (1, 2)),  # a process per two cores: one on this 2-core machine
+        ("auto", 6, "cpu", 8, (4, 2)),
+        ("auto", 6, "cpu", 16, (6, 2)),  # never more processes than heads; the spare cores become threads
+        ("auto", 6, "cpu", 1, (1, 1)),
+        ("auto", 6, "gpu", 16, (1, 16)),  # one model copy per accelerator
+        (1, 6, "cpu", 2, (1, 2)),
+        (4, 3, "cpu", 8, (3, 2)),
+    ],
+)
 def test_worker_layout(monkeypatch, setting, heads, accelerator, cpus, expected):
     monkeypatch.setattr(imitation_heads, "available_cpus", lambda: cpus)
     assert worker_layout(setting, heads, accelerator) == expected

@@ -20,7 +20,6 @@ from pipeline.training.layerskip import (
 )
 from tests.conftest import TINY
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -39,8 +38,14 @@ def _setup(tiny_data, steps: int, **overrides):
     splits, tokenizer = tiny_data
     backbone = build_backbone(ModelConfig(tiny=TINY), tokenizer, seed=0)
     builder = backbone.prompt_builder(PromptConfig())
-    settings = dict(max_steps=steps, batch_size=8, val_every_steps=steps, val_batches=1, val_decode_prompts=2,
-                    optimizer={"warmup_steps": 1, "lr": 3e-3})
+    settings = dict(
+        max_steps=steps,
+        batch_size=8,
+        val_every_steps=steps,
+        val_batches=1,
+        val_decode_prompts=2,
+        optimizer={"warmup_steps": 1, "lr": 3e-3},
+    )
     return backbone, builder, LayerSkipConfig(**{**settings, **overrides}), splits
 
 
@@ -69,7 +74,11 @@ def test_layer_dropout_is_on_in_training_and_off_in_eval(tiny_data):
     kept = [True, False, False, True]  # a dropped layer leaves the residual stream unchanged
     with torch.no_grad():
         states = exit_states(module.adapter, batch, kept)
-    assert torch.equal(states[1], states[0]) and torch.equal(states[2], states[0]) and not torch.equal(states[3], states[0])
+    assert (
+        torch.equal(states[1], states[0])
+        and torch.equal(states[2], states[0])
+        and not torch.equal(states[3], states[0])
+    )
 
 
 def _exit_ce(backbone, batch, layer):
@@ -80,7 +89,9 @@ def _exit_ce(backbone, batch, layer):
 
 def test_training_changes_the_backbone_and_lowers_the_early_exit_loss(tiny_data):
     steps = 15
-    trained, builder, cfg, splits = _setup(tiny_data, steps, optimizer={"warmup_steps": 1, "lr": 1e-2}, p_max=0.2, early_exit_scale=4.0)
+    trained, builder, cfg, splits = _setup(
+        tiny_data, steps, optimizer={"warmup_steps": 1, "lr": 1e-2}, p_max=0.2, early_exit_scale=4.0
+    )
     trained.model.eval()  # as `load_backbone` returns it
     batch = _val_batch(trained, builder, splits, cfg)
     before = {k: v.clone() for k, v in trained.model.state_dict().items()}
@@ -92,12 +103,21 @@ def test_training_changes_the_backbone_and_lowers_the_early_exit_loss(tiny_data)
     m = result.metrics
     assert m["steps"] == steps and m["seconds_per_step"] > 0
     assert m["layers_dropped"] > 0  # dropout really ran in training (a loaded model starts in eval mode)
-    for key in ("val_ce_final", "val_ce_exit", "val_agreement", "val_agreement_layer_1", "val_agreement_layer_3",
-                "val_acceptance_rate", "val_mean_accepted_length"):
+    for key in (
+        "val_ce_final",
+        "val_ce_exit",
+        "val_agreement",
+        "val_agreement_layer_1",
+        "val_agreement_layer_3",
+        "val_acceptance_rate",
+        "val_mean_accepted_length",
+    ):
         assert key in m, key
     assert m["val_agreement"] == m["val_agreement_layer_1"]
     # the same training without early-exit losses or dropout (plain continued fine-tuning) as the control
-    plain, builder, plain_cfg, splits = _setup(tiny_data, steps, optimizer={"warmup_steps": 1, "lr": 1e-2}, p_max=0.0, early_exit_scale=0.0)
+    plain, builder, plain_cfg, splits = _setup(
+        tiny_data, steps, optimizer={"warmup_steps": 1, "lr": 1e-2}, p_max=0.0, early_exit_scale=0.0
+    )
     fit_layerskip(plain.model, builder, plain.image_processor, splits, plain_cfg, draft_layers=1, seed=0)
     ce_trained, ce_plain = _exit_ce(trained, batch, 1), _exit_ce(plain, batch, 1)
     assert ce_trained < ce_before - 0.5  # measured: 4.40 → 3.60
