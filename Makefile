@@ -1,6 +1,7 @@
 # Two commands on a fresh machine (Python 3.11 + pip + Java):
 #   make repro   set up .venv and run the whole pipeline (`dvc repro` on params.yaml)
 #   make test    set up .venv and run the test suite (slow end-to-end tests included)
+# and for development: make lint (ruff + mypy, what CI runs first), make deps (dvc.yaml's code deps from the imports)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -9,7 +10,7 @@ export DVC_NO_ANALYTICS := 1
 # Stage commands in dvc.yaml call `python`: it must be the venv's, whatever the caller's shell has first
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test test-fast mlflow-ui clean
+.PHONY: setup repro test test-fast lint format deps mlflow-ui clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +30,18 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+deps: setup
+	$(BIN)/python -m tests.stages.import_closure --write
 
 mlflow-ui: setup
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --port 5000

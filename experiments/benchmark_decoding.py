@@ -23,20 +23,21 @@ from pathlib import Path
 import torch
 from rich.console import Console
 from rich.table import Table
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config import GrowingScheduleConfig, load_params
+from pipeline.config import GrowingScheduleConfig, Params, load_params
 from pipeline.data.pixels import PixelStore
 from pipeline.data.prepared import load_prepared
 from pipeline.decoding.baselines import default_skip_layers
 from pipeline.evaluation import methods
 from pipeline.evaluation.method_runner import DecodingResources, runnables
 from pipeline.evaluation.methods import MethodSpec
-from pipeline.evaluation.speed import expected_speedup, identical_share, time_methods
+from pipeline.evaluation.speed import MethodTiming, expected_speedup, identical_share, time_methods
 from pipeline.io import atomic_write_json
 from pipeline.models.imitation import as_draft_head, load_imitation
-from pipeline.models.loading import load_backbone
+from pipeline.models.loading import Backbone, load_backbone
 
 REFERENCE = methods.hf_generate(label="model.generate")
 
@@ -74,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def build_prompts(args: argparse.Namespace, backbone, params) -> list[dict]:
+def build_prompts(args: argparse.Namespace, backbone: Backbone, params: Params) -> list[dict]:
     data_dir = Path(args.data or params.data.out_dir)
     test = load_prepared(data_dir)["test"]
     builder = backbone.prompt_builder(params.data.prompts)
@@ -134,7 +135,7 @@ def method_specs(num_layers: int, args: argparse.Namespace, heads: dict[str, int
     return methods.dedupe(specs)
 
 
-def imitation_heads(args: argparse.Namespace, model) -> tuple[dict, dict[str, int]]:
+def imitation_heads(args: argparse.Namespace, model: nn.Module) -> tuple[dict[str, nn.Module], dict[str, int]]:
     """Trained imitation networks on the benchmarked backbone (the mixed schedule's has its own backbone): draft heads
     and their n."""
     if not args.imitation:
@@ -145,14 +146,17 @@ def imitation_heads(args: argparse.Namespace, model) -> tuple[dict, dict[str, in
         if not (folder / "config.json").exists():
             continue
         network, extra = load_imitation(folder)
-        # The mixed schedule's head drafts for its own backbone: only when asked for (with --model models/mixed_backbone)
+        # The mixed schedule's head drafts for its own backbone: only when asked for
+        # (with --model models/mixed_backbone)
         if folder.name in args.variants if args.variants is not None else not extra.get("mixed"):
             heads[folder.name] = as_draft_head(network.to(parameter.device, parameter.dtype).eval())
             depth[folder.name] = int(extra["draft_layers"])
     return heads, depth
 
 
-def summarise(timings, prompts, specs: list[MethodSpec], num_layers: int) -> list[dict]:
+def summarise(
+    timings: dict[str, MethodTiming], prompts: list[dict], specs: list[MethodSpec], num_layers: int
+) -> list[dict]:
     reference = timings[REFERENCE.key]
     tasks = sorted({p["task"] for p in prompts})
     by_task = {t: [i for i, p in enumerate(prompts) if p["task"] == t] for t in tasks}
@@ -181,7 +185,8 @@ def summarise(timings, prompts, specs: list[MethodSpec], num_layers: int) -> lis
                 }
             )
             row["acceptance_by_position"] = [
-                a / d if d else 0.0 for a, d in zip(stats["accepted_by_position"], stats["drafted_by_position"])
+                a / d if d else 0.0
+                for a, d in zip(stats["accepted_by_position"], stats["drafted_by_position"], strict=True)
             ]
             if spec.kind == "ssd" and spec.head is None and isinstance(spec.draft_len, int):
                 # Draft cost per token ≈ n / L of a full forward pass (the head-less draft)

@@ -2,7 +2,7 @@
 tokens the draft wrote (and the full model accepted) — what a user tries first after `make repro`.
 
     python -m pipeline caption data/prepared/images/test/000000.png
-    python -m pipeline caption photo.jpg --method full           # ssd (default) | full | draft | layerskip | draft-verify
+    python -m pipeline caption photo.jpg --method full  # ssd (default) | full | draft | layerskip | draft-verify
     python -m pipeline caption photo.jpg --task vqa --question "how many shapes are there ?"
 
 By default the full model decodes the same prompt too, so the speed-up and the identity check
@@ -169,13 +169,15 @@ def caption(argv: list[str]) -> int:
             out, seconds = _timed(lambda: decoder.generate(input_ids, budget, eos, pixel_values=pixels))
             sequences, stats = out.sequences, out.stats
         new = sequences[0, input_ids.shape[1] :].tolist()
-        console.print(Text(tokenizer.decode(new, skip_special_tokens=True).strip(), style="bold"))
+        text = tokenizer.decode(new, skip_special_tokens=True)
+        assert isinstance(text, str)  # one sequence of ids decodes to one string
+        console.print(Text(text.strip(), style="bold"))
         console.print(
             f"{what}\n{len(new)} tokens in {seconds * 1e3:.1f} ms (median of 3): {len(new) / seconds:.1f} tokens/s"
         )
         if stats is not None and stats.verify_calls:
             line = Text("tokens: ")
-            for token, source in zip(tokenizer.convert_ids_to_tokens(new), stats.token_sources()):
+            for token, source in zip(tokenizer.convert_ids_to_tokens(new), stats.token_sources(), strict=False):
                 line.append(
                     ("^" if source == "draft" else "") + token + " ", style="green" if source == "draft" else ""
                 )
@@ -195,7 +197,8 @@ def caption(argv: list[str]) -> int:
             same = "identical to" if full_new == new else "different from"
             console.print(
                 f"full model: {len(full_new) / full_seconds:.1f} tokens/s; speed-up "
-                f"{(full_seconds / max(1, len(full_new))) / (seconds / max(1, len(new))):.2f}×; output {same} the full model's"
+                f"{(full_seconds / max(1, len(full_new))) / (seconds / max(1, len(new))):.2f}×; "
+                f"output {same} the full model's"
             )
     return 0
 

@@ -100,7 +100,8 @@ class TinyLlavaConfig(StrictModel):
             problems.append(f"num_heads ({self.num_heads}) must be divisible by num_kv_heads ({self.num_kv_heads})")
         if self.vision_hidden_size % self.vision_heads:
             problems.append(
-                f"vision_hidden_size ({self.vision_hidden_size}) must be divisible by vision_heads ({self.vision_heads})"
+                f"vision_hidden_size ({self.vision_hidden_size}) must be divisible by "
+                f"vision_heads ({self.vision_heads})"
             )
         if problems:
             raise ValueError("; ".join(problems))
@@ -229,7 +230,8 @@ class ImitationConfig(TrainingConfig):
     architecture: ImitationArchitecture = ImitationArchitecture()
     fusion: Literal["average", "concat", "attention"] = "average"
     fusion_layers: int = Field(4, ge=1)
-    # The fusion table (paper Table 5): a ce+cs+kd head per strategy listed; `fusion` itself reuses the ce+cs+kd variant's head
+    # The fusion table (paper Table 5): a ce+cs+kd head per strategy listed; `fusion` itself reuses the ce+cs+kd
+    # variant's head
     fusion_comparison: list[Literal["average", "concat", "attention"]] = ["average", "concat", "attention"]
     variants: list[Literal["ce", "ce+cs", "ce+cs+kd"]] = ["ce", "ce+cs", "ce+cs+kd"]
     weights: LossWeights = LossWeights()  # λ of each term where its variant uses it
@@ -253,7 +255,8 @@ class ImitationConfig(TrainingConfig):
 
     def fusion_table_heads(self) -> dict[str, str]:
         """Fusion → the ce+cs+kd head of the fusion table trained with it (a folder of models/imitation and a key of
-        metrics/imitation.json): the ce+cs+kd variant for `fusion` itself when that variant is trained, else fusion-<kind>."""
+        metrics/imitation.json): the ce+cs+kd variant for `fusion` itself when that variant is trained, else
+        fusion-<kind>."""
         return {
             kind: "ce+cs+kd" if kind == self.fusion and "ce+cs+kd" in self.variants else f"fusion-{kind}"
             for kind in self.fusion_comparison
@@ -271,7 +274,8 @@ class ImitationConfig(TrainingConfig):
         # the fusion only shapes the cosine target: with λ_cs = 0 every row of the table would be the same head
         if self.fusion_comparison and self.weights.cs == 0:
             raise ValueError(
-                "fusion_comparison compares cosine targets, but weights.cs is 0; set weights.cs > 0 or fusion_comparison: []"
+                "fusion_comparison compares cosine targets, but weights.cs is 0; "
+                "set weights.cs > 0 or fusion_comparison: []"
             )
         return self
 
@@ -281,7 +285,8 @@ class ImitationConfig(TrainingConfig):
             raise ValueError("parallel_heads must be auto or ≥ 1")
         if self.parallel_heads not in ("auto", 1) and self.trainer.devices != 1:
             raise ValueError(
-                "parallel_heads > 1 trains heads in separate processes; with several devices (DDP) use parallel_heads: 1"
+                "parallel_heads > 1 trains heads in separate processes; "
+                "with several devices (DDP) use parallel_heads: 1"
             )
         return self
 
@@ -307,7 +312,8 @@ class LayerSkipConfig(TrainingConfig):
 
 
 class DraftVerifyConfig(StrictModel):
-    """Draft & Verify (Zhang et al. 2023): greedy forward search of the skipped layers (pipeline/search/skip_layers.py)."""
+    """Draft & Verify (Zhang et al. 2023): greedy forward search of the skipped layers
+    (pipeline/search/skip_layers.py)."""
 
     prompts: int = Field(8, ge=1)  # validation prompts (half captions, half descriptions) decoded per evaluation
     acceptance_floor: float = Field(0.6, ge=0, le=1)  # a skip set whose measured acceptance is lower is not chosen

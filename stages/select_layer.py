@@ -30,7 +30,7 @@ def main(params: Params) -> None:
     cost = layer_cost(cfg, num_layers)
     with tracking.stage_run("select_layer", params.tracking.experiment, params.model_dump(include={"layer_choice"})):
         choice = choose_draft_layers(cfg, backbone, load_prepared(params.data.out_dir)["val"], params.data.prompts)
-        for layer, conf, reward in zip(choice.layers, choice.confidence, choice.reward):
+        for layer, conf, reward in zip(choice.layers, choice.confidence, choice.reward, strict=True):
             tracking.log_metrics({"layer_confidence": conf, "layer_reward": reward}, step=layer)
         tracking.log_metrics({"chosen_n": choice.chosen})
         atomic_write_json(METRICS, {**choice.to_dict(), "num_layers": num_layers, "mu": cfg.mu, "layer_cost": cost})
@@ -44,7 +44,10 @@ def main(params: Params) -> None:
             mark_x=choice.chosen,
         )
         tracking.log_artifact(FIGURE)
-    print(f"chosen n = {choice.chosen}: " + ", ".join(f"{i}:{r:.3f}" for i, r in zip(choice.layers, choice.reward)))
+    print(
+        f"chosen n = {choice.chosen}: "
+        + ", ".join(f"{i}:{r:.3f}" for i, r in zip(choice.layers, choice.reward, strict=True))
+    )
 
 
 if __name__ == "__main__":

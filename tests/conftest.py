@@ -83,17 +83,21 @@ def make_causal_lm(arch: str = "llama", *, num_layers: int = 4, dtype: torch.dty
         Qwen2ForCausalLM,
     )
 
-    common: dict[str, Any] = dict(
-        vocab_size=VOCAB, pad_token_id=0, bos_token_id=1, eos_token_id=EOS, tie_word_embeddings=False
-    )
-    rope = dict(
-        hidden_size=TINY.hidden_size,
-        intermediate_size=TINY.intermediate_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=TINY.num_heads,
-        num_key_value_heads=TINY.num_kv_heads,
-        max_position_embeddings=256,
-    )
+    common: dict[str, Any] = {
+        "vocab_size": VOCAB,
+        "pad_token_id": 0,
+        "bos_token_id": 1,
+        "eos_token_id": EOS,
+        "tie_word_embeddings": False,
+    }
+    rope = {
+        "hidden_size": TINY.hidden_size,
+        "intermediate_size": TINY.intermediate_size,
+        "num_hidden_layers": num_layers,
+        "num_attention_heads": TINY.num_heads,
+        "num_key_value_heads": TINY.num_kv_heads,
+        "max_position_embeddings": 256,
+    }
     if arch == "llama":
         model_class, config = LlamaForCausalLM, LlamaConfig(**rope, **common)
     elif arch == "mistral":

@@ -99,10 +99,10 @@ def test_baselines_section_is_validated():
 
 
 def test_fusion_table_settings_are_validated():
-    with pytest.raises(ConfigError, match="imitation.fusion_comparison") as info:
+    with pytest.raises(ConfigError, match=r"imitation\.fusion_comparison") as info:
         parse_params({"imitation": {"fusion_comparison": ["concat", "concat"]}})
     assert "at most once" in str(info.value)
-    with pytest.raises(ConfigError, match="weights.cs is 0"):
+    with pytest.raises(ConfigError, match=r"weights\.cs is 0"):
         parse_params({"imitation": {"weights": {"cs": 0.0}}})
     with pytest.raises(ConfigError, match="fusion_comparison"):
         parse_params({"imitation": {"fusion_comparison": ["max"]}})

@@ -21,7 +21,7 @@ def test_environment_overrides(monkeypatch):
 
 def test_unreachable_server_fails_fast_naming_it():
     started = time.perf_counter()
-    with pytest.raises(TrackingError, match="127.0.0.1:9") as info:
+    with pytest.raises(TrackingError, match=r"127\.0\.0\.1:9") as info:
         tracking.check_reachable("http://127.0.0.1:9", timeout_s=2)
     assert time.perf_counter() - started < 5
     assert "MLFLOW_TRACKING_URI" in str(info.value)

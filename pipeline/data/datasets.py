@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from pipeline.data.pixels import PixelStore
-from pipeline.data.prepared import Example
+from pipeline.data.prepared import Example, SplitData
 from pipeline.data.prompts import PromptBuilder
 
 IGNORE_INDEX = -100  # positions the cross-entropy skips: image tokens, the prompt, padding
@@ -41,7 +41,7 @@ def collate_for_training(items: list[dict], pad_id: int) -> dict[str, torch.Tens
     input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
     labels = torch.full((len(items), width), IGNORE_INDEX, dtype=torch.long)
     attention_mask = torch.zeros((len(items), width), dtype=torch.long)
-    for row, (item, sequence) in enumerate(zip(items, sequences)):
+    for row, (item, sequence) in enumerate(zip(items, sequences, strict=True)):
         input_ids[row, : len(sequence)] = torch.tensor(sequence)
         attention_mask[row, : len(sequence)] = 1
         labels[row, len(item["prompt"]) : len(sequence)] = torch.tensor(item["target"])
@@ -114,7 +114,7 @@ class TaskBatchSampler(Sampler[list[int]]):
 
 
 def balanced_batches(
-    split, builder: PromptBuilder, pixels: PixelStore, total: int, batch_size: int
+    split: SplitData, builder: PromptBuilder, pixels: PixelStore, total: int, batch_size: int
 ) -> list[dict[str, torch.Tensor]]:
     """A fixed, task-balanced set of about `total` examples of `split` (a `SplitData`), collated for scoring."""
     from pipeline.data.prompts import TASKS

@@ -7,7 +7,9 @@ processed per item so memory stays bounded.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -16,7 +18,7 @@ from pipeline.data.images import load_image
 PRELOAD_LIMIT_BYTES = 2 * 1024**3
 
 
-def _processed_shape(image_processor) -> tuple[int, int]:
+def _processed_shape(image_processor: Any) -> tuple[int, int]:
     crop = getattr(image_processor, "crop_size", None) or getattr(image_processor, "size", None) or {}
     if "height" in crop:
         return crop["height"], crop["width"]
@@ -25,7 +27,7 @@ def _processed_shape(image_processor) -> tuple[int, int]:
 
 
 class PixelStore:
-    def __init__(self, paths: list[Path], image_processor, preload_limit_bytes: int = PRELOAD_LIMIT_BYTES) -> None:
+    def __init__(self, paths: list[Path], image_processor: Any, preload_limit_bytes: int = PRELOAD_LIMIT_BYTES) -> None:
         self.paths = list(paths)
         self.image_processor = image_processor
         height, width = _processed_shape(image_processor)
@@ -33,7 +35,7 @@ class PixelStore:
         if len(self.paths) * 3 * height * width * 4 <= preload_limit_bytes:
             self._cache = self._process(range(len(self.paths)))
 
-    def _process(self, indices) -> torch.Tensor:
+    def _process(self, indices: Iterable[int]) -> torch.Tensor:
         chunks = []
         indices = list(indices)
         for start in range(0, len(indices), 512):

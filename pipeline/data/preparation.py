@@ -34,17 +34,20 @@ def write_dataset(params: Params, out: Path) -> dict[str, Any]:
             questions_per_image=s.questions_per_image,
             seed=params.seed,
         )
+        pairs = []
+        for q, a in find_vqa_files(out / "vqa"):
+            assert a is not None  # generate_synthetic_dataset writes the annotations of every split
+            pairs.append({"questions": str(q.relative_to(out)), "annotations": str(a.relative_to(out))})
         # Relative to the data directory, so the output is relocatable (DVC cache, other machines).
         return {
             "karpathy_json": "dataset_coco.json",
             "image_root": "images",
             "descriptions_json": "descriptions.json",
-            "vqa": [
-                {"questions": str(q.relative_to(out)), "annotations": str(a.relative_to(out))}
-                for q, a in find_vqa_files(out / "vqa")
-            ],
+            "vqa": pairs,
             "tokenizer_dir": "tokenizer",
         }
+    # DataConfig's validator requires both paths for source "files"
+    assert data.karpathy_json is not None and data.image_root is not None
     vqa = find_vqa_files(Path(data.vqa_dir)) if data.vqa_dir else []
     return {
         "karpathy_json": str(Path(data.karpathy_json).resolve()),
@@ -61,7 +64,7 @@ def tokenizer_corpus(train: SplitData, params: Params) -> list[str]:
     texts = [c for r in train.images for c in r.captions] + list(train.descriptions.values())
     texts += [f"{q.question} {q.answer}" for q in train.vqa if q.answer]
     prompts = params.data.prompts
-    return texts + [prompts.caption, prompts.description, prompts.vqa.replace("{question}", "")]
+    return [*texts, prompts.caption, prompts.description, prompts.vqa.replace("{question}", "")]
 
 
 def prepare_dataset(params: Params, out: Path) -> dict[str, int]:

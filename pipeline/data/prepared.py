@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import overload
 
 from pipeline.data.descriptions import load_descriptions
 from pipeline.data.karpathy import CaptionRecord, load_karpathy
@@ -48,6 +49,12 @@ class SplitData:
                 if q.image_id in index and q.answer is not None
             ]
         raise ValueError(f"unknown task {task!r}")
+
+
+@overload
+def _resolve(base: Path, value: str) -> Path: ...
+@overload
+def _resolve(base: Path, value: str | None) -> Path | None: ...
 
 
 def _resolve(base: Path, value: str | None) -> Path | None:

@@ -34,4 +34,4 @@ class PromptBuilder:
         return bos + [self.image_token_id] * self.num_image_tokens + self._encode(text)
 
     def target_ids(self, text: str) -> list[int]:
-        return self._encode(text) + [self.tokenizer.eos_token_id]
+        return [*self._encode(text), self.tokenizer.eos_token_id]

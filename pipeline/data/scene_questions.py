@@ -11,7 +11,7 @@ the four required kinds are all well represented across a data set.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +35,7 @@ class QA:
 KINDS: tuple[str, ...] = ("colour", "count", "position", "yes/no", "shape")
 
 
-def _unique(obj: SceneObject, objs: Sequence[SceneObject], key) -> bool:
+def _unique(obj: SceneObject, objs: Sequence[SceneObject], key: Callable[[SceneObject], object]) -> bool:
     return sum(key(o) == key(obj) for o in objs) == 1
 
 
@@ -89,7 +89,8 @@ def _yes_no_questions(scene: Scene) -> tuple[list[QA], list[QA]]:
     objs = scene.objects
     present = {(o.colour, o.shape) for o in objs}
     occupied = {o.position for o in objs}
-    yes, no = [], []
+    yes: list[QA] = []
+    no: list[QA] = []
     for colour in COLOURS:
         for shape in SHAPES:
             qa = QA(f"is there {with_article(colour)} {shape} ?", "", "yes/no", "is there", "yes/no")

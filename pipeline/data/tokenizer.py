@@ -77,5 +77,7 @@ def load_word_tokenizer(out_dir: Path) -> PreTrainedTokenizerFast:
             f"(`dvc repro prepare`) or train_word_tokenizer to create it"
         )
     tokenizer = AutoTokenizer.from_pretrained(str(out_dir))
+    if not isinstance(tokenizer, PreTrainedTokenizerFast):  # tokenizer.json loads as a fast tokenizer
+        raise DataFormatError(f"tokenizer in {out_dir} is not a fast tokenizer; rebuild it with train_word_tokenizer")
     _check_special_ids(tokenizer, out_dir)
     return tokenizer

@@ -1,7 +1,9 @@
 """Self-speculative decoding (SSD) and the baselines it is measured against.
 
 from pipeline.decoding import SelfSpeculativeDecoder
-out = SelfSpeculativeDecoder(model, draft_layers=n, head=None, draft_len=5).generate(input_ids, max_new_tokens=64, pixel_values=px)
+out = SelfSpeculativeDecoder(model, draft_layers=n, head=None, draft_len=5).generate(
+    input_ids, max_new_tokens=64, pixel_values=px
+)
 out.sequences, out.stats
 """
 

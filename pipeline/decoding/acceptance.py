@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 
-def greedy_accept(draft_tokens: torch.LongTensor, target_logits: torch.Tensor) -> tuple[torch.Tensor, torch.LongTensor]:
+def greedy_accept(draft_tokens: torch.Tensor, target_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy verification: accept the longest draft prefix that equals the verifier's argmax tokens.
 
     draft_tokens [k], target_logits [k+1, V]. Because accepted draft tokens equal the verifier's argmax,
@@ -26,11 +26,11 @@ def greedy_accept(draft_tokens: torch.LongTensor, target_logits: torch.Tensor) -
 
 
 def speculative_accept(
-    draft_tokens: torch.LongTensor,
+    draft_tokens: torch.Tensor,
     draft_probs: torch.Tensor,
     target_probs: torch.Tensor,
     generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.LongTensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Speculative sampling (Leviathan et al. 2023; Chen et al. 2023): the output is distributed as `target_probs`.
 
     draft_tokens [k] were sampled from draft_probs [k, V]; target_probs [k+1, V]. Draft token i is accepted
@@ -71,5 +71,6 @@ def residual_distribution(target_probs: torch.Tensor, draft_probs: torch.Tensor)
 def _check_shapes(draft_tokens: torch.Tensor, target: torch.Tensor) -> None:
     if draft_tokens.dim() != 1 or target.dim() != 2 or target.shape[0] != draft_tokens.shape[0] + 1:
         raise ValueError(
-            f"expected draft tokens [k] and verifier scores [k+1, V], got {tuple(draft_tokens.shape)} and {tuple(target.shape)}"
+            "expected draft tokens [k] and verifier scores [k+1, V], "
+            f"got {tuple(draft_tokens.shape)} and {tuple(target.shape)}"
         )

@@ -20,9 +20,10 @@ from pipeline.decoding.engine import Decoder, check_draft_layers, pick, prefill,
 from pipeline.decoding.inputs import GenerationRequest
 from pipeline.decoding.policies import ConfidenceStop, DraftPolicy, as_policy
 from pipeline.decoding.stats import DecodingStats, GenerationOutput
+from pipeline.models.adapter import BackboneAdapter
 
 
-def _token_by_token(adapter, request: GenerationRequest, drafter: Drafter | None) -> GenerationOutput:
+def _token_by_token(adapter: BackboneAdapter, request: GenerationRequest, drafter: Drafter | None) -> GenerationOutput:
     """Plain decoding: each token through the full stack (`drafter=None`) or through the draft only."""
     stats = DecodingStats()
     if request.max_new_tokens == 0:
@@ -86,6 +87,7 @@ class DraftOnlyDecoder(Decoder):
                 raise ValueError("a head goes with an early-exit draft (draft_layers), not with skip_layers")
             self.drafter: Drafter = SkipLayerDrafter(self.adapter, skip_layers)
         else:
+            assert draft_layers is not None  # exactly one of the two was given (checked above)
             self.drafter = EarlyExitDrafter(self.adapter, check_draft_layers(self.adapter, draft_layers), head)
 
     def _generate(self, request: GenerationRequest) -> GenerationOutput:

@@ -9,12 +9,13 @@ layer is cut to an absolute length.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import cast
 
-from torch import nn
-from transformers import Cache, DynamicCache
+from transformers import Cache, DynamicCache, PreTrainedModel
+from transformers.cache_utils import DynamicLayer
 
 
-def new_cache(model: nn.Module) -> DynamicCache:
+def new_cache(model: PreTrainedModel) -> DynamicCache:
     """A cache with one layer object per decoder layer (sliding-window layers where the config says so)."""
     cache = DynamicCache(config=model.config)
     # Sliding-window layers drop old states on update unless told to keep them until the next crop;
@@ -29,7 +30,8 @@ def crop_to(cache: Cache, length: int, layers: Iterable[int] | None = None) -> N
     for index in indices:
         if index >= len(cache.layers):
             continue
-        layer = cache.layers[index]
+        # The decoders' caches come from `new_cache`: attention layers only (full or sliding window)
+        layer = cast(DynamicLayer, cache.layers[index])
         extra = layer.get_seq_length() - length
         if extra > 0:
             layer.crop(-extra)

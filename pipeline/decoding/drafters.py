@@ -14,13 +14,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
+from typing import cast
 
 import torch
 from torch import nn
 from transformers import Cache
 
 from pipeline.decoding.cache import crop_to
-from pipeline.decoding.heads import is_stateful
+from pipeline.decoding.heads import StatefulHead, is_stateful
 from pipeline.models.adapter import BackboneAdapter
 
 
@@ -29,20 +30,21 @@ class Drafter(ABC):
         self.adapter = adapter
         self.shared_layers = shared_layers
 
-    def reset(self) -> None:
+    # The hooks without @abstractmethod are optional: no-ops unless a drafter keeps state (B027 is intended)
+    def reset(self) -> None:  # noqa: B027
         """Forget per-generation state."""
 
-    def observe_prompt(self, hidden: torch.Tensor) -> None:
+    def observe_prompt(self, hidden: torch.Tensor) -> None:  # noqa: B027
         """The prompt's layer-n states, once per generation (for drafters that keep state)."""
 
     @abstractmethod
-    def draft_hidden(self, hidden: torch.Tensor, cache: Cache, position_ids: torch.LongTensor) -> torch.Tensor:
+    def draft_hidden(self, hidden: torch.Tensor, cache: Cache, position_ids: torch.Tensor) -> torch.Tensor:
         """Layer-n states of new tokens → the states the final norm and LM head turn into draft logits."""
 
-    def before_verify(self, cache: Cache, length: int) -> None:
+    def before_verify(self, cache: Cache, length: int) -> None:  # noqa: B027
         """Drop any KV entries past layer n the draft wrote (the cache held `length` tokens before drafting)."""
 
-    def after_verify(self, kept: int, unseen: torch.Tensor | None) -> None:
+    def after_verify(self, kept: int, unseen: torch.Tensor | None) -> None:  # noqa: B027
         """Verification kept `kept` positions; `unseen` is the layer-n state of a kept position the draft never saw."""
 
 
@@ -56,20 +58,22 @@ class EarlyExitDrafter(Drafter):
 
     def reset(self) -> None:
         if self.stateful:
-            self.head.reset()
+            cast(StatefulHead, self.head).reset()  # `stateful`: the head passed the protocol check in __init__
 
     def observe_prompt(self, hidden: torch.Tensor) -> None:
         if self.stateful:
+            assert self.head is not None  # stateful implies a head
             self.head(hidden)
 
-    def draft_hidden(self, hidden: torch.Tensor, cache: Cache, position_ids: torch.LongTensor) -> torch.Tensor:
+    def draft_hidden(self, hidden: torch.Tensor, cache: Cache, position_ids: torch.Tensor) -> torch.Tensor:
         return hidden if self.head is None else self.head(hidden)
 
     def after_verify(self, kept: int, unseen: torch.Tensor | None) -> None:
         if not self.stateful:
             return
+        assert self.head is not None  # stateful implies a head
         if unseen is None:
-            self.head.crop(kept)
+            cast(StatefulHead, self.head).crop(kept)  # `stateful`: the head passed the protocol check in __init__
         else:
             self.head(unseen)
 
@@ -97,7 +101,7 @@ class SkipLayerDrafter(Drafter):
             else:
                 self.segments.append((index, index + 1))
 
-    def draft_hidden(self, hidden: torch.Tensor, cache: Cache, position_ids: torch.LongTensor) -> torch.Tensor:
+    def draft_hidden(self, hidden: torch.Tensor, cache: Cache, position_ids: torch.Tensor) -> torch.Tensor:
         for start, end in self.segments:
             hidden = self.adapter.run_layers(hidden, start, end, cache, position_ids=position_ids)
         return hidden

@@ -20,6 +20,7 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
+from transformers import Cache
 
 from pipeline.decoding.acceptance import greedy_accept, speculative_accept
 from pipeline.decoding.cache import crop_to, new_cache
@@ -35,12 +36,13 @@ def check_draft_layers(adapter: BackboneAdapter, draft_layers: int) -> int:
     total = adapter.num_layers
     if isinstance(draft_layers, bool) or not isinstance(draft_layers, int) or not 1 <= draft_layers < total:
         raise ValueError(
-            f"draft_layers must be an integer in 1..{total - 1} (the model has {total} decoder layers), got {draft_layers!r}"
+            f"draft_layers must be an integer in 1..{total - 1} (the model has {total} decoder layers), "
+            f"got {draft_layers!r}"
         )
     return draft_layers
 
 
-def pick(logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator | None) -> torch.LongTensor:
+def pick(logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
     """The next token from logits [1, V] → [1]: argmax, or a sample of the warped distribution."""
     if sampling.greedy:
         return logits.argmax(dim=-1)
@@ -48,7 +50,7 @@ def pick(logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Genera
 
 
 def prefill(
-    adapter: BackboneAdapter, request: GenerationRequest, cache, positions: torch.LongTensor, split: int
+    adapter: BackboneAdapter, request: GenerationRequest, cache: Cache, positions: torch.Tensor, split: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The prompt through the full model once; returns (layer-`split` states, last-position logits [1, V])."""
     length = request.prompt_length
@@ -114,8 +116,10 @@ def speculative_generate(
                 draft_probs.append(probs)
                 confidence = probs.amax()
             drafts.append(current)
-            if policy.needs_confidence and not policy.keep_drafting(i + 1, float(confidence)):
-                break
+            if policy.needs_confidence:
+                assert confidence is not None  # computed above whenever the policy needs it
+                if not policy.keep_drafting(i + 1, float(confidence)):
+                    break
         k = len(drafts)
 
         drafter.before_verify(cache, base)
@@ -126,12 +130,12 @@ def speculative_generate(
         verify_logits = adapter.logits(deep)[0]
         draft_tokens = torch.cat(drafts) if drafts else empty
         if sampling.greedy:
-            accepted, candidates = greedy_accept(draft_tokens, verify_logits)
+            num_accepted, candidates = greedy_accept(draft_tokens, verify_logits)
         else:
             target = sampling.probabilities(verify_logits)
             proposal = torch.cat(draft_probs) if draft_probs else target[:0]
-            accepted, candidates = speculative_accept(draft_tokens, proposal, target, generator)
-        accepted = int(accepted)  # the round's one synchronisation
+            num_accepted, candidates = speculative_accept(draft_tokens, proposal, target, generator)
+        accepted = int(num_accepted)  # the round's one synchronisation
 
         stats.record_round(k, accepted)
         policy.update(k, accepted)
@@ -160,7 +164,7 @@ class Decoder:
     @torch.inference_mode()
     def generate(
         self,
-        input_ids: torch.LongTensor,
+        input_ids: torch.Tensor,
         max_new_tokens: int = 64,
         eos_token_id: int | Iterable[int] | None = None,
         *,
@@ -170,7 +174,8 @@ class Decoder:
         generator: torch.Generator | None = None,
         **model_inputs: torch.Tensor,
     ) -> GenerationOutput:
-        """`eos_token_id=None` stops at the model's generation-config EOS, like `model.generate`; `[]` never stops early."""
+        """`eos_token_id=None` stops at the model's generation-config EOS, like `model.generate`;
+        `[]` never stops early."""
         sampling = SamplingConfig(temperature, top_k, top_p)
         request = prepare_request(
             self.model, input_ids, max_new_tokens, eos_token_id, sampling, generator, model_inputs

@@ -14,15 +14,18 @@ drafts with `n` layers.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any, cast
 
 import torch
 from torch import nn
+from transformers import PreTrainedConfig, PreTrainedModel
 
 
-def _language_model_config(model: nn.Module):
-    base = getattr(model, model.base_model_prefix, model)
+def _language_model_config(model: nn.Module) -> tuple[PreTrainedModel, PreTrainedConfig | None]:
+    hf_model = cast(PreTrainedModel, model)  # this module only ever runs Hugging Face models
+    base = getattr(hf_model, hf_model.base_model_prefix, hf_model)
     language_model = getattr(base, "language_model", None)
     return base, (language_model.config if language_model is not None else None)
 
@@ -55,13 +58,20 @@ def _text_depth_follows_composite_config(model: nn.Module) -> Iterator[None]:
 
 
 def _generate(
-    model: nn.Module, input_ids: torch.LongTensor, max_new_tokens: int, eos_token_id, **kwargs
-) -> torch.LongTensor:
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    eos_token_id: int | Iterable[int] | None,
+    **kwargs: Any,
+) -> torch.Tensor:
     attention_mask = kwargs.pop("attention_mask", None)
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    pad = model.generation_config.pad_token_id
-    out = model.generate(
+    hf_model = cast(PreTrainedModel, model)  # `generate` below needs a Hugging Face model anyway
+    pad = hf_model.generation_config.pad_token_id
+    # PreTrainedModel does not declare `generate`; GenerationMixin does, with a `self` type no model class matches
+    generate = cast(Callable[..., Any], hf_model.generate)
+    out = generate(
         input_ids=input_ids,
         attention_mask=attention_mask,
         max_new_tokens=max_new_tokens,
@@ -75,8 +85,12 @@ def _generate(
 
 @torch.inference_mode()
 def hf_greedy(
-    model: nn.Module, input_ids: torch.LongTensor, max_new_tokens: int, eos_token_id=None, **model_inputs
-) -> torch.LongTensor:
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    eos_token_id: int | Iterable[int] | None = None,
+    **model_inputs: Any,
+) -> torch.Tensor:
     """`model.generate(..., do_sample=False).sequences`."""
     return _generate(model, input_ids, max_new_tokens, eos_token_id, **model_inputs)
 
@@ -84,14 +98,14 @@ def hf_greedy(
 @torch.inference_mode()
 def hf_early_exit(
     model: nn.Module,
-    input_ids: torch.LongTensor,
+    input_ids: torch.Tensor,
     max_new_tokens: int,
-    eos_token_id=None,
+    eos_token_id: int | Iterable[int] | None = None,
     *,
     draft_layers: int,
     draft_len: int,
-    **model_inputs,
-) -> torch.LongTensor:
+    **model_inputs: Any,
+) -> torch.Tensor:
     """`model.generate(assistant_early_exit=draft_layers)` with a constant `draft_len` tokens per round."""
     with _text_depth_follows_composite_config(model):
         return _generate(

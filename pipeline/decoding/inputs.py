@@ -19,8 +19,8 @@ from pipeline.decoding.sampling import SamplingConfig
 
 @dataclass
 class GenerationRequest:
-    input_ids: torch.LongTensor  # [1, P]: the prompt without left padding, on the model's device
-    padding: torch.LongTensor  # [1, p]: the removed left padding (p may be 0)
+    input_ids: torch.Tensor  # [1, P]: the prompt without left padding, on the model's device
+    padding: torch.Tensor  # [1, p]: the removed left padding (p may be 0)
     model_inputs: dict[str, torch.Tensor]  # what the adapter's `prefix` takes (pixel_values, ...)
     max_new_tokens: int
     eos_token_ids: frozenset[int]
@@ -32,7 +32,7 @@ class GenerationRequest:
     def prompt_length(self) -> int:
         return self.input_ids.shape[1]
 
-    def sequences(self, new_tokens: list[torch.Tensor]) -> torch.LongTensor:
+    def sequences(self, new_tokens: list[torch.Tensor]) -> torch.Tensor:
         """padding + prompt + new tokens, as one [1, T] tensor (`model.generate(...).sequences`)."""
         parts = [self.padding.view(-1), self.input_ids.view(-1), *(t.view(-1) for t in new_tokens)]
         return torch.cat(parts).unsqueeze(0)
@@ -58,7 +58,7 @@ def resolve_eos(model: nn.Module, eos_token_id: int | Iterable[int] | None) -> f
 
 def prepare_request(
     model: nn.Module,
-    input_ids: torch.LongTensor,
+    input_ids: torch.Tensor,
     max_new_tokens: int,
     eos_token_id: int | Iterable[int] | None,
     sampling: SamplingConfig,
@@ -70,7 +70,8 @@ def prepare_request(
         raise ValueError(f"input_ids must be a [batch, length] tensor, got {shape}")
     if input_ids.shape[0] != 1:
         raise ValueError(
-            f"batch size must be 1 (speculative decoding commits a different number of tokens per row), got {input_ids.shape[0]}"
+            "batch size must be 1 (speculative decoding commits a different number of tokens per row), "
+            f"got {input_ids.shape[0]}"
         )
     if input_ids.shape[1] == 0:
         raise ValueError("input_ids is empty: give at least one prompt token")

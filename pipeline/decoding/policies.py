@@ -20,7 +20,8 @@ from abc import ABC, abstractmethod
 class DraftPolicy(ABC):
     needs_confidence: bool = False
 
-    def reset(self) -> None:
+    # `reset` and `update` are optional hooks: no-ops for policies without state (B027 is intended)
+    def reset(self) -> None:  # noqa: B027
         """Forget per-generation state (called at the start of every `generate`)."""
 
     @abstractmethod
@@ -31,7 +32,7 @@ class DraftPolicy(ABC):
         """Whether to draft past the `position`-th token of this round (1-based), given its top-1 probability."""
         return True
 
-    def update(self, drafted: int, accepted: int) -> None:
+    def update(self, drafted: int, accepted: int) -> None:  # noqa: B027
         """The round drafted `drafted` tokens, of which verification accepted the first `accepted`."""
 
 

@@ -51,7 +51,7 @@ def warp_logits(logits: torch.Tensor, temperature: float, top_k: int | None, top
     return scores
 
 
-def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.LongTensor:
+def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """One token per row of `probs` [..., V] → [...]."""
     flat = probs.reshape(-1, probs.shape[-1])
     return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])

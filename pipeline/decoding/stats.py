@@ -66,10 +66,10 @@ class DecodingStats:
         depth = max(len(self.drafted_by_position), len(other.drafted_by_position))
         pad = lambda xs: xs + [0] * (depth - len(xs))  # noqa: E731
         merged.drafted_by_position = [
-            a + b for a, b in zip(pad(self.drafted_by_position), pad(other.drafted_by_position))
+            a + b for a, b in zip(pad(self.drafted_by_position), pad(other.drafted_by_position), strict=True)
         ]
         merged.accepted_by_position = [
-            a + b for a, b in zip(pad(self.accepted_by_position), pad(other.accepted_by_position))
+            a + b for a, b in zip(pad(self.accepted_by_position), pad(other.accepted_by_position), strict=True)
         ]
         merged.rounds = self.rounds + other.rounds
         return merged
@@ -101,5 +101,5 @@ class DecodingStats:
 class GenerationOutput:
     """`sequences`: [1, prompt + new] in the layout of `model.generate(...).sequences`."""
 
-    sequences: torch.LongTensor
+    sequences: torch.Tensor
     stats: DecodingStats

@@ -14,6 +14,7 @@ import io
 import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from pipeline.errors import PipelineError
 
@@ -40,6 +41,9 @@ CORENLP_HINT = (
 METEOR_EMPTY_PLACEHOLDER = "emptycandidateplaceholder"
 
 CaptionScores = dict[str, float | str]
+# A caption's id (an int or str, hashable and sortable). Mapping is invariant in its key type, so `object` would
+# accept only dicts declared with object keys.
+CaptionKey = Any
 
 
 def require_java(what: str) -> None:
@@ -47,7 +51,7 @@ def require_java(what: str) -> None:
         raise PipelineError(f"{what} needs Java, which is not on PATH: {JAVA_HINT}")
 
 
-def ptb_tokenize(texts: Mapping[object, Sequence[str]]) -> dict[object, list[str]]:
+def ptb_tokenize(texts: Mapping[CaptionKey, Sequence[str]]) -> dict[CaptionKey, list[str]]:
     """Stanford PTB tokenisation, as in the COCO caption evaluation (runs a JVM)."""
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
@@ -57,7 +61,7 @@ def ptb_tokenize(texts: Mapping[object, Sequence[str]]) -> dict[object, list[str
 
 
 @contextlib.contextmanager
-def meteor_session() -> Iterator[Callable[[Mapping[object, list[str]], Mapping[object, list[str]]], float]]:
+def meteor_session() -> Iterator[Callable[[Mapping[CaptionKey, list[str]], Mapping[CaptionKey, list[str]]], float]]:
     """One METEOR JVM (-Xmx2G, ~10 s to start) for many corpus scores: yields `score(refs, cands)` taking
     PTB-tokenized texts (one candidate per key), and always shuts the JVM down again: pycocoevalcap only
     does that in `Meteor.__del__`, which a lingering reference (a traceback, a test fixture) can postpone."""
@@ -66,7 +70,7 @@ def meteor_session() -> Iterator[Callable[[Mapping[object, list[str]], Mapping[o
     require_java("METEOR")
     scorer = Meteor()
 
-    def score(refs: Mapping[object, list[str]], cands: Mapping[object, list[str]]) -> float:
+    def score(refs: Mapping[CaptionKey, list[str]], cands: Mapping[CaptionKey, list[str]]) -> float:
         safe = {
             key: [text if text.strip() else METEOR_EMPTY_PLACEHOLDER for text in texts] for key, texts in cands.items()
         }
@@ -86,7 +90,7 @@ def meteor_session() -> Iterator[Callable[[Mapping[object, list[str]], Mapping[o
         scorer.lock.release()
 
 
-def meteor_score(refs: Mapping[object, list[str]], cands: Mapping[object, list[str]]) -> float:
+def meteor_score(refs: Mapping[CaptionKey, list[str]], cands: Mapping[CaptionKey, list[str]]) -> float:
     """Corpus METEOR 1.5 of PTB-tokenized candidates (one per key) against their references (its own JVM)."""
     with meteor_session() as score:
         return score(refs, cands)
@@ -104,7 +108,7 @@ def spice_availability(spice_dir: Path | None = None) -> tuple[bool, str]:
     return (not reasons, "; ".join(reasons))
 
 
-def _spice_score(refs: Mapping[object, list[str]], cands: Mapping[object, list[str]]) -> float:
+def _spice_score(refs: Mapping[CaptionKey, list[str]], cands: Mapping[CaptionKey, list[str]]) -> float:
     from pycocoevalcap.spice.spice import Spice
 
     # Spice.__init__ only calls get_stanford_models(), which downloads the CoreNLP zip when the jar is
@@ -114,8 +118,8 @@ def _spice_score(refs: Mapping[object, list[str]], cands: Mapping[object, list[s
 
 
 def caption_scores(
-    references: Mapping[object, Sequence[str]],
-    candidates: Mapping[object, str],
+    references: Mapping[CaptionKey, Sequence[str]],
+    candidates: Mapping[CaptionKey, str],
     *,
     meteor: bool | Callable = False,
     spice: bool = False,

@@ -87,7 +87,8 @@ def evaluate_methods(
                     "mean_accepted_length": stats.mean_accepted_length,
                     "verify_calls": float(stats.verify_calls),
                     "acceptance_by_position": [
-                        a / d if d else 0.0 for a, d in zip(stats.accepted_by_position, stats.drafted_by_position)
+                        a / d if d else 0.0
+                        for a, d in zip(stats.accepted_by_position, stats.drafted_by_position, strict=True)
                     ],
                 }
             )

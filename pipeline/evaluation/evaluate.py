@@ -89,7 +89,8 @@ def run_evaluation(params: Params, inputs: EvaluationInputs) -> Evaluation:
     plan = methods.evaluation_plan(params, depth, found)
     resources = DecodingResources(models, heads, backbone.tokenizer.eos_token_id, params.decoding.growing)
     print(
-        f"evaluate: {len(plan.methods)} methods × {len(prompts)} test prompts × {cfg.repeats} repeat(s), n = {plan.draft_layers}"
+        f"evaluate: {len(plan.methods)} methods × {len(prompts)} test prompts × {cfg.repeats} repeat(s), "
+        f"n = {plan.draft_layers}"
     )
     with torch.no_grad(), meteor_session() if cfg.meteor else contextlib.nullcontext() as meteor:
         results = evaluate_methods(

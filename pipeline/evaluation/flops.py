@@ -8,10 +8,15 @@ analytically: 4 · hidden · context per layer and token (scores QKᵀ and the w
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+if TYPE_CHECKING:
+    from pipeline.models.adapter import BackboneAdapter
 
 
 def counted_flops(fn: Callable[[], object]) -> int:
@@ -21,7 +26,9 @@ def counted_flops(fn: Callable[[], object]) -> int:
 
 
 @torch.no_grad()
-def per_token_flops(adapter, draft_layers: int, head: nn.Module | None = None, context: int = 64) -> dict[str, float]:
+def per_token_flops(
+    adapter: BackboneAdapter, draft_layers: int, head: nn.Module | None = None, context: int = 64
+) -> dict[str, float]:
     """FLOPs to produce one token at a context of `context` tokens: per decoder layer, the imitation head,
     the final norm + LM head, the draft (n layers + head + LM head) and the full model (L layers + LM head)."""
     parameter = next(adapter.model.parameters())
@@ -29,7 +36,7 @@ def per_token_flops(adapter, draft_layers: int, head: nn.Module | None = None, c
     position = torch.zeros(1, 1, dtype=torch.long, device=parameter.device)
     attention = 4 * adapter.hidden_size * context
     layers = [
-        counted_flops(lambda i=i: adapter.run_layers(hidden, i, i + 1, position_ids=position)) + attention
+        counted_flops(partial(adapter.run_layers, hidden, i, i + 1, position_ids=position)) + attention
         for i in range(adapter.num_layers)
     ]
     head_flops = counted_flops(lambda: head(hidden)) if head is not None else 0

@@ -48,7 +48,8 @@ def greedy_generate(
         if blank is not None:
             batch["pixel_values"] = blank.expand_as(batch["pixel_values"]).clone()
         batch = {k: v.to(device) for k, v in batch.items()}
-        out = model.generate(
+        # nn.Module.__getattr__ types every attribute as Tensor | Module; `model` is a Hugging Face model
+        out = model.generate(  # type: ignore[operator]
             **batch,
             max_new_tokens=max_new_tokens,
             do_sample=False,
@@ -77,7 +78,9 @@ def caption_cider(
     texts = greedy_generate(
         backbone.model, builder, pixels, examples, batch_size=batch_size, max_new_tokens=max_new_tokens
     )
-    return caption_scores({i: list(r.captions) for i, r in enumerate(records)}, dict(enumerate(texts)))["cider"]
+    cider = caption_scores({i: list(r.captions) for i, r in enumerate(records)}, dict(enumerate(texts)))["cider"]
+    assert isinstance(cider, float)  # only the "spice_unavailable" entry holds a str
+    return cider
 
 
 def sees_check(
@@ -113,6 +116,7 @@ def sees_check(
     scores.update({f"test_blank_{k}": v for k, v in caption_scores(references, dict(enumerate(blank))).items()})
     for i in range(min(show, len(records))):
         print(
-            f"  test image {records[i].image_path.name}: {seen[i]!r} (blank: {blank[i]!r}) ref: {records[i].captions[0]!r}"
+            f"  test image {records[i].image_path.name}: {seen[i]!r} (blank: {blank[i]!r}) "
+            f"ref: {records[i].captions[0]!r}"
         )
     return scores

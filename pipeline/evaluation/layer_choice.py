@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -17,6 +19,7 @@ from pipeline.config import LayerChoiceConfig, PromptConfig
 from pipeline.data.datasets import IGNORE_INDEX, balanced_batches
 from pipeline.data.pixels import PixelStore
 from pipeline.data.prepared import SplitData
+from pipeline.models.adapter import BackboneAdapter
 from pipeline.models.loading import Backbone
 
 
@@ -34,12 +37,12 @@ class LayerChoice:
         """One row per candidate layer: the reward curve (6 decimals)."""
         return [
             {"layer": i, "confidence": f"{c:.6f}", "reward": f"{r:.6f}"}
-            for i, c, r in zip(self.layers, self.confidence, self.reward)
+            for i, c, r in zip(self.layers, self.confidence, self.reward, strict=True)
         ]
 
 
 @torch.no_grad()
-def early_exit_confidence(adapter, batches: Iterable[dict], max_layer: int) -> list[float]:
+def early_exit_confidence(adapter: BackboneAdapter, batches: Iterable[dict], max_layer: int) -> list[float]:
     """Mean top-1 probability of the early exit after layers 1..max_layer, over target tokens."""
     sums = torch.zeros(max_layer, dtype=torch.float64)
     count = 0
@@ -61,7 +64,7 @@ def early_exit_confidence(adapter, batches: Iterable[dict], max_layer: int) -> l
 def choose_layer(confidence: list[float], mu: float, layer_cost: float) -> LayerChoice:
     """`confidence[k]` belongs to layer k + 1; reward = confidence − μ·i·c; ties go to the shallower layer."""
     layers = list(range(1, len(confidence) + 1))
-    reward = [conf - mu * i * layer_cost for i, conf in zip(layers, confidence)]
+    reward = [conf - mu * i * layer_cost for i, conf in zip(layers, confidence, strict=True)]
     best = max(range(len(reward)), key=lambda k: (reward[k], -k))
     return LayerChoice(layers, list(confidence), reward, layers[best])
 
@@ -83,18 +86,21 @@ def layer_cost(cfg: LayerChoiceConfig, num_layers: int) -> float:
     return cfg.layer_cost if cfg.layer_cost is not None else 1.0 / num_layers
 
 
-def resolve_draft_layers(chosen: int | str, num_layers: int, layer_choice_file, knob: str) -> int:
+def resolve_draft_layers(
+    chosen: int | Literal["auto"], num_layers: int, layer_choice_file: str | Path, knob: str
+) -> int:
     """`chosen` from params (an int, or "auto": the select_layer stage's `chosen_n`), checked against the model."""
     import json
-    from pathlib import Path
 
     from pipeline.errors import ConfigError
 
     path = Path(layer_choice_file)
-    if chosen == "auto":
+    if isinstance(chosen, str):  # "auto", the only string the type admits
         if not path.exists():
             raise ConfigError(f"{knob} is auto but {path} is missing: run `dvc repro select_layer`")
-        chosen = json.loads(path.read_text())["chosen_n"]
-    if not 1 <= chosen < num_layers:
-        raise ConfigError(f"{knob} must be in 1..{num_layers - 1}, got {chosen}")
-    return chosen
+        n: int = json.loads(path.read_text())["chosen_n"]
+    else:
+        n = chosen
+    if not 1 <= n < num_layers:
+        raise ConfigError(f"{knob} must be in 1..{num_layers - 1}, got {n}")
+    return n

@@ -34,7 +34,7 @@ class DecodingResources:
     models: Mapping[str, nn.Module]  # backbone name (finetuned, layerskip, mixed) → model
     heads: Mapping[str, nn.Module] = field(default_factory=dict)  # imitation network name → draft head (as_draft_head)
     eos_token_id: int | None = None
-    growing: GrowingScheduleConfig = GrowingScheduleConfig()  # what draft_len "growing" means
+    growing: GrowingScheduleConfig = field(default_factory=GrowingScheduleConfig)  # what draft_len "growing" means
 
     def model(self, spec: MethodSpec) -> nn.Module:
         if spec.backbone not in self.models:
@@ -83,9 +83,11 @@ def runnable(spec: MethodSpec, resources: DecodingResources) -> Method:
     eos = resources.eos_token_id
     if spec.kind in ("hf_generate", "hf_early_exit"):
         model = resources.model(spec)
-        early_exit = (
-            {"draft_layers": spec.draft_layers, "draft_len": spec.draft_len} if spec.kind == "hf_early_exit" else None
-        )
+        early_exit: dict[str, int] | None = None
+        if spec.kind == "hf_early_exit":
+            if spec.draft_layers is None or not isinstance(spec.draft_len, int):
+                raise ValueError(f"{spec.key}: Hugging Face's early exit needs draft_layers and a fixed draft_len")
+            early_exit = {"draft_layers": spec.draft_layers, "draft_len": spec.draft_len}
 
         def generate(prompt: Prompt) -> tuple[torch.Tensor, DecodingStats | None]:
             ids = prompt["input_ids"]

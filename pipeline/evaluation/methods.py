@@ -173,7 +173,8 @@ class EvaluationPlan:
         )
 
     def ours(self) -> list[MethodSpec]:
-        """Our method as trained (each loss variant at the default d, growing d, the mixed schedule): Fig. 5's curves."""
+        """Our method as trained (each loss variant at the default d, growing d, the mixed schedule): Fig. 5's
+        curves."""
         d = self.draft_len
         return self._present(
             [

@@ -20,6 +20,8 @@ from pipeline.decoding.stats import DecodingStats
 # methods that do not report them, like `model.generate`).
 Method = Callable[[dict], tuple[torch.Tensor, DecodingStats | None]]
 
+_CPU = torch.device("cpu")
+
 
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
@@ -53,7 +55,7 @@ def time_methods(
     *,
     repeats: int = 3,
     warmup_prompts: int = 2,
-    device: torch.device = torch.device("cpu"),
+    device: torch.device = _CPU,
     progress: Callable[[str], None] | None = None,
     prime_all: bool = True,
 ) -> dict[str, MethodTiming]:
@@ -77,7 +79,7 @@ def time_methods(
         first = next(iter(methods.values()))
         for prompt in prompts:
             first(prompt)
-    for name, method in methods.items():  # warm-up: first-call allocations, lazy inits, kernel selection
+    for method in methods.values():  # warm-up: first-call allocations, lazy inits, kernel selection
         for prompt in prompts[:warmup_prompts]:
             method(prompt)
     order = list(methods.items())
@@ -108,7 +110,7 @@ def identical_share(outputs: Sequence[Sequence[int]], reference: Sequence[Sequen
     """Share of prompts whose output equals the reference token for token."""
     if len(outputs) != len(reference):
         raise ValueError(f"{len(outputs)} outputs against {len(reference)} references")
-    return sum(list(a) == list(b) for a, b in zip(outputs, reference)) / max(1, len(reference))
+    return sum(list(a) == list(b) for a, b in zip(outputs, reference, strict=True)) / max(1, len(reference))
 
 
 def expected_speedup(acceptance: float, cost_ratio: float, draft_len: float) -> float:

@@ -75,7 +75,8 @@ def _process_digit_article(text: str) -> str:
 
 
 def normalize_answer(text: str) -> str:
-    """The official VQA answer normalisation: whitespace, punctuation, lower case, number words, articles, contractions."""
+    """The official VQA answer normalisation: whitespace, punctuation, lower case, number words, articles,
+    contractions."""
     text = text.replace("\n", " ").replace("\t", " ").strip()
     return _process_digit_article(_process_punctuation(text))
 

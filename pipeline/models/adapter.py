@@ -10,17 +10,22 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Literal, cast, overload
 
 import torch
 from torch import nn
-from transformers import Cache
+from transformers import Cache, PreTrainedConfig, PreTrainedModel
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+if TYPE_CHECKING:
+    from transformers import LlamaModel, MistralModel, Qwen2Model
+    from transformers.models.opt.modeling_opt import OPTDecoder
 
 
 class BackboneAdapter(ABC):
     """The decoder-side view of a VLM: a prefix of embeddings, a stack of layers, a norm and a head."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: PreTrainedModel) -> None:
         self.model = model
 
     @property
@@ -36,7 +41,7 @@ class BackboneAdapter(ABC):
     def hidden_size(self) -> int: ...
 
     @abstractmethod
-    def embed(self, input_ids: torch.LongTensor) -> torch.Tensor:
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Token embeddings of text ids (no image features)."""
 
     @property
@@ -45,8 +50,45 @@ class BackboneAdapter(ABC):
         return None
 
     @abstractmethod
-    def prefix(self, input_ids: torch.LongTensor, **model_inputs: torch.Tensor) -> torch.Tensor:
+    def prefix(self, input_ids: torch.Tensor, **model_inputs: torch.Tensor | None) -> torch.Tensor:
         """The embeddings the decoder sees for a prompt: image features spliced in at the image tokens."""
+
+    @overload
+    def run_layers(
+        self,
+        hidden: torch.Tensor,
+        start: int,
+        end: int,
+        cache: Cache | None = None,
+        position_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        collect_hidden: Literal[False] = False,
+    ) -> torch.Tensor: ...
+
+    @overload
+    def run_layers(
+        self,
+        hidden: torch.Tensor,
+        start: int,
+        end: int,
+        cache: Cache | None = None,
+        position_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        collect_hidden: Literal[True],
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]: ...
+
+    @overload
+    def run_layers(
+        self,
+        hidden: torch.Tensor,
+        start: int,
+        end: int,
+        cache: Cache | None = None,
+        position_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        collect_hidden: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]: ...
 
     def run_layers(
         self,
@@ -54,7 +96,7 @@ class BackboneAdapter(ABC):
         start: int,
         end: int,
         cache: Cache | None = None,
-        position_ids: torch.LongTensor | None = None,
+        position_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         collect_hidden: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
@@ -67,9 +109,10 @@ class BackboneAdapter(ABC):
             position_ids = torch.arange(past, past + hidden.shape[1], device=hidden.device).unsqueeze(0)
         outputs: list[torch.Tensor] = []
         if start < end:
-            for hidden in self._layer_outputs(hidden, start, end, cache, position_ids, attention_mask):
+            for output in self._layer_outputs(hidden, start, end, cache, position_ids, attention_mask):
                 if collect_hidden:
-                    outputs.append(hidden)
+                    outputs.append(output)
+                hidden = output
         return (hidden, outputs) if collect_hidden else hidden
 
     @abstractmethod
@@ -79,7 +122,7 @@ class BackboneAdapter(ABC):
         start: int,
         end: int,
         cache: Cache | None,
-        position_ids: torch.LongTensor,
+        position_ids: torch.Tensor,
         attention_mask: torch.Tensor | None,
     ) -> Iterator[torch.Tensor]:
         """Each layer's output for layers `start..end-1` (start < end, positions resolved)."""
@@ -98,9 +141,9 @@ class BackboneAdapter(ABC):
 class LlavaAdapter(BackboneAdapter):
     """`LlavaForConditionalGeneration` with a Llama, Mistral or Qwen2 text decoder."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: PreTrainedModel) -> None:
         super().__init__(model)
-        self.text = model.model.language_model
+        self.text: LlamaModel | MistralModel | Qwen2Model = model.model.language_model
         config = self.text.config
         if getattr(config, "layer_types", None) is not None:
             self._layer_types = list(config.layer_types)
@@ -128,7 +171,7 @@ class LlavaAdapter(BackboneAdapter):
     def image_token_id(self) -> int:
         return self.model.config.image_token_id
 
-    def embed(self, input_ids: torch.LongTensor) -> torch.Tensor:
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.text.embed_tokens(input_ids)
 
     @property
@@ -137,7 +180,7 @@ class LlavaAdapter(BackboneAdapter):
         return self.model.model.vision_tower
 
     def prefix(
-        self, input_ids: torch.LongTensor, pixel_values: torch.Tensor | None = None, **_: torch.Tensor
+        self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None, **_: torch.Tensor | None
     ) -> torch.Tensor:
         embeds = self.embed(input_ids)
         if pixel_values is None:
@@ -154,14 +197,22 @@ class LlavaAdapter(BackboneAdapter):
         mask = outer.get_placeholder_mask(input_ids, inputs_embeds=embeds, image_features=features)
         return embeds.masked_scatter(mask, features)
 
-    def _layer_outputs(self, hidden, start, end, cache, position_ids, attention_mask) -> Iterator[torch.Tensor]:
-        mask_kwargs = dict(
-            config=self.text.config,
-            inputs_embeds=hidden,
-            attention_mask=attention_mask,
-            past_key_values=cache,
-            position_ids=position_ids,
-        )
+    def _layer_outputs(
+        self,
+        hidden: torch.Tensor,
+        start: int,
+        end: int,
+        cache: Cache | None,
+        position_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+    ) -> Iterator[torch.Tensor]:
+        mask_kwargs: dict[str, Any] = {
+            "config": self.text.config,
+            "inputs_embeds": hidden,
+            "attention_mask": attention_mask,
+            "past_key_values": cache,
+            "position_ids": position_ids,
+        }
         masks = {}
         for kind in set(self._layer_types[start:end]):
             builder = create_causal_mask if kind == "full_attention" else create_sliding_window_causal_mask
@@ -185,7 +236,7 @@ class LlavaAdapter(BackboneAdapter):
         return self.model.lm_head(hidden)
 
 
-_ADAPTERS = {"LlavaForConditionalGeneration": LlavaAdapter}
+_ADAPTERS: dict[str, type[BackboneAdapter]] = {"LlavaForConditionalGeneration": LlavaAdapter}
 
 
 def adapter_for(model: nn.Module) -> BackboneAdapter:
@@ -195,13 +246,14 @@ def adapter_for(model: nn.Module) -> BackboneAdapter:
         from pipeline.errors import ModelLoadError
 
         raise ModelLoadError(f"no backbone adapter for {name}; supported: {sorted(_ADAPTERS)}")
-    return _ADAPTERS[name](model)
+    # Every class named in _ADAPTERS is a transformers PreTrainedModel
+    return _ADAPTERS[name](cast(PreTrainedModel, model))
 
 
 # --- Plain causal LMs (added for the decoder: the same layer stack without a vision tower) ---------------------
 
 
-def _attention_layer_types(config) -> list[str]:
+def _attention_layer_types(config: PreTrainedConfig) -> list[str]:
     """Per-layer attention kind ("full_attention" | "sliding_attention"), by the same rule `LlavaAdapter` uses."""
     if getattr(config, "layer_types", None) is not None:
         return list(config.layer_types)
@@ -217,7 +269,7 @@ class CausalLMAdapter(LlavaAdapter):
     running, norm and head code is LLaVA's; only where the stack lives and the prefix (no image) differ.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: PreTrainedModel) -> None:
         BackboneAdapter.__init__(self, model)
         self.text = model.model
         self._layer_types = _attention_layer_types(self.text.config)
@@ -235,7 +287,7 @@ class CausalLMAdapter(LlavaAdapter):
         return None
 
     def prefix(
-        self, input_ids: torch.LongTensor, pixel_values: torch.Tensor | None = None, **_: torch.Tensor
+        self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None, **_: torch.Tensor | None
     ) -> torch.Tensor:
         if pixel_values is not None:
             raise ValueError(f"{type(self.model).__name__} is a text-only model: it takes no pixel_values")
@@ -251,9 +303,9 @@ class OPTAdapter(BackboneAdapter):
     equals the model's own forward pass, as for every other adapter.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: PreTrainedModel) -> None:
         super().__init__(model)
-        self.decoder = model.model.decoder
+        self.decoder: OPTDecoder = model.model.decoder
 
     @property
     def layers(self) -> nn.ModuleList:
@@ -263,18 +315,26 @@ class OPTAdapter(BackboneAdapter):
     def hidden_size(self) -> int:
         return self.decoder.config.hidden_size
 
-    def embed(self, input_ids: torch.LongTensor) -> torch.Tensor:
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         embeds = self.decoder.embed_tokens(input_ids)
         return self.decoder.project_in(embeds) if self.decoder.project_in is not None else embeds
 
     def prefix(
-        self, input_ids: torch.LongTensor, pixel_values: torch.Tensor | None = None, **_: torch.Tensor
+        self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None, **_: torch.Tensor | None
     ) -> torch.Tensor:
         if pixel_values is not None:
             raise ValueError("OPTForCausalLM is a text-only model: it takes no pixel_values")
         return self.embed(input_ids)
 
-    def _layer_outputs(self, hidden, start, end, cache, position_ids, attention_mask) -> Iterator[torch.Tensor]:
+    def _layer_outputs(
+        self,
+        hidden: torch.Tensor,
+        start: int,
+        end: int,
+        cache: Cache | None,
+        position_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+    ) -> Iterator[torch.Tensor]:
         if start == 0:
             # `embed_positions` adds OPT's offset of 2 itself; its first argument is only used without position_ids
             hidden = hidden + self.decoder.embed_positions(None, 0, position_ids=position_ids).to(hidden.dtype)

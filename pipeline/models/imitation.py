@@ -53,6 +53,7 @@ class _CausalSelfAttention(nn.Module):
         past = 0
         if self.use_cache:
             if self.keys is not None:
+                assert self.values is not None  # keys and values are cached together
                 past = self.keys.shape[2]
                 k = torch.cat([self.keys, k], dim=2)
                 v = torch.cat([self.values, v], dim=2)
@@ -87,8 +88,10 @@ class ImitationNetwork(nn.Module):
         self.norm = nn.LayerNorm(hidden) if config.layer_norm else nn.Identity()
         if config.residual:
             # Start exactly at the early-exit draft (f = 0): training can only improve on it
-            nn.init.zeros_(self.mlp[-1].weight)
-            nn.init.zeros_(self.mlp[-1].bias)
+            output = self.mlp[-1]
+            assert isinstance(output, nn.Linear)  # the MLP always ends in a linear layer
+            nn.init.zeros_(output.weight)
+            nn.init.zeros_(output.bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         # Pre-norm residual form: with `residual` the output is h_n + f(h_n), so the zero-initialised
@@ -109,6 +112,7 @@ class ImitationNetwork(nn.Module):
 
     def crop(self, length: int) -> None:
         if self.attention is not None and self.attention.keys is not None:
+            assert self.attention.values is not None  # keys and values are cached together
             self.attention.keys = self.attention.keys[:, :, :length]
             self.attention.values = self.attention.values[:, :, :length]
 

@@ -9,10 +9,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from torch import nn
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from pipeline.config import ModelConfig, PromptConfig
 from pipeline.data.prepared import read_manifest
@@ -20,7 +19,7 @@ from pipeline.data.prompts import PromptBuilder
 from pipeline.data.tokenizer import load_word_tokenizer
 from pipeline.errors import ModelLoadError
 from pipeline.io import atomic_directory
-from pipeline.models.adapter import BackboneAdapter, adapter_for
+from pipeline.models.adapter import BackboneAdapter, LlavaAdapter, adapter_for
 from pipeline.models.presets import PRESETS
 
 SUPPORTED_MODEL_TYPES = {"llava": "LlavaForConditionalGeneration"}
@@ -28,21 +27,23 @@ SUPPORTED_MODEL_TYPES = {"llava": "LlavaForConditionalGeneration"}
 
 @dataclass
 class Backbone:
-    model: nn.Module
+    model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     image_processor: Any
     adapter: BackboneAdapter
 
     def prompt_builder(self, prompts: PromptConfig) -> PromptBuilder:
         """Prompts for this backbone: its tokenizer and its image-token layout."""
-        return PromptBuilder(self.tokenizer, prompts, self.adapter.image_token_id, self.adapter.num_image_tokens)
+        adapter = cast(LlavaAdapter, self.adapter)  # backbones are LLaVA models (SUPPORTED_MODEL_TYPES, PRESETS)
+        return PromptBuilder(self.tokenizer, prompts, adapter.image_token_id, adapter.num_image_tokens)
 
 
 def _special_id(tokenizer: PreTrainedTokenizerBase, token: str) -> int:
     token_id = tokenizer.convert_tokens_to_ids(token)
     if token_id is None or token_id == tokenizer.unk_token_id:
         raise ModelLoadError(f"the tokenizer has no {token!r} token; re-run the prepare stage to rebuild it")
-    return token_id
+    # One token in, one id out: the annotation's `list[int]` is for a list of tokens
+    return cast(int, token_id)
 
 
 def build_backbone(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase | None, seed: int) -> Backbone:

@@ -7,6 +7,8 @@ LLaVA-1.5 would.
 
 from __future__ import annotations
 
+from typing import Any
+
 from transformers import (
     CLIPImageProcessorPil,
     CLIPVisionConfig,
@@ -44,26 +46,26 @@ def tiny_llava_config(
         patch_size=cfg.patch_size,
         projection_dim=cfg.vision_hidden_size,
     )
-    text_kwargs = dict(
-        vocab_size=vocab_size,
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads,
-        num_key_value_heads=cfg.num_kv_heads,
-        max_position_embeddings=cfg.max_positions,
-        pad_token_id=pad_token_id,
-        bos_token_id=bos_token_id,
-        eos_token_id=eos_token_id,
-        tie_word_embeddings=False,
-    )
+    text_kwargs: dict[str, Any] = {
+        "vocab_size": vocab_size,
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.num_kv_heads,
+        "max_position_embeddings": cfg.max_positions,
+        "pad_token_id": pad_token_id,
+        "bos_token_id": bos_token_id,
+        "eos_token_id": eos_token_id,
+        "tie_word_embeddings": False,
+    }
     if cfg.text_model == "mistral":
         text_kwargs["sliding_window"] = None  # full attention: the tiny sequences are far shorter than any window
     text = _TEXT_CONFIGS[cfg.text_model](**text_kwargs)
     config = LlavaConfig(
         vision_config=vision,
         text_config=text,
-        image_token_id=image_token_id,
+        image_token_index=image_token_id,  # the field behind the `image_token_id` alias
         vision_feature_select_strategy="default",  # drop CLS: (image/patch)^2 image tokens
         vision_feature_layer=-1,
         projector_hidden_act="gelu",

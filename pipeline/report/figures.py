@@ -62,7 +62,7 @@ def pareto_plot(
         for x, y, label in points:
             axis.annotate(label, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
     if front:
-        xs, ys = zip(*sorted(front))
+        xs, ys = zip(*sorted(front), strict=True)
         axis.step(xs, ys, where="post", color="black", linewidth=1, label="Pareto front")
     axis.set_xlabel(xlabel)
     axis.set_ylabel(ylabel)

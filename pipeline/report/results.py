@@ -73,17 +73,24 @@ def render(
     growing = evaluation["growing"]
     parts = [
         "# Results",
-        f"Test split: {prompts['caption']} caption images, {prompts['description']} descriptions, {prompts['vqa']} VQA questions; "
-        f"draft layers n = {plan.draft_layers}, d = {plan.draft_len} (growing d: d = clip({growing['d_min']} + ⌊t / {growing['step']}⌋, "
-        f"{growing['d_min']}, {growing['d_max']}) after t tokens — our stand-in for the paper's context-dependent d, eq. 5); "
+        f"Test split: {prompts['caption']} caption images, {prompts['description']} descriptions, "
+        f"{prompts['vqa']} VQA questions; "
+        f"draft layers n = {plan.draft_layers}, d = {plan.draft_len} "
+        f"(growing d: d = clip({growing['d_min']} + ⌊t / {growing['step']}⌋, "
+        f"{growing['d_min']}, {growing['d_max']}) after t tokens — "
+        "our stand-in for the paper's context-dependent d, eq. 5); "
         f"CPU, {evaluation['threads']} threads, all methods timed in one process (`dvc repro evaluate`). "
         "Speed-up = per-token latency of the full model (decoded token by token by the same engine) ÷ the method's; "
-        "the `model.generate` row shows Hugging Face's own greedy decoding against that reference. CIDEr is CIDEr-D (0–10 scale; the paper ×100).",
+        "the `model.generate` row shows Hugging Face's own greedy decoding against that reference. "
+        "CIDEr is CIDEr-D (0–10 scale; the paper ×100).",
         "## Table 1 — methods (captions; descriptions' CIDEr; speed over all tasks)",
         table1(plan, results),
-        "Draft-alone rows are lossy (fast, but not the full model's text); the others are checked token for token against "
-        "their backbone's greedy output (LayerSkip and the mixed schedule change the backbone, so their text is their own model's). "
-        "Identity is exact in float32/float64 (the default runs in float32); in half precision it is measured, not promised.",
+        "Draft-alone rows are lossy (fast, but not the full model's text); "
+        "the others are checked token for token against "
+        "their backbone's greedy output (LayerSkip and the mixed schedule change the backbone, "
+        "so their text is their own model's). "
+        "Identity is exact in float32/float64 (the default runs in float32); "
+        "in half precision it is measured, not promised.",
     ]
     spice_note = lookup(results, plan.reference.key, "tasks", "caption", "spice_unavailable")
     if spice_note:
@@ -104,9 +111,11 @@ def render(
         best_draft = max(fusions, key=lambda r: lookup(r["draft"], "tasks", "caption", "cider", default=0.0))
         parts += [
             "## Fusion strategies (Table 5 counterpart, test)",
-            f"One ce+cs+kd imitation network per way of fusing the last {imitation_cfg.fusion_layers} layers into the cosine "
+            f"One ce+cs+kd imitation network per way of fusing the last {imitation_cfg.fusion_layers} layers "
+            "into the cosine "
             "target (same steps, seed and architecture); SSD at the default d, and the draft alone. "
-            f"Fastest: `{fastest['fusion']}` ({fastest['ssd']['speedup']:.2f}×); best draft alone: `{best_draft['fusion']}` "
+            f"Fastest: `{fastest['fusion']}` ({fastest['ssd']['speedup']:.2f}×); "
+            f"best draft alone: `{best_draft['fusion']}` "
             f"(CIDEr {lookup(best_draft['draft'], 'tasks', 'caption', 'cider', default=0.0):.3f}).",
             table_fusion(fusions),
         ]
@@ -131,7 +140,8 @@ def architecture_search(nas: Mapping[str, Any]) -> str:
         else "not among the trials"
     )
     return (
-        f"## Architecture search\n\nBest: {best['architecture']} (score {best['score']:.3f}, agreement {best['agreement']:.3f}, "
+        f"## Architecture search\n\nBest: {best['architecture']} "
+        f"(score {best['score']:.3f}, agreement {best['agreement']:.3f}, "
         f"draft cost ratio {best['draft_cost_ratio']:.3f}); the paper's choice (two linear layers): {versus}. "
         "All trials: `reports/nas_trials.csv`."
     )

@@ -72,7 +72,8 @@ def check_address(address: str, source: str, timeout_s: float) -> None:
     except OSError as exc:
         raise RayClusterError(
             f"the Ray cluster at {address} (from {source}) does not answer on {host}:{port}: {exc}. "
-            f"Start a head node there (`ray start --head --port {port}`) and workers (`ray start --address {host}:{port}`), "
+            f"Start a head node there (`ray start --head --port {port}`) "
+            f"and workers (`ray start --address {host}:{port}`), "
             f"or unset {ENV_ADDRESS} / set ray.address: null to run the search on a local Ray instance."
         ) from None
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -75,7 +76,7 @@ def teacher_forced_agreement(
     adapter = adapter_for(model)
     skipped = set(skip)
     hits = total = 0
-    for prompt, sequence in zip(prompts, sequences):
+    for prompt, sequence in zip(prompts, sequences, strict=True):
         start = prompt["input_ids"].shape[1]
         if sequence.shape[1] <= start:
             continue
@@ -99,6 +100,8 @@ def measure(
     for p in prompts:
         stats = decoder.generate(p["input_ids"], p["max_new_tokens"], pixel_values=p["pixel_values"]).stats
         total = stats if total is None else total.merge(stats)
+    if total is None:
+        raise ValueError("no prompts to decode")
     num_layers = decoder.adapter.num_layers
     cost = (num_layers - len(set(skip))) / num_layers
     gamma = total.drafted / total.verify_calls if total.verify_calls else 0.0
@@ -149,7 +152,7 @@ def search_skip_layers(
         skip = sorted([*skip, added])
         feasible_here = False
         for threshold in thresholds:
-            row = {
+            row: dict[str, Any] = {
                 "step": step,
                 "skip_layers": list(skip),
                 "added": added,
@@ -162,8 +165,9 @@ def search_skip_layers(
             trace.append(row)
             if progress is not None:
                 progress(
-                    f"  skip {skip} θ={threshold}: acceptance {row['acceptance_rate']:.3f}, γ {row['mean_draft_length']:.2f}, "
-                    f"τ {row['mean_accepted_length']:.2f}, objective {row['objective']:.3f}{'' if row['feasible'] else ' (below floor)'}"
+                    f"  skip {skip} θ={threshold}: acceptance {row['acceptance_rate']:.3f}, "
+                    f"γ {row['mean_draft_length']:.2f}, τ {row['mean_accepted_length']:.2f}, "
+                    f"objective {row['objective']:.3f}{'' if row['feasible'] else ' (below floor)'}"
                 )
         if not feasible_here:
             break

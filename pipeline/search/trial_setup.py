@@ -46,13 +46,7 @@ def _load(model_dir: str, data_dir: str, prompts_json: str) -> Loaded:
 
     backbone = load_backbone(model_dir)
     backbone.model.eval()
-    adapter = backbone.adapter
-    builder = PromptBuilder(
-        backbone.tokenizer,
-        PromptConfig.model_validate(json.loads(prompts_json)),
-        adapter.image_token_id,
-        adapter.num_image_tokens,
-    )
+    builder = backbone.prompt_builder(PromptConfig.model_validate(json.loads(prompts_json)))
     return Loaded(backbone, load_prepared(data_dir), builder)
 
 

@@ -15,14 +15,17 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import PipelineError
 from pipeline.search.ray_runtime import RayRuntime
 from pipeline.search.space import SearchSpace
 from pipeline.tracking import RunRef, child_run_tags
+
+if TYPE_CHECKING:
+    import pyarrow.fs
 
 STATE_FILE = "fastvlm_search.json"
 
@@ -47,7 +50,7 @@ class SearchPlan:
     parent_run_id: str | None  # the MLflow run of the interrupted search, when resuming
 
 
-def _filesystem(runtime: RayRuntime, name: str):
+def _filesystem(runtime: RayRuntime, name: str) -> tuple[pyarrow.fs.FileSystem, str]:
     import pyarrow.fs
 
     fs, root = pyarrow.fs.FileSystem.from_uri(runtime.storage_path)
@@ -172,9 +175,10 @@ def run_search(
         )
     write_state(runtime, spec.name, state)
     results = tuner.fit()
+    trials = [results[i] for i in range(len(results))]  # a ResultGrid iterates by index only (no __iter__)
     # After Ctrl-C Tune stops gracefully, marks the running trials TERMINATED and returns; only their missing
     # final result (`done`, set for finished and scheduler-stopped trials alike) tells them apart
-    if any(not result.error and not (result.metrics or {}).get("done") for result in results):
+    if any(not result.error and not (result.metrics or {}).get("done") for result in trials):
         raise PipelineError(
             f"search {spec.name} was interrupted with trials unfinished; run the stage again to resume it from {path}"
         )
@@ -184,7 +188,7 @@ def run_search(
     return results
 
 
-def result_rows(results, keys: list[str]) -> list[dict[str, Any]]:
+def result_rows(results: Iterable[Any], keys: list[str]) -> list[dict[str, Any]]:
     """One row per trial: its config, its last reported `keys`, how far it got, and whether it failed."""
     rows = []
     for result in results:

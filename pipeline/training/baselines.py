@@ -30,7 +30,8 @@ def train_layerskip_baseline(
     cfg = params.baselines.layerskip
     builder = finetuned.prompt_builder(params.data.prompts)
     print(
-        f"train_baselines: LayerSkip (draft layer {draft_layers}, p_max {cfg.p_max}, early-exit scale {cfg.early_exit_scale})"
+        f"train_baselines: LayerSkip (draft layer {draft_layers}, p_max {cfg.p_max}, "
+        f"early-exit scale {cfg.early_exit_scale})"
     )
     with tracking.nested_run("layerskip", {"draft_layers": draft_layers}) as child:
         prompts = validation_prompts(splits["val"], builder, finetuned.image_processor, cfg.val_decode_prompts)
@@ -87,6 +88,8 @@ def summary_line(layerskip: dict[str, Any], draft_verify: dict[str, Any]) -> str
     ls, dv, nan = layerskip, draft_verify, float("nan")
     return (
         f"LayerSkip n = {ls['draft_layers']}: acceptance {ls.get('finetuned_val_acceptance_rate', nan):.3f} → "
-        f"{ls.get('val_acceptance_rate', nan):.3f}, CIDEr {ls['finetuned_test_cider']:.3f} → {ls['full_model_test_cider']:.3f}; "
-        f"D&V skip {dv['skip_layers']} θ {dv['threshold']}: acceptance {dv['acceptance_rate']:.3f}, objective {dv['objective']:.3f}"
+        f"{ls.get('val_acceptance_rate', nan):.3f}, "
+        f"CIDEr {ls['finetuned_test_cider']:.3f} → {ls['full_model_test_cider']:.3f}; "
+        f"D&V skip {dv['skip_layers']} θ {dv['threshold']}: "
+        f"acceptance {dv['acceptance_rate']:.3f}, objective {dv['objective']:.3f}"
     )

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
 from pipeline.config import TrainingConfig
@@ -23,7 +25,7 @@ class VLMDataModule(L.LightningDataModule):
         self,
         splits: dict[str, SplitData],
         builder: PromptBuilder,
-        image_processor,
+        image_processor: Any,
         cfg: TrainingConfig,
         seed: int,
     ) -> None:
@@ -41,7 +43,7 @@ class VLMDataModule(L.LightningDataModule):
             if split not in self.pixels:
                 self.pixels[split] = PixelStore([r.image_path for r in self.splits[split].images], self.image_processor)
 
-    def _collate(self, items):
+    def _collate(self, items: list[dict]) -> dict[str, torch.Tensor]:
         return collate_for_training(items, self.builder.tokenizer.pad_token_id)
 
     def train_dataloader(self) -> DataLoader:

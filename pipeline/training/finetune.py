@@ -11,6 +11,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 
 from pipeline.config import FinetuneConfig
 from pipeline.data.datasets import IGNORE_INDEX
@@ -44,7 +45,7 @@ class FinetuneModule(L.LightningModule):
         self.log("val/loss", out.loss, sync_dist=True, batch_size=size)
         self.log("val/token_accuracy", accuracy, sync_dist=True, batch_size=size)
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         return adamw_cosine(
             decay_groups(self.model.parameters(), self.cfg.optimizer.weight_decay),
             self.cfg.optimizer,
@@ -66,7 +67,7 @@ def run_fingerprint(*parts: object) -> str:
 def fit_finetune(
     model: torch.nn.Module,
     builder: PromptBuilder,
-    image_processor,
+    image_processor: Any,
     splits: dict[str, SplitData],
     cfg: FinetuneConfig,
     *,

@@ -13,20 +13,22 @@ self-speculative decoder — the end-to-end acceptance rate and mean accepted le
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch import nn
 
 from pipeline.config import ImitationConfig
 from pipeline.data.prepared import SplitData
 from pipeline.data.prompts import PromptBuilder
-from pipeline.decoding import SelfSpeculativeDecoder
+from pipeline.decoding import DecodingStats, SelfSpeculativeDecoder
 from pipeline.evaluation.prompts import validation_prompts
-from pipeline.models.adapter import adapter_for
-from pipeline.models.imitation import as_draft_head
+from pipeline.models.adapter import BackboneAdapter, adapter_for
+from pipeline.models.imitation import ImitationNetwork, as_draft_head
 from pipeline.tracking import RunRef
 from pipeline.training import imitation_losses as losses
 from pipeline.training.datamodule import VLMDataModule
@@ -46,7 +48,13 @@ class DraftPass:
 
 
 def draft_pass(
-    adapter, head: nn.Module, fusion: nn.Module, batch: dict, draft_layers: int, fusion_layers: int, backbone_grad: bool
+    adapter: BackboneAdapter,
+    head: nn.Module,
+    fusion: nn.Module,
+    batch: dict,
+    draft_layers: int,
+    fusion_layers: int,
+    backbone_grad: bool,
 ) -> DraftPass:
     mask = batch["attention_mask"]
     with torch.set_grad_enabled(backbone_grad and torch.is_grad_enabled()):
@@ -70,7 +78,7 @@ class ImitationModule(L.LightningModule):
     def __init__(
         self,
         model: nn.Module,
-        head: nn.Module,
+        head: ImitationNetwork,
         fusion: nn.Module,
         cfg: ImitationConfig,
         *,
@@ -99,7 +107,7 @@ class ImitationModule(L.LightningModule):
         self.model.train(trainable)
         self.backbone_trainable = trainable
 
-    def on_train_batch_start(self, batch, batch_idx) -> None:
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self.backbone_trainable and self.global_step >= self.joint_steps:
             self._set_backbone_trainable(False)  # mixed schedule: from here on only the draft learns
 
@@ -123,7 +131,8 @@ class ImitationModule(L.LightningModule):
             self.backbone_trainable,
         )
         terms = self._losses(batch, out)
-        loss = sum(self.loss_weights[k] * v for k, v in terms.items())
+        # `sum` starts from the int 0, which typeshed keeps in its result type; `terms` always holds "ce"
+        loss = cast(torch.Tensor, sum(self.loss_weights[k] * v for k, v in terms.items()))
         if self.backbone_trainable:
             terms["backbone_ce"] = losses.cross_entropy(out.full_logits, batch["labels"])
             loss = loss + terms["backbone_ce"]
@@ -159,7 +168,7 @@ class ImitationModule(L.LightningModule):
         self.log("val/acceptance_rate", stats.acceptance_rate, rank_zero_only=True)
         self.log("val/mean_accepted_length", stats.mean_accepted_length, rank_zero_only=True)
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         optimizer = self.cfg.optimizer
         draft = [p for p in [*self.head.parameters(), *self.fusion.parameters()] if p.requires_grad]
         groups: list[dict[str, Any]] = [{"params": draft, "lr": optimizer.lr, "weight_decay": optimizer.weight_decay}]
@@ -171,8 +180,8 @@ class ImitationModule(L.LightningModule):
 
 @torch.no_grad()
 def decode_acceptance(
-    model: nn.Module, head: nn.Module | None, draft_layers: int, prompts: list[dict], draft_len: int = 5
-):
+    model: nn.Module, head: ImitationNetwork | None, draft_layers: int, prompts: list[dict], draft_len: int = 5
+) -> DecodingStats:
     """Self-speculative decoding of `prompts` (dicts with input_ids, pixel_values, max_new_tokens): summed stats."""
     was_training = {m: m.training for m in (model, head) if m is not None}
     model.eval()
@@ -183,10 +192,12 @@ def decode_acceptance(
     for p in prompts:
         stats = decoder.generate(p["input_ids"], p["max_new_tokens"], pixel_values=p["pixel_values"]).stats
         total = stats if total is None else total.merge(stats)
-    if hasattr(head, "stop_caching"):
+    if head is not None:
         head.stop_caching()
     for module, mode in was_training.items():
         module.train(mode)
+    if total is None:
+        raise ValueError("no prompts to decode")
     return total
 
 
@@ -200,10 +211,10 @@ class ValidationReporter(L.Callback):
     """Hands every validation's metrics to `report(step, metrics)`: how a Ray Tune trial reports to its
     scheduler (ASHA) without this module knowing about Ray."""
 
-    def __init__(self, report) -> None:
+    def __init__(self, report: Callable[[int, dict[str, float]], None]) -> None:
         self.report = report
 
-    def on_validation_end(self, trainer, pl_module) -> None:
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero and not trainer.sanity_checking:
             metrics = {
                 k.removeprefix("val/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")
@@ -213,10 +224,10 @@ class ValidationReporter(L.Callback):
 
 def fit_imitation(
     model: nn.Module,
-    head: nn.Module,
+    head: ImitationNetwork,
     fusion: nn.Module,
     builder: PromptBuilder,
-    image_processor,
+    image_processor: Any,
     splits: dict[str, SplitData],
     cfg: ImitationConfig,
     *,

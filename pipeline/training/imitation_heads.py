@@ -72,10 +72,12 @@ def worker_layout(setting: int | str, heads: int, accelerator: str) -> tuple[int
     """(processes, torch threads each): `auto` is a process per two cores on CPU (a second thread still speeds a
     head up 1.7×), one process on an accelerator (one model copy per device)."""
     cpus = available_cpus()
-    if setting == "auto":
-        workers = min(heads, cpus // 2) if accelerator == "cpu" else 1
-    else:
+    if setting != "auto":
         workers = min(int(setting), heads)
+    elif accelerator == "cpu":
+        workers = min(heads, cpus // 2)
+    else:
+        workers = 1
     return max(1, workers), max(1, cpus // max(1, workers))
 
 
@@ -103,7 +105,8 @@ class HeadJob:
 
 
 def train_head(job: HeadJob) -> dict[str, Any]:
-    """Train and save one head from a fresh copy of the fine-tuned backbone; its metrics (in a worker process or not)."""
+    """Train and save one head from a fresh copy of the fine-tuned backbone; its metrics (in a worker process or
+    not)."""
     torch.set_num_threads(job.threads)
     params = Params.model_validate(job.params)
     cfg, planned, n = params.imitation, job.head, job.draft_layers
@@ -194,11 +197,12 @@ def train_imitation_heads(params: Params, paths: ImitationPaths) -> dict[str, An
     if workers == 1:
         threads = torch.get_num_threads()
     results: dict[str, Any] = {"draft_layers": n, "num_layers": adapter.num_layers}
-    early = decode_acceptance(backbone.model, None, n, prompts)
-    results["no_imitation"] = {
-        "val_acceptance_rate": early.acceptance_rate,
-        "val_mean_accepted_length": early.mean_accepted_length,
-    }
+    if prompts:  # imitation.val_decode_prompts: 0 decodes nothing, so there is no early-exit reference either
+        early = decode_acceptance(backbone.model, None, n, prompts)
+        results["no_imitation"] = {
+            "val_acceptance_rate": early.acceptance_rate,
+            "val_mean_accepted_length": early.mean_accepted_length,
+        }
     jobs = []
     for planned in plan:
         weights = variant_weights(planned.variant, cfg.weights)

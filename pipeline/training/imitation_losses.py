@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from pipeline.config import LossWeights
 from pipeline.data.datasets import IGNORE_INDEX
 
 VARIANTS = {
@@ -23,7 +24,7 @@ VARIANTS = {
 }
 
 
-def variant_weights(variant: str, weights) -> dict[str, float]:
+def variant_weights(variant: str, weights: LossWeights) -> dict[str, float]:
     """λ of each term for a named variant, scaled by `weights` (imitation.weights: ce, cs, kd)."""
     return {k: v * getattr(weights, k) for k, v in VARIANTS[variant].items()}
 

@@ -31,6 +31,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRSchedulerConfig
 from torch import nn
 
 from pipeline.config import LayerSkipConfig
@@ -62,7 +63,7 @@ def early_exit_weights(num_layers: int, scale: float) -> list[float]:
 def sample_kept_layers(rates: Sequence[float], generator: torch.Generator | None = None) -> list[bool]:
     """One layer-dropout draw: True where layer l runs, False where it is skipped."""
     draws = torch.rand(len(rates), generator=generator)
-    return [bool(u >= p) for u, p in zip(draws.tolist(), rates)]
+    return [bool(u >= p) for u, p in zip(draws.tolist(), rates, strict=True)]
 
 
 def exit_states(adapter: BackboneAdapter, batch: dict, kept: Sequence[bool] | None = None) -> list[torch.Tensor]:
@@ -144,12 +145,12 @@ class LayerSkipModule(L.LightningModule):
         terms["loss"] = total
         return total, terms, logits
 
-    def on_train_batch_start(self, batch, batch_idx) -> None:
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self.adapter.vision_encoder is not None:
             self.adapter.vision_encoder.eval()
         self._step_started = time.perf_counter()
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+    def on_train_batch_end(self, outputs: STEP_OUTPUT, batch: Any, batch_idx: int) -> None:
         self.step_seconds.append(time.perf_counter() - self._step_started)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -181,7 +182,7 @@ class LayerSkipModule(L.LightningModule):
         self.log("val/acceptance_rate", stats.acceptance_rate, rank_zero_only=True)
         self.log("val/mean_accepted_length", stats.mean_accepted_length, rank_zero_only=True)
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         return adamw_cosine(
             decay_groups(self.model.parameters(), self.cfg.optimizer.weight_decay),
             self.cfg.optimizer,
@@ -198,7 +199,7 @@ class LayerSkipResult:
 def fit_layerskip(
     model: nn.Module,
     builder: PromptBuilder,
-    image_processor,
+    image_processor: Any,
     splits: dict[str, SplitData],
     cfg: LayerSkipConfig,
     *,

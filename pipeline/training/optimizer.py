@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch import nn
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
@@ -22,7 +23,7 @@ def decay_groups(parameters: Iterable[nn.Parameter], weight_decay: float) -> lis
     ]
 
 
-def adamw_cosine(groups: list[dict[str, Any]], cfg: OptimizerConfig, max_steps: int) -> dict[str, Any]:
+def adamw_cosine(groups: list[dict[str, Any]], cfg: OptimizerConfig, max_steps: int) -> OptimizerLRSchedulerConfig:
     """AdamW over `groups` (a group's own `lr` wins over `cfg.lr`) with linear warm-up and a cosine decay to
     `cfg.min_lr_ratio` of each group's rate at `max_steps`, stepped every optimizer step: what Lightning's
     `configure_optimizers` returns."""

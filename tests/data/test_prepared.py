@@ -43,8 +43,8 @@ def test_prepared_data_with_a_missing_image_names_it(tmp_path):
 
 
 def test_a_missing_or_corrupt_manifest_says_to_run_prepare(tmp_path):
-    with pytest.raises(DataFormatError, match="no manifest.json in .*dvc repro prepare"):
+    with pytest.raises(DataFormatError, match=r"no manifest\.json in .*dvc repro prepare"):
         load_prepared(tmp_path)
     (tmp_path / MANIFEST).write_text("{not json")
-    with pytest.raises(DataFormatError, match="manifest.json is not valid JSON.*re-run the prepare stage"):
+    with pytest.raises(DataFormatError, match=r"manifest\.json is not valid JSON.*re-run the prepare stage"):
         read_manifest(tmp_path)

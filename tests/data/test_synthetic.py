@@ -150,7 +150,7 @@ def test_captions_use_varied_templates(loaded):
 
 
 def test_the_data_set_covers_shapes_colours_sizes_positions_and_counts(loaded):
-    captions, descriptions, _ = loaded
+    _captions, descriptions, _ = loaded
     objects = [o for text in descriptions.values() for o in objects_of(text)]
     assert {size for size, *_ in objects} == {"small", "large"}
     assert {colour for _, colour, _, _ in objects} == set(COLOURS) and len(COLOURS) >= 8
@@ -175,7 +175,7 @@ def test_objects_are_drawn_where_and_in_the_colour_the_text_says(synth, loaded):
 
 
 def test_questions_cover_all_types_and_are_consistent(loaded):
-    captions, descriptions, vqa = loaded
+    _captions, descriptions, vqa = loaded
     records = [q for split in vqa.values() for q in split]
     per_image = Counter(q.image_id for q in records)
     assert min(per_image.values()) >= 3

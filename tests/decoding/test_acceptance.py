@@ -51,7 +51,7 @@ def test_speculative_accepts_everything_when_draft_equals_target():
         drafts = torch.multinomial(probs[:3], 1, generator=g).view(-1)
         accepted, tokens = speculative_accept(drafts, probs[:3], target, g)
         assert int(accepted) == 3
-        assert tokens.tolist() == drafts.tolist() + [5]
+        assert tokens.tolist() == [*drafts.tolist(), 5]
 
 
 def test_speculative_rejects_a_token_the_target_never_emits_and_resamples_from_the_residual():
@@ -104,7 +104,7 @@ def test_warping_matches_generate(temperature, top_k, top_p):
 
 
 @pytest.mark.parametrize(
-    "bad", [dict(temperature=-1.0), dict(temperature=1.0, top_p=0.0), dict(temperature=1.0, top_k=-2)]
+    "bad", [{"temperature": -1.0}, {"temperature": 1.0, "top_p": 0.0}, {"temperature": 1.0, "top_k": -2}]
 )
 def test_bad_sampling_settings_are_named(bad):
     with pytest.raises(ValueError, match=next(iter(bad)) if "top" not in str(bad) else "top_"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -38,7 +40,7 @@ def test_growing_schedule_is_monotone_and_bounded():
     policy = GrowingDraftLength(d_min=2, d_max=6, step=5)
     lengths = [policy.propose(t) for t in range(60)]
     assert lengths[0] == 2 and lengths[-1] == 6
-    assert all(a <= b for a, b in zip(lengths, lengths[1:]))
+    assert all(a <= b for a, b in itertools.pairwise(lengths))
     assert set(lengths) == {2, 3, 4, 5, 6}
     with pytest.raises(ValueError, match="d_max"):
         GrowingDraftLength(d_min=5, d_max=3)
@@ -96,8 +98,8 @@ def test_the_loop_follows_whatever_policy_it_is_given():
     assert sum(d for d, _ in policy.updates) == stats.drafted
     assert sum(a for _, a in policy.updates) == stats.accepted
     generated = [g for g, _ in policy.proposed]
-    assert generated[0] == 1 and all(a < b for a, b in zip(generated, generated[1:]))
-    for (_, proposed), (drafted, accepted) in zip(policy.proposed, policy.updates):
+    assert generated[0] == 1 and all(a < b for a, b in itertools.pairwise(generated))
+    for (_, proposed), (drafted, accepted) in zip(policy.proposed, policy.updates, strict=True):
         assert accepted <= drafted <= proposed
 
 

@@ -44,7 +44,7 @@ def exact_joint(model, prompt: torch.Tensor, sampling: SamplingConfig) -> dict[t
         logits = model(input_ids=ids).logits[:, prompt.shape[1] - 1 : -1]
     probs = sampling.probabilities(logits).gather(-1, continuations.unsqueeze(-1)).squeeze(-1)
     joint = probs.prod(dim=-1)
-    return {tuple(c.tolist()): float(p) for c, p in zip(continuations, joint)}
+    return {tuple(c.tolist()): float(p) for c, p in zip(continuations, joint, strict=True)}
 
 
 def chi_square_p_value(counts: dict, expected: dict, samples: int) -> float:

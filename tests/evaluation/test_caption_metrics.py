@@ -54,7 +54,7 @@ def meteor_instances(monkeypatch):
 
 @needs_java
 def test_candidate_identical_to_a_reference_scores_the_maxima():
-    refs = {key: refs for key, refs in REFS.items()}
+    refs = dict(REFS)
     scores = caption_scores(refs, {key: refs[0] for key, refs in REFS.items()})
     for n in range(1, 5):
         assert scores[f"bleu{n}"] == pytest.approx(1.0, abs=1e-6)
@@ -101,7 +101,7 @@ def test_missing_java_names_the_package_to_install(monkeypatch):
     monkeypatch.setattr(caption_metrics.shutil, "which", lambda name: None)
     with pytest.raises(PipelineError, match="openjdk-17-jre-headless"):
         caption_scores(REFS, CANDS, meteor=True)
-    with pytest.raises(PipelineError, match="METEOR.*openjdk-17-jre-headless"):
+    with pytest.raises(PipelineError, match=r"METEOR.*openjdk-17-jre-headless"):
         meteor_score({1: ["a dog"]}, {1: ["a dog"]})
     available, reason = spice_availability()
     assert not available and "openjdk-17-jre-headless" in reason

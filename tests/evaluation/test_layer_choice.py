@@ -63,5 +63,5 @@ def test_draft_layers_auto_reads_the_layer_choice_and_checks_the_range(tmp_path)
     path.write_text(json.dumps({"chosen_n": 3}))
     assert resolve_draft_layers("auto", 12, path, "imitation.draft_layers") == 3
     assert resolve_draft_layers(5, 12, path, "imitation.draft_layers") == 5
-    with pytest.raises(ConfigError, match="imitation.draft_layers must be in 1..11"):
+    with pytest.raises(ConfigError, match=r"imitation\.draft_layers must be in 1\.\.11"):
         resolve_draft_layers(12, 12, path, "imitation.draft_layers")

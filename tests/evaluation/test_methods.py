@@ -88,7 +88,7 @@ def test_plan_round_trips_through_json():
 
 def test_a_missing_fusion_head_is_named_with_the_fix():
     params = parse_params({"imitation": {"fusion_comparison": ["average", "concat"]}})
-    with pytest.raises(PipelineError, match="fusion-concat.*dvc repro train_imitation"):
+    with pytest.raises(PipelineError, match=r"fusion-concat.*dvc repro train_imitation"):
         evaluation_plan(params, {"ce+cs+kd": 1}, FOUND)
 
 

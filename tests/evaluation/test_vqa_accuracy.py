@@ -35,7 +35,8 @@ def ten(agreeing: int, answer: str = "dog") -> list[str]:
 
 @pytest.mark.parametrize(
     ("agreeing", "accuracy"),
-    # mean over annotators of min(1, other agreeing / 3): k=1 -> 9·(1/3)/10, k=2 -> (8·2/3 + 2·1/3)/10, k=3 -> (7 + 3·2/3)/10
+    # mean over annotators of min(1, other agreeing / 3):
+    # k=1 -> 9·(1/3)/10, k=2 -> (8·2/3 + 2·1/3)/10, k=3 -> (7 + 3·2/3)/10
     [(0, 0.0), (1, 0.3), (2, 0.6), (3, 0.9), (4, 1.0), (10, 1.0)],
 )
 def test_vqa_accuracy_hand_worked(agreeing, accuracy):

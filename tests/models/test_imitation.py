@@ -23,7 +23,7 @@ def test_residual_network_starts_as_the_early_exit_draft():
 
 
 def test_invalid_architecture_is_rejected_with_every_problem():
-    with pytest.raises(ValueError, match="(?s)num_linear.*activation.*dropout"):
+    with pytest.raises(ValueError, match=r"(?s)num_linear.*activation.*dropout"):
         ImitationArchitecture(num_linear=3, activation="swish", dropout=1.5)
     with pytest.raises(ValueError, match="hidden_size 30 is not divisible by the attention's num_heads 4"):
         ImitationNetwork(30, ImitationArchitecture(attention=True))

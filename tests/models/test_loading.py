@@ -31,7 +31,7 @@ def test_save_and_load_round_trip(tmp_path, word_tokenizer):
 
 
 def test_missing_directory_and_unsupported_type(tmp_path):
-    with pytest.raises(ModelLoadError, match="no config.json"):
+    with pytest.raises(ModelLoadError, match=r"no config\.json"):
         load_backbone(tmp_path / "absent")
     (tmp_path / "gpt").mkdir()
     (tmp_path / "gpt" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))

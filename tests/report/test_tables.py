@@ -78,7 +78,7 @@ def test_claims_are_checked_not_assumed():
     held, evidence = checked["lossless methods identical to their full model's greedy output"]
     assert held is False and evidence == "ours, growing d 95 %"
     slower = {**results, next(s.key for s in plan.methods if s.label == "LayerSkip"): _row(2.0, 0.6, acceptance=0.3)}
-    assert dict((c, h) for c, h, _ in claims(plan, slower))["ours faster than LayerSkip"] is False
+    assert {c: h for c, h, _ in claims(plan, slower)}["ours faster than LayerSkip"] is False
 
 
 def test_table1_shows_each_planned_row_once_in_order():

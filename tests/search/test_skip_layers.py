@@ -38,7 +38,7 @@ def test_search_returns_a_valid_skip_set_with_the_defined_objective(setup):
     steps = sorted({row["step"] for row in result.trace})
     assert steps == list(range(1, 4))
     sets = [next(r["skip_layers"] for r in result.trace if r["step"] == s) for s in steps]
-    for previous, current in zip([[]] + sets, sets):
+    for previous, current in zip([[], *sets], sets, strict=False):
         assert set(previous) < set(current) and len(current) == len(previous) + 1
     for row in result.trace:
         assert row["cost_ratio"] == pytest.approx((NUM_LAYERS - len(row["skip_layers"])) / NUM_LAYERS)

@@ -117,7 +117,8 @@ tmp = Path(sys.argv[1])
 runtime = start_ray(RayConfig(num_cpus=2, storage_path=str(tmp / "ray")), Path.cwd())
 spec = SearchSpec(name="resume", fingerprint="r", metric="value", mode="max", max_concurrent_trials=1)
 space = SearchSpace(tmp / "s.yaml", {"x": {"grid": [0, 1, 2]}})
-run_search(tune.with_parameters(slow_trial, marker_dir=str(tmp / "markers")), space, runtime, spec, plan_search(runtime, spec))
+trial = tune.with_parameters(slow_trial, marker_dir=str(tmp / "markers"))
+run_search(trial, space, runtime, spec, plan_search(runtime, spec))
 """
 
 

@@ -101,9 +101,9 @@ def stage_code(stage: str, root: Path = ROOT) -> StageCode:
             and node.args
             and isinstance(node.args[0], ast.Constant)
             and isinstance(node.args[0].value, str)
+            and not node.args[0].value.startswith(STATE)
         ):
-            if not node.args[0].value.startswith(STATE):
-                code.named_paths.add(node.args[0].value.rstrip("/"))
+            code.named_paths.add(node.args[0].value.rstrip("/"))
     return code
 
 

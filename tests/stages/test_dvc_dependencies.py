@@ -40,7 +40,8 @@ def test_a_stage_lists_no_code_it_does_not_run(stage):
         )
         extra = sorted(listed - files)
         assert not extra, (
-            f"stage {stage} lists {extra} in dvc.yaml but does not import them (an edit would re-run it needlessly); {FIX}"
+            f"stage {stage} lists {extra} in dvc.yaml but does not import them "
+            f"(an edit would re-run it needlessly); {FIX}"
         )
 
 

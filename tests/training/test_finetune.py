@@ -75,7 +75,7 @@ def _vision_state(backbone) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("train_vision_tower", [False, True])
 def test_vision_tower_is_frozen_unless_asked_to_train(setup, tmp_path, train_vision_tower):
-    splits, tokenizer = setup
+    _splits, tokenizer = setup
     before = _vision_state(build_backbone(ModelConfig(tiny=TINY), tokenizer, seed=0))
     _, backbone = _fit(setup, tmp_path, steps=3, fingerprint="v", train_vision_tower=train_vision_tower)
     after = _vision_state(backbone)

@@ -37,14 +37,14 @@ def _setup(tiny_data, steps: int, **overrides):
     splits, tokenizer = tiny_data
     backbone = build_backbone(ModelConfig(tiny=TINY), tokenizer, seed=0)
     builder = backbone.prompt_builder(PromptConfig())
-    settings = dict(
-        max_steps=steps,
-        batch_size=8,
-        val_every_steps=steps,
-        val_batches=1,
-        val_decode_prompts=2,
-        optimizer={"warmup_steps": 1, "lr": 1e-3},
-    )
+    settings = {
+        "max_steps": steps,
+        "batch_size": 8,
+        "val_every_steps": steps,
+        "val_batches": 1,
+        "val_decode_prompts": 2,
+        "optimizer": {"warmup_steps": 1, "lr": 1e-3},
+    }
     cfg = ImitationConfig(**{**settings, **overrides})
     torch.manual_seed(0)
     head = ImitationNetwork(TINY.hidden_size)
@@ -164,4 +164,5 @@ def test_trainable_fusion_fits_a_draft_deeper_than_the_fused_layers(tiny_data, k
         loss_weights={"ce": 1.0, "cs": 1.0, "kd": 1.0},
     )
     assert result.metrics["steps"] == 3 and 0 <= result.metrics["val_cs"] <= 2
-    assert any(not torch.equal(a, b) for a, b in zip(before, fusion.parameters()))  # the fusion trains with the head
+    # the fusion trains with the head
+    assert any(not torch.equal(a, b) for a, b in zip(before, fusion.parameters(), strict=True))

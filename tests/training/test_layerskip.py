@@ -27,7 +27,7 @@ def test_dropout_rates_grow_linearly_with_depth_and_exit_weights_sum_to_the_scal
     assert layer_dropout_rates(5, 0.2) == pytest.approx([0.0, 0.05, 0.1, 0.15, 0.2])
     assert layer_dropout_rates(1, 0.2) == [0.0]
     weights = early_exit_weights(5, 2.0)  # exits after layers 1..4, ∝ depth
-    assert weights == pytest.approx([2.0 * l / 10 for l in (1, 2, 3, 4)]) and sum(weights) == pytest.approx(2.0)
+    assert weights == pytest.approx([2.0 * depth / 10 for depth in (1, 2, 3, 4)]) and sum(weights) == pytest.approx(2.0)
     assert early_exit_weights(4, 0.0) == [0.0, 0.0, 0.0]
     draws = torch.tensor([sample_kept_layers([0.0, 0.5, 0.9], torch.Generator().manual_seed(s)) for s in range(2000)])
     dropped = 1 - draws.float().mean(0)
@@ -38,14 +38,14 @@ def _setup(tiny_data, steps: int, **overrides):
     splits, tokenizer = tiny_data
     backbone = build_backbone(ModelConfig(tiny=TINY), tokenizer, seed=0)
     builder = backbone.prompt_builder(PromptConfig())
-    settings = dict(
-        max_steps=steps,
-        batch_size=8,
-        val_every_steps=steps,
-        val_batches=1,
-        val_decode_prompts=2,
-        optimizer={"warmup_steps": 1, "lr": 3e-3},
-    )
+    settings = {
+        "max_steps": steps,
+        "batch_size": 8,
+        "val_every_steps": steps,
+        "val_batches": 1,
+        "val_decode_prompts": 2,
+        "optimizer": {"warmup_steps": 1, "lr": 3e-3},
+    }
     return backbone, builder, LayerSkipConfig(**{**settings, **overrides}), splits
 
 
