@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pipeline.config import ImitationArchitecture, parse_params
 from pipeline.models.imitation import ImitationNetwork, save_imitation
-from pipeline.search.sweep import head_key, loss_weights, reusable_heads
+from pipeline.search.sweep_heads import head_key, loss_weights, reusable_heads
 
 
 def test_the_sweep_never_reuses_a_head_trained_with_another_fusion_or_schedule(tmp_path):

@@ -19,7 +19,7 @@ from tests.stages.import_closure import (
 )
 
 STAGES = dvc_stages()
-FIX = "run `python -m tests.stages.import_closure --write` to update dvc.yaml"
+FIX = "run `make deps` (python -m tests.stages.import_closure --write) to update dvc.yaml"
 
 
 @pytest.mark.parametrize("stage", sorted(STAGES))
