@@ -24,14 +24,13 @@ from pipeline import tracking
 from pipeline.config import ImitationArchitecture, NASConfig, Params
 from pipeline.evaluation.flops import per_token_flops
 from pipeline.evaluation.layer_choice import resolve_draft_layers
-from pipeline.models.deep_layer_fusion import build_fusion, fused_layer_count
 from pipeline.models.imitation import ImitationNetwork
 from pipeline.models.loading import load_backbone
 from pipeline.search.space import load_search_space
 from pipeline.search.stage_search import run_stage_search
-from pipeline.search.trial_setup import TrialContext, load_for_trial
+from pipeline.search.trial_setup import TrialContext, load_for_trial, train_trial_head
 from pipeline.search.tuning import SearchSpec, inputs_fingerprint, result_rows
-from pipeline.training.imitation import ValidationReporter, fit_imitation
+from pipeline.training.imitation import ValidationReporter
 from pipeline.training.imitation_losses import variant_weights
 
 # Keys a NAS search space may name: the architecture's fields
@@ -96,38 +95,17 @@ def nas_trial(config: dict[str, Any], context: TrialContext) -> None:
             }
         )
 
-    cfg = imitation.model_copy(
-        update={
-            "max_steps": nas.max_steps,
-            "val_every_steps": nas.report_every_steps,
-            "val_batches": nas.val_batches,
-            "val_decode_prompts": nas.val_decode_prompts,
-            "optimizer": imitation.optimizer.model_copy(
-                update={"warmup_steps": min(imitation.optimizer.warmup_steps, max(0, nas.max_steps // 4))}
-            ),
-            "trainer": imitation.trainer.model_copy(
-                update={"accelerator": "auto" if torch.cuda.is_available() else "cpu"}
-            ),
-        }
-    )
+    updates = {
+        "max_steps": nas.max_steps,
+        "val_every_steps": nas.report_every_steps,
+        "val_batches": nas.val_batches,
+        "val_decode_prompts": nas.val_decode_prompts,
+        "optimizer": imitation.optimizer.model_copy(
+            update={"warmup_steps": min(imitation.optimizer.warmup_steps, max(0, nas.max_steps // 4))}
+        ),
+    }
     weights = variant_weights("ce+cs+kd", imitation.weights)
-    fusion = build_fusion(
-        imitation.fusion, adapter.hidden_size, fused_layer_count(imitation.fusion_layers, adapter.num_layers, n)
-    )
-    fit_imitation(
-        backbone.model,
-        head,
-        fusion,
-        loaded.builder,
-        backbone.image_processor,
-        loaded.splits,
-        cfg,
-        draft_layers=n,
-        loss_weights=weights,
-        seed=params.seed,
-        callbacks=[ValidationReporter(report)],
-        progress_bar=False,
-    )
+    train_trial_head(loaded, params, head, n, weights, updates, callbacks=[ValidationReporter(report)])
 
 
 def max_reports(cfg: NASConfig) -> int:

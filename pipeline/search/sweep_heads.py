@@ -13,10 +13,8 @@ from typing import Any
 import torch
 
 from pipeline.config import ImitationArchitecture, Params
-from pipeline.models.deep_layer_fusion import build_fusion, fused_layer_count
 from pipeline.models.imitation import ImitationNetwork, load_imitation, save_imitation
-from pipeline.search.trial_setup import Loaded, TrialContext
-from pipeline.training.imitation import fit_imitation
+from pipeline.search.trial_setup import Loaded, TrialContext, train_trial_head
 from pipeline.training.imitation_losses import VARIANTS, variant_weights
 
 
@@ -66,35 +64,13 @@ def obtain_head(
         hidden = backbone.adapter.hidden_size
         torch.manual_seed(params.seed)
         head = ImitationNetwork(hidden, ImitationArchitecture.model_validate(context.architecture))
-        fusion = build_fusion(
-            params.imitation.fusion,
-            hidden,
-            fused_layer_count(params.imitation.fusion_layers, backbone.adapter.num_layers, n),
-        )
-        imitation = params.imitation
-        cfg = imitation.model_copy(
-            update={
-                "max_steps": params.sweep.train_steps,
-                "val_every_steps": params.sweep.train_steps,
-                "val_decode_prompts": 0,  # the trial decodes its own prompts afterwards
-                "trainer": imitation.trainer.model_copy(
-                    update={"accelerator": "auto" if torch.cuda.is_available() else "cpu"}
-                ),
-            }
-        )
-        fit_imitation(
-            backbone.model,
-            head,
-            fusion,
-            loaded.builder,
-            backbone.image_processor,
-            loaded.splits,
-            cfg,
-            draft_layers=n,
-            loss_weights=weights,
-            seed=params.seed,
-            progress_bar=False,
-        )
+        # the trial decodes its own prompts afterwards: no validation decoding while training
+        updates = {
+            "max_steps": params.sweep.train_steps,
+            "val_every_steps": params.sweep.train_steps,
+            "val_decode_prompts": 0,
+        }
+        train_trial_head(loaded, params, head, n, weights, updates)
         save_imitation(head, folder, {"draft_layers": n, "loss_weights": weights, "steps": params.sweep.train_steps})
         return head, "sweep"
 

@@ -1,4 +1,5 @@
-"""What every search trial loads before it trains or decodes: the backbone, the prepared data, the prompt builder.
+"""What every search trial loads before it trains or decodes (the backbone, the prepared data, the prompt builder),
+and how it trains an imitation network on them.
 
 Trials get absolute paths (they run in their own working directories, possibly on other nodes) and the
 validated params as a dict. With `reuse_actors` a worker runs many trials, so the loaded pieces are cached
@@ -12,12 +13,16 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import lightning as L
 import torch
 
 from pipeline.config import Params
 from pipeline.data.prepared import SplitData, load_prepared
 from pipeline.data.prompts import PromptBuilder
+from pipeline.models.deep_layer_fusion import build_fusion, fused_layer_count
+from pipeline.models.imitation import ImitationNetwork
 from pipeline.models.loading import Backbone, load_backbone
+from pipeline.training.imitation import ImitationResult, fit_imitation
 
 
 @dataclass(frozen=True)
@@ -53,3 +58,41 @@ def _load(model_dir: str, data_dir: str, prompts_json: str) -> Loaded:
 def load_for_trial(context: TrialContext) -> Loaded:
     torch.set_num_threads(max(1, context.threads))
     return _load(context.model_dir, context.data_dir, json.dumps(context.params["data"]["prompts"], sort_keys=True))
+
+
+def train_trial_head(
+    loaded: Loaded,
+    params: Params,
+    head: ImitationNetwork,
+    draft_layers: int,
+    loss_weights: dict[str, float],
+    updates: dict[str, Any],
+    callbacks: list[L.Callback] | None = None,
+) -> ImitationResult:
+    """Train `head` at draft depth n on the trial's frozen backbone with params' imitation settings changed by
+    `updates`, the cosine target fused as params say, on the accelerator Ray gave the trial (a GPU on a cluster)."""
+    imitation = params.imitation
+    accelerator = "auto" if torch.cuda.is_available() else "cpu"
+    cfg = imitation.model_copy(
+        update={**updates, "trainer": imitation.trainer.model_copy(update={"accelerator": accelerator})}
+    )
+    adapter = loaded.backbone.adapter
+    fusion = build_fusion(
+        imitation.fusion,
+        adapter.hidden_size,
+        fused_layer_count(imitation.fusion_layers, adapter.num_layers, draft_layers),
+    )
+    return fit_imitation(
+        loaded.backbone.model,
+        head,
+        fusion,
+        loaded.builder,
+        loaded.backbone.image_processor,
+        loaded.splits,
+        cfg,
+        draft_layers=draft_layers,
+        loss_weights=loss_weights,
+        seed=params.seed,
+        callbacks=callbacks,
+        progress_bar=False,
+    )
