@@ -10,7 +10,7 @@ out.sequences, out.stats
 from pipeline.decoding.acceptance import greedy_accept, speculative_accept
 from pipeline.decoding.baselines import AutoregressiveDecoder, DraftAndVerifyDecoder, DraftOnlyDecoder
 from pipeline.decoding.engine import SelfSpeculativeDecoder
-from pipeline.decoding.heads import StatefulHead
+from pipeline.decoding.head_protocol import StatefulHead
 from pipeline.decoding.policies import (
     ConfidenceStop,
     DraftPolicy,

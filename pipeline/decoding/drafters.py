@@ -21,7 +21,7 @@ from torch import nn
 from transformers import Cache
 
 from pipeline.decoding.cache import crop_to
-from pipeline.decoding.heads import StatefulHead, is_stateful
+from pipeline.decoding.head_protocol import StatefulHead, is_stateful
 from pipeline.models.adapter import BackboneAdapter
 
 

@@ -191,7 +191,7 @@ class SelfSpeculativeDecoder(Decoder):
 
     `head=None` drafts by early exit (layer-n states → final norm → LM head); otherwise `head` is an
     `nn.Module` mapping layer-n states [B, T, H] to states for the final norm and LM head (see
-    `pipeline.decoding.heads` for heads that keep state). `draft_len` is an int (fixed) or a
+    `pipeline.decoding.head_protocol` for heads that keep state). `draft_len` is an int (fixed) or a
     `DraftPolicy`. Greedy output equals `model.generate(do_sample=False)` token for token; with
     `temperature > 0` the output is distributed as the full model's sampling distribution.
     """

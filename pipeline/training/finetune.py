@@ -1,4 +1,4 @@
-"""Stage `finetune`: train (tiny preset) or fine-tune (pretrained) the VLM with cross-entropy on
+"""Fine-tuning the backbone: train (tiny preset) or fine-tune (pretrained) the VLM with cross-entropy on
 caption, description and answer tokens (paper eq. 1)."""
 
 from __future__ import annotations
