@@ -20,6 +20,20 @@ class StrictModel(BaseModel):
     # extra="forbid" turns a typo in params.yaml into an error instead of a silently ignored knob.
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _partial_sections_keep_their_defaults(cls, data: Any) -> Any:
+        """A partial nested section (`imitation: {optimizer: {lr: 0.01}}`) overrides only the keys it names: the others
+        keep *this* section's defaults (imitation's weight decay 0), not those of the nested type (0.01)."""
+        if not isinstance(data, dict):
+            return data
+        merged = dict(data)
+        for name, field in cls.model_fields.items():
+            given, default = data.get(name), field.default
+            if isinstance(given, dict) and isinstance(default, BaseModel):
+                merged[name] = {**default.model_dump(), **given}
+        return merged
+
 
 class SyntheticDataConfig(StrictModel):
     n_train: int = Field(6000, ge=1)

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import Params, load_params, parse_params
+from pipeline.config import OptimizerConfig, Params, TrainerConfig, load_params, parse_params
 from pipeline.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,7 +19,8 @@ def test_repository_params_are_valid_and_complete():
 
 def test_every_bad_field_is_listed_at_once():
     raw = {
-        "finetune": {"lr": -1, "batch_size": 0, "bogus": 1},
+        "finetune": {"optimizer": {"lr": -1}, "trainer": {"precision": "8-bit"}, "batch_size": 0, "bogus": 1},
+        "imitation": {"optimizer": {"warmup_steps": -1}},
         "model": {"tiny": {"hidden_size": 250, "num_heads": 4}},
         "data": {"synthetic": {"min_objects": 5, "max_objects": 2}},
         "typo_section": {},
@@ -28,7 +29,9 @@ def test_every_bad_field_is_listed_at_once():
         parse_params(raw, source="params.yaml")
     message = str(info.value)
     for field in (
-        "finetune.lr",
+        "finetune.optimizer.lr",
+        "finetune.trainer.precision",
+        "imitation.optimizer.warmup_steps",
         "finetune.batch_size",
         "finetune.bogus",
         "model.tiny",
@@ -109,3 +112,16 @@ def test_fusion_table_settings_are_validated():
     assert (
         parse_params({"imitation": {"weights": {"cs": 0.0}, "fusion_comparison": []}}).imitation.fusion_comparison == []
     )
+
+
+def test_every_training_stage_shares_one_trainer_and_optimizer_type_with_its_own_defaults():
+    params = parse_params({"imitation": {"optimizer": {"lr": 0.01}}})
+    trainings = (params.finetune, params.imitation, params.baselines.layerskip)
+    assert {type(t.optimizer) for t in trainings} == {OptimizerConfig} and {type(t.trainer) for t in trainings} == {
+        TrainerConfig
+    }
+    # a partial nested block keeps the stage's own defaults for the keys it does not name
+    assert params.imitation.optimizer == OptimizerConfig(lr=0.01, weight_decay=0.0, warmup_steps=10)
+    weights = parse_params({"imitation": {"task_weights": {"caption": 1.0}}}).imitation.task_weights
+    assert (weights.caption, weights.description, weights.vqa) == (1.0, 0.3, 0.1)
+    assert (params.finetune.optimizer.lr, params.baselines.layerskip.optimizer.lr) == (1e-3, 1e-4)
