@@ -66,8 +66,10 @@ class MethodSpec:
 
     @property
     def identity_reference(self) -> MethodSpec:
-        """The method whose output this one must reproduce: its own backbone decoded token by token."""
-        return autoregressive(self.backbone)
+        """What this method's output is compared with, token for token: a verified method must reproduce its own
+        backbone decoded token by token; any other (a draft alone, another backbone's own full model) is compared with
+        the fine-tuned model, which says how far its text strays from that model's."""
+        return autoregressive(self.backbone if self.verified else FINETUNED)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "skip_layers": list(self.skip_layers)}

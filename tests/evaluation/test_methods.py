@@ -74,6 +74,9 @@ def test_methods_on_another_backbone_are_checked_against_that_backbones_own_outp
     plan = _plan()
     layerskip = next(s for s in plan.methods if s.backbone == "layerskip" and s.kind == "ssd")
     assert layerskip.identity_reference.key == "layerskip:full"
+    # unverified methods are compared with the fine-tuned model: how far LayerSkip's own text moved from it
+    assert methods.autoregressive("layerskip").identity_reference == plan.reference
+    assert methods.draft_only("ce", 1).identity_reference == plan.reference
     assert plan.main.identity_reference == plan.reference
     assert {s.kind for s in plan.methods if s.verified} == {"ssd", "draft_verify"}
 
