@@ -13,7 +13,6 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-import lightning as L
 import torch
 
 from pipeline.config import Params
@@ -67,7 +66,7 @@ def train_trial_head(
     draft_layers: int,
     loss_weights: dict[str, float],
     updates: dict[str, Any],
-    callbacks: list[L.Callback] | None = None,
+    callbacks: list[Any] | None = None,  # Lightning callbacks (Lightning itself stays in training/)
 ) -> ImitationResult:
     """Train `head` at draft depth n on the trial's frozen backbone with params' imitation settings changed by
     `updates`, the cosine target fused as params say, on the accelerator Ray gave the trial (a GPU on a cluster)."""
