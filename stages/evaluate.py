@@ -35,8 +35,8 @@ def main(params: Params) -> None:
         evaluation = run_evaluation(params, INPUTS)
         log_method_runs(evaluation)
         atomic_write_json(METRICS, evaluation.summary)
-        atomic_write_csv(ACCEPTANCE_PLOT, evaluation.acceptance_by_position)
-        atomic_write_csv(SPEEDUP_PLOT, evaluation.speedup_by_draft_len)
+        atomic_write_csv(ACCEPTANCE_PLOT, evaluation.acceptance_by_position())
+        atomic_write_csv(SPEEDUP_PLOT, evaluation.speedup_by_draft_len())
     print("\n".join(evaluation.lines()))
 
 

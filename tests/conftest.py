@@ -15,7 +15,7 @@ from pipeline.data.prepared import MANIFEST, load_prepared
 from pipeline.data.synthetic import generate_synthetic_dataset
 from pipeline.data.tokenizer import train_word_tokenizer
 from pipeline.io import atomic_write_json
-from pipeline.models.loading import build_backbone, save_backbone
+from pipeline.models.loading import Backbone, build_backbone, save_backbone
 from pipeline.models.tiny_llava import build_tiny_llava, tiny_llava_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +38,11 @@ TINY = TinyLlavaConfig(
     patch_size=8,
     image_size=16,
 )
+
+
+def tiny_backbone(tokenizer: Any, **sizes: Any) -> Backbone:
+    """A TINY backbone (sizes overridden, e.g. num_layers=2) for a word tokenizer, seeded: what training tests train."""
+    return build_backbone(ModelConfig(tiny=TINY.model_copy(update=sizes)), tokenizer, seed=0)
 
 
 @pytest.fixture
@@ -195,7 +200,7 @@ def tiny_repo(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("repo")
     (root / "dvc.yaml").write_text("stages: {}\n")  # marks the repository root (tracking.repo_root)
     _, tokenizer = write_tiny_dataset(root / "data/prepared")
-    save_backbone(build_backbone(ModelConfig(tiny=TINY), tokenizer, seed=0), root / "models/finetuned")
+    save_backbone(tiny_backbone(tokenizer), root / "models/finetuned")
     (root / "metrics").mkdir()
     (root / "metrics/layer_choice.json").write_text(json.dumps({"chosen_n": 1}))
     spaces = root / "experiments/search_spaces"

@@ -46,12 +46,23 @@ class EvaluationInputs:
 
 @dataclass
 class Evaluation:
-    summary: dict[str, Any]  # metrics/evaluate.json: the plan, per-method results, the settings
-    acceptance_by_position: list[dict[str, Any]]  # Fig. 5's data
-    speedup_by_draft_len: list[dict[str, Any]]  # Fig. 9's data
+    plan: methods.EvaluationPlan
+    summary: dict[str, Any]  # metrics/evaluate.json: the plan, per-method results (by method key), the settings
+
+    @property
+    def results(self) -> dict[str, dict[str, Any]]:
+        return self.summary["methods"]
+
+    def acceptance_by_position(self) -> list[dict[str, Any]]:
+        """Fig. 5's data, for `dvc plots`."""
+        return series.acceptance_by_position(self.plan, self.results)
+
+    def speedup_by_draft_len(self) -> list[dict[str, Any]]:
+        """Fig. 9's data, for `dvc plots`."""
+        return series.speedup_by_draft_len(self.plan, self.results)
 
     def lines(self) -> list[str]:
-        rows = self.summary["methods"]
+        rows = self.results
         return [
             f"  {row['label']:34s} speed-up {row['speedup']:.2f}×  identical {row['identical_share']:.0%}  "
             f"CIDEr {row.get('cider', float('nan')):.3f}  accept {row.get('acceptance_rate', float('nan')):.2f}"
@@ -115,14 +126,13 @@ def run_evaluation(params: Params, inputs: EvaluationInputs) -> Evaluation:
         "plan": plan.to_dict(),
         "methods": rows,
     }
-    return Evaluation(summary, series.acceptance_by_position(plan, rows), series.speedup_by_draft_len(plan, rows))
+    return Evaluation(plan, summary)
 
 
 def log_method_runs(evaluation: Evaluation) -> None:
     """One MLflow run per method, nested under the stage's run (tag `method` = its key), for the UI's compare view."""
-    plan = methods.EvaluationPlan.from_dict(evaluation.summary["plan"])
-    for spec in plan.methods:
-        row = evaluation.summary["methods"][spec.key]
+    for spec in evaluation.plan.methods:
+        row = evaluation.results[spec.key]
         with tracking.nested_run(spec.label, {"method": spec.key, **spec.to_dict()}, tags={"method": spec.key}):
             flat = {k: v for k, v in row.items() if isinstance(v, float)}
             for task, scores in row.get("tasks", {}).items():

@@ -13,7 +13,7 @@ This module is torch-free, so the report stage reads the plan back from `metrics
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from pipeline.config import Params
@@ -293,7 +293,3 @@ def dedupe(methods: Iterable[MethodSpec]) -> list[MethodSpec]:
     for spec in methods:
         seen.setdefault(spec.key, spec)
     return list(seen.values())
-
-
-def relabel(spec: MethodSpec, label: str) -> MethodSpec:
-    return replace(spec, label=label)

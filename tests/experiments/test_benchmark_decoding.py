@@ -10,12 +10,12 @@ import pytest
 import torch
 import yaml
 
-from pipeline.config import ModelConfig, Params
+from pipeline.config import Params
 from pipeline.evaluation.speed import expected_speedup
 from pipeline.io import atomic_write_json
 from pipeline.models.imitation import ImitationNetwork, save_imitation
-from pipeline.models.loading import build_backbone, save_backbone
-from tests.conftest import ROOT, TINY
+from pipeline.models.loading import save_backbone
+from tests.conftest import ROOT, TINY, tiny_backbone
 
 
 def _benchmark_module():
@@ -28,7 +28,7 @@ def _benchmark_module():
 def test_benchmark_runs_every_method_and_reports_lossless_identity(tiny_data, tmp_path):
     splits, tokenizer = tiny_data
     data_dir = splits["test"].images[0].image_path.parents[2]  # <root>/images/test/x.png
-    backbone = build_backbone(ModelConfig(tiny=TINY), tokenizer, seed=0)
+    backbone = tiny_backbone(tokenizer)
     save_backbone(backbone, tmp_path / "model")
     save_backbone(backbone, tmp_path / "layerskip")
     torch.manual_seed(0)

@@ -5,21 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.config import FinetuneConfig, ModelConfig, PromptConfig, TinyLlavaConfig
-from pipeline.models.loading import build_backbone
+from pipeline.config import FinetuneConfig, PromptConfig
 from pipeline.training.finetune import fit_finetune
-
-TINY = TinyLlavaConfig(
-    num_layers=2,
-    hidden_size=32,
-    intermediate_size=64,
-    num_heads=2,
-    num_kv_heads=2,
-    vision_layers=1,
-    vision_hidden_size=32,
-    vision_intermediate_size=64,
-    vision_heads=2,
-)
+from tests.conftest import tiny_backbone
 
 
 @pytest.fixture
@@ -29,7 +17,7 @@ def setup(tiny_data):
 
 def _fit(setup, tmp: Path, steps: int, fingerprint: str, **overrides):
     splits, tokenizer = setup
-    backbone = build_backbone(ModelConfig(tiny=TINY), tokenizer, seed=0)
+    backbone = tiny_backbone(tokenizer, num_layers=2)
     builder = backbone.prompt_builder(PromptConfig())
     cfg = FinetuneConfig(
         max_steps=steps,
@@ -76,7 +64,7 @@ def _vision_state(backbone) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("train_vision_tower", [False, True])
 def test_vision_tower_is_frozen_unless_asked_to_train(setup, tmp_path, train_vision_tower):
     _splits, tokenizer = setup
-    before = _vision_state(build_backbone(ModelConfig(tiny=TINY), tokenizer, seed=0))
+    before = _vision_state(tiny_backbone(tokenizer, num_layers=2))
     _, backbone = _fit(setup, tmp_path, steps=3, fingerprint="v", train_vision_tower=train_vision_tower)
     after = _vision_state(backbone)
     changed = [k for k in before if not torch.equal(before[k], after[k])]

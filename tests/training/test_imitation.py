@@ -7,13 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import ImitationArchitecture, ImitationConfig, LossWeights, ModelConfig, PromptConfig
+from pipeline.config import ImitationArchitecture, ImitationConfig, LossWeights, PromptConfig
 from pipeline.models.deep_layer_fusion import build_fusion
 from pipeline.models.imitation import ImitationNetwork
-from pipeline.models.loading import build_backbone
 from pipeline.training import imitation_losses as losses
 from pipeline.training.imitation import fit_imitation
-from tests.conftest import TINY
+from tests.conftest import TINY, tiny_backbone
 
 
 def test_losses_against_known_values():
@@ -35,7 +34,7 @@ def test_losses_against_known_values():
 
 def _setup(tiny_data, steps: int, **overrides):
     splits, tokenizer = tiny_data
-    backbone = build_backbone(ModelConfig(tiny=TINY), tokenizer, seed=0)
+    backbone = tiny_backbone(tokenizer)
     builder = backbone.prompt_builder(PromptConfig())
     settings = {
         "max_steps": steps,

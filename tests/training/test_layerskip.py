@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.config import LayerSkipConfig, ModelConfig, PromptConfig
-from pipeline.models.loading import build_backbone
+from pipeline.config import LayerSkipConfig, PromptConfig
 from pipeline.training import imitation_losses as losses
 from pipeline.training.datamodule import VLMDataModule
 from pipeline.training.layerskip import (
@@ -18,7 +17,7 @@ from pipeline.training.layerskip import (
     layer_dropout_rates,
     sample_kept_layers,
 )
-from tests.conftest import TINY
+from tests.conftest import TINY, tiny_backbone
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -36,7 +35,7 @@ def test_dropout_rates_grow_linearly_with_depth_and_exit_weights_sum_to_the_scal
 
 def _setup(tiny_data, steps: int, **overrides):
     splits, tokenizer = tiny_data
-    backbone = build_backbone(ModelConfig(tiny=TINY), tokenizer, seed=0)
+    backbone = tiny_backbone(tokenizer)
     builder = backbone.prompt_builder(PromptConfig())
     settings = {
         "max_steps": steps,
