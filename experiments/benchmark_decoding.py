@@ -28,12 +28,12 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import GrowingScheduleConfig, Params, load_params
-from pipeline.data.pixels import PixelStore
 from pipeline.data.prepared import load_prepared
 from pipeline.decoding.baselines import default_skip_layers
 from pipeline.evaluation import methods
 from pipeline.evaluation.method_runner import DecodingResources, runnables
 from pipeline.evaluation.methods import MethodSpec
+from pipeline.evaluation.prompts import caption_prompts
 from pipeline.evaluation.speed import MethodTiming, expected_speedup, identical_share, time_methods
 from pipeline.io import atomic_write_json
 from pipeline.models.imitation import as_draft_head, load_imitation
@@ -76,23 +76,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_prompts(args: argparse.Namespace, backbone: Backbone, params: Params) -> list[dict]:
-    data_dir = Path(args.data or params.data.out_dir)
-    test = load_prepared(data_dir)["test"]
-    builder = backbone.prompt_builder(params.data.prompts)
-    described = [i for i, r in enumerate(test.images) if r.image_id in test.descriptions]
-    chosen = [("caption", i) for i in range(args.captions)] + [
-        ("description", i) for i in described[: args.descriptions]
-    ]
-    pixels = PixelStore([test.images[i].image_path for _, i in chosen], backbone.image_processor)
+    """evaluate's caption and description prompts on the benchmark's device and dtype, all with one token budget."""
+    test = load_prepared(Path(args.data or params.data.out_dir))["test"]
+    prompts = caption_prompts(
+        test, backbone.prompt_builder(params.data.prompts), backbone.image_processor, args.captions, args.descriptions
+    )
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     return [
         {
-            "task": task,
-            "input_ids": torch.tensor([builder.prompt_ids(task)], device=device),
-            "pixel_values": pixels[k].unsqueeze(0).to(device, dtype),
+            **prompt,
+            "input_ids": prompt["input_ids"].to(device),
+            "pixel_values": prompt["pixel_values"].to(device, dtype),
             "max_new_tokens": args.max_new_tokens,
         }
-        for k, (task, _) in enumerate(chosen)
+        for prompt in prompts
     ]
 
 
