@@ -196,11 +196,14 @@ def run_nas(params: Params, model_dir: Path, layer_choice: Path, write: Callable
         max_concurrent_trials=cfg.max_concurrent_trials,
         scheduler=asha_scheduler(cfg),
     )
-    outcome: list[NASOutcome] = []
-
-    def finish(results: Any) -> None:
-        outcome.append(summarise(results, cfg, params.imitation.architecture, n))
-        write(outcome[0])
-
-    run_stage_search("nas", params, nas_trial, context, space, spec, {"draft_layers": str(n)}, finish)
-    return outcome[0]
+    return run_stage_search(
+        "nas",
+        params,
+        nas_trial,
+        context,
+        space,
+        spec,
+        {"draft_layers": str(n)},
+        lambda results: summarise(results, cfg, params.imitation.architecture, n),
+        write,
+    )

@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from pipeline import tracking
 from pipeline.config import Params
 from pipeline.search.ray_runtime import start_ray, stop_ray
 from pipeline.search.space import SearchSpace
 from pipeline.search.tuning import SearchSpec, plan_search, run_search
+
+Outcome = TypeVar("Outcome")
 
 
 def run_stage_search(
@@ -21,9 +23,11 @@ def run_stage_search(
     space: SearchSpace,
     spec: SearchSpec,
     tags: dict[str, str],
-    finish: Callable[[Any], None],
-) -> None:
-    """Run `trial(config, context=context)` over `space`; `finish(results)` runs inside the stage's MLflow run."""
+    summarise: Callable[[Any], Outcome],
+    write: Callable[[Outcome], None],
+) -> Outcome:
+    """Run `trial(config, context=context)` over `space` and return `summarise(results)`; `write(outcome)` (the stage's
+    outputs) runs inside the stage's MLflow run, so what it logs lands there."""
     from ray import tune
 
     runtime = start_ray(params.ray, tracking.repo_root())
@@ -43,6 +47,8 @@ def run_stage_search(
                 experiment=params.tracking.experiment,
                 tags={"dvc_stage": stage, "search": spec.name, **tags},
             )
-            finish(results)
+            outcome = summarise(results)
+            write(outcome)
     finally:
         stop_ray()
+    return outcome

@@ -242,11 +242,4 @@ def run_sweep(
         max_failures=params.ray.max_failures,
         max_concurrent_trials=params.sweep.max_concurrent_trials,
     )
-    outcome: list[SweepOutcome] = []
-
-    def finish(results: Any) -> None:
-        outcome.append(summarise(results))
-        write(outcome[0])
-
-    run_stage_search("sweep", params, sweep_trial, context, space, spec, {}, finish)
-    return outcome[0]
+    return run_stage_search("sweep", params, sweep_trial, context, space, spec, {}, summarise, write)
