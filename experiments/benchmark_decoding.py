@@ -33,10 +33,10 @@ from pipeline.decoding.baselines import default_skip_layers
 from pipeline.evaluation import methods
 from pipeline.evaluation.method_runner import DecodingResources, runnables
 from pipeline.evaluation.methods import MethodSpec
-from pipeline.evaluation.prompts import caption_prompts
+from pipeline.evaluation.prompts import caption_prompts, on_device
 from pipeline.evaluation.speed import MethodTiming, expected_speedup, identical_share, time_methods
 from pipeline.io import atomic_write_json
-from pipeline.models.imitation import as_draft_head, load_imitation
+from pipeline.models.imitation import load_draft_head
 from pipeline.models.loading import Backbone, load_backbone
 
 REFERENCE = methods.hf_generate(label="model.generate")
@@ -81,16 +81,8 @@ def build_prompts(args: argparse.Namespace, backbone: Backbone, params: Params) 
     prompts = caption_prompts(
         test, backbone.prompt_builder(params.data.prompts), backbone.image_processor, args.captions, args.descriptions
     )
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    return [
-        {
-            **prompt,
-            "input_ids": prompt["input_ids"].to(device),
-            "pixel_values": prompt["pixel_values"].to(device, dtype),
-            "max_new_tokens": args.max_new_tokens,
-        }
-        for prompt in prompts
-    ]
+    moved = on_device(prompts, torch.device(args.device), getattr(torch, args.dtype))
+    return [{**prompt, "max_new_tokens": args.max_new_tokens} for prompt in moved]
 
 
 def method_specs(num_layers: int, args: argparse.Namespace, heads: dict[str, int], layerskip: bool) -> list[MethodSpec]:
@@ -138,15 +130,14 @@ def imitation_heads(args: argparse.Namespace, model: nn.Module) -> tuple[dict[st
     if not args.imitation:
         return {}, {}
     heads, depth = {}, {}
-    parameter = next(model.parameters())
     for folder in sorted(Path(args.imitation).iterdir()):
         if not (folder / "config.json").exists():
             continue
-        network, extra = load_imitation(folder)
+        head, extra = load_draft_head(folder, model)
         # The mixed schedule's head drafts for its own backbone: only when asked for
         # (with --model models/mixed_backbone)
         if folder.name in args.variants if args.variants is not None else not extra.get("mixed"):
-            heads[folder.name] = as_draft_head(network.to(parameter.device, parameter.dtype).eval())
+            heads[folder.name] = head
             depth[folder.name] = int(extra["draft_layers"])
     return heads, depth
 
@@ -219,15 +210,13 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     params = load_params(args.params)
-    backbone = load_backbone(args.model)
-    model = backbone.model.to(args.device, getattr(torch, args.dtype)).eval()
+    backbone = load_backbone(args.model, args.dtype, args.device)
+    model = backbone.model
     num_layers = backbone.adapter.num_layers
     prompts = build_prompts(args, backbone, params)
     models = {methods.FINETUNED: model}
     if args.layerskip:
-        models[methods.LAYERSKIP] = (
-            load_backbone(args.layerskip).model.to(args.device, getattr(torch, args.dtype)).eval()
-        )
+        models[methods.LAYERSKIP] = load_backbone(args.layerskip, args.dtype, args.device).model
     heads, depth = imitation_heads(args, model)
     specs = method_specs(num_layers, args, depth, bool(args.layerskip))
     growing = GrowingScheduleConfig(d_min=args.growing[0], d_max=args.growing[1], step=args.growing[2])

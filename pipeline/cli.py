@@ -53,6 +53,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--draft-len", default=None, help="draft length d or 'growing' (default: params.yaml decoding.draft_len)"
     )
     parser.add_argument("--max-new-tokens", type=int, default=None)
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "float16", "float64"),
+        default=None,
+        help="the model's precision (default: params.yaml model.dtype)",
+    )
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: params.yaml model.device)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--no-compare", action="store_true", help="skip decoding with the full model for comparison")
     args = parser.parse_args(argv)
@@ -82,7 +89,7 @@ def _method(args: argparse.Namespace, backbone: Backbone, params: Params) -> tup
     from pipeline.evaluation import methods
     from pipeline.evaluation.layer_choice import resolve_draft_layers
     from pipeline.evaluation.method_runner import DecodingResources
-    from pipeline.models.imitation import as_draft_head, load_imitation
+    from pipeline.models.imitation import load_draft_head
     from pipeline.models.loading import load_backbone
 
     resources = DecodingResources(
@@ -101,9 +108,9 @@ def _method(args: argparse.Namespace, backbone: Backbone, params: Params) -> tup
         return spec, resources, f"Draft & Verify, skipping layers {found['skip_layers']}"
     head, n, what = None, None, "early exit (no imitation network)"
     if args.method in ("ssd", "draft") and args.imitation.exists():
-        network, extra = load_imitation(args.imitation)
+        network, extra = load_draft_head(args.imitation, backbone.model)
         head, n, what = args.imitation.name, int(extra["draft_layers"]), f"imitation network {args.imitation}"
-        resources.heads = {head: as_draft_head(network.eval())}
+        resources.heads = {head: network}
     if n is None:
         n = resolve_draft_layers(
             params.imitation.draft_layers, num_layers, Path("metrics/layer_choice.json"), "imitation.draft_layers"
@@ -113,7 +120,7 @@ def _method(args: argparse.Namespace, backbone: Backbone, params: Params) -> tup
     if args.method == "layerskip":
         if not args.layerskip.exists():
             raise PipelineError(f"{args.layerskip} not found: run `dvc repro train_baselines` (or pass --layerskip)")
-        resources.models = {methods.LAYERSKIP: load_backbone(args.layerskip).model.eval()}
+        resources.models = {methods.LAYERSKIP: load_backbone(args.layerskip, args.dtype, args.device).model}
         return (
             methods.ssd(None, n, _draft_len(args, params), backbone=methods.LAYERSKIP),
             resources,
@@ -126,12 +133,17 @@ def _method(args: argparse.Namespace, backbone: Backbone, params: Params) -> tup
     )
 
 
-def _timed(fn: Callable[[], T], repeats: int = 3) -> tuple[T, float]:
-    """The result and the median wall time of `repeats` calls (one call is at the mercy of the scheduler)."""
+def _timed(fn: Callable[[], T], device: torch.device, repeats: int = 3) -> tuple[T, float]:
+    """The result and the median wall time of `repeats` calls (one call is at the mercy of the scheduler), the device
+    synchronised around each."""
+    from pipeline.evaluation.speed import synchronize
+
     times = []
     for _ in range(repeats):
+        synchronize(device)
         start = time.perf_counter()
         result = fn()
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return result, sorted(times)[len(times) // 2]
 
@@ -148,12 +160,17 @@ def caption(argv: list[str]) -> int:
 
     args = parse_args(argv)
     params = _params(args.params)
+    args.dtype = args.dtype or params.model.dtype
+    args.device = args.device or params.model.device
     image = load_image(args.image)  # a clean ImageError for a missing or corrupt file
-    backbone = load_backbone(args.model)
-    backbone.model.eval()
+    backbone = load_backbone(args.model, args.dtype, args.device)
     tokenizer = backbone.tokenizer
+    hidden = backbone.adapter.embed_weight
     input_ids = torch.tensor([backbone.prompt_builder(params.data.prompts).prompt_ids(args.task, args.question)])
-    pixels = backbone.image_processor(images=[image], return_tensors="pt")["pixel_values"]
+    input_ids = input_ids.to(hidden.device)
+    pixels = backbone.image_processor(images=[image], return_tensors="pt")["pixel_values"].to(
+        hidden.device, hidden.dtype
+    )
     budget = args.max_new_tokens or MAX_NEW_TOKENS[args.task]
     eos = tokenizer.eos_token_id
     console = Console(highlight=False)
@@ -161,14 +178,16 @@ def caption(argv: list[str]) -> int:
     model = resources.model(spec)
     with torch.no_grad():
         if spec.kind == "hf_generate":
-            sequences, seconds = _timed(lambda: hf_greedy(model, input_ids, budget, eos, pixel_values=pixels))
+            sequences, seconds = _timed(
+                lambda: hf_greedy(model, input_ids, budget, eos, pixel_values=pixels), hidden.device
+            )
             stats = None
         else:
             decoder = build_decoder(spec, resources)
             decoder.generate(input_ids, budget, eos, pixel_values=pixels)  # warm-up: first-call allocations
-            out, seconds = _timed(lambda: decoder.generate(input_ids, budget, eos, pixel_values=pixels))
+            out, seconds = _timed(lambda: decoder.generate(input_ids, budget, eos, pixel_values=pixels), hidden.device)
             sequences, stats = out.sequences, out.stats
-        new = sequences[0, input_ids.shape[1] :].tolist()
+        new = backbone.adapter.new_tokens(sequences, input_ids)[0].tolist()
         text = tokenizer.decode(new, skip_special_tokens=True)
         assert isinstance(text, str)  # one sequence of ids decodes to one string
         console.print(Text(text.strip(), style="bold"))
@@ -192,8 +211,8 @@ def caption(argv: list[str]) -> int:
                 return hf_greedy(model, input_ids, budget, eos, pixel_values=pixels)
 
             reference()
-            full, full_seconds = _timed(reference)
-            full_new = full[0, input_ids.shape[1] :].tolist()
+            full, full_seconds = _timed(reference, hidden.device)
+            full_new = backbone.adapter.new_tokens(full, input_ids)[0].tolist()
             same = "identical to" if full_new == new else "different from"
             console.print(
                 f"full model: {len(full_new) / full_seconds:.1f} tokens/s; speed-up "

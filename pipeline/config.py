@@ -7,6 +7,7 @@ in one go instead of meeting them one stage at a time.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -86,10 +87,12 @@ class DataConfig(StrictModel):
         return self
 
 
-class TinyLlavaConfig(StrictModel):
-    """Sizes of the `tiny-llava` preset: a real `LlavaForConditionalGeneration`, trained from scratch."""
+class TinyBackboneConfig(StrictModel):
+    """Sizes of the presets trained from scratch: `tiny-llava` (a real `LlavaForConditionalGeneration`),
+    `tiny-blip2-opt` and `tiny-blip2-t5` (a real `Blip2ForConditionalGeneration` with an OPT decoder or a T5
+    encoder–decoder). The language model's sizes are shared; `num_layers` counts its decoder layers."""
 
-    text_model: Literal["llama", "mistral", "qwen2"] = "llama"
+    text_model: Literal["llama", "mistral", "qwen2"] = "llama"  # tiny-llava's language model
     num_layers: int = Field(12, ge=2)
     hidden_size: int = Field(256, ge=16)
     intermediate_size: int = Field(688, ge=16)
@@ -102,9 +105,13 @@ class TinyLlavaConfig(StrictModel):
     vision_heads: int = Field(4, ge=1)
     patch_size: int = Field(32, ge=2)
     image_size: int = Field(96, ge=8)
+    # BLIP-2: the Q-Former's queries become this many image tokens; its width and depth
+    num_query_tokens: int = Field(9, ge=1)
+    qformer_hidden_size: int = Field(128, ge=16)
+    qformer_layers: int = Field(1, ge=1)
 
     @model_validator(mode="after")
-    def _heads_divide(self) -> TinyLlavaConfig:
+    def _heads_divide(self) -> TinyBackboneConfig:
         problems = []
         if self.image_size % self.patch_size:
             problems.append(f"image_size ({self.image_size}) must be divisible by patch_size ({self.patch_size})")
@@ -117,15 +124,34 @@ class TinyLlavaConfig(StrictModel):
                 f"vision_hidden_size ({self.vision_hidden_size}) must be divisible by "
                 f"vision_heads ({self.vision_heads})"
             )
+        if self.qformer_hidden_size % self.vision_heads:
+            problems.append(
+                f"qformer_hidden_size ({self.qformer_hidden_size}) must be divisible by "
+                f"vision_heads ({self.vision_heads})"
+            )
         if problems:
             raise ValueError("; ".join(problems))
         return self
 
 
+ModelDtype = Literal["float32", "bfloat16", "float16", "float64"]
+
+
 class ModelConfig(StrictModel):
     preset: str = "tiny-llava"
     pretrained_path: str | None = None
-    tiny: TinyLlavaConfig = TinyLlavaConfig()
+    tiny: TinyBackboneConfig = TinyBackboneConfig()
+    # Where and in which precision the stages that *run* the backbone (layer choice, searches, evaluation, the caption
+    # command) hold it; training stages follow their `trainer` block (accelerator, precision). T5 overflows in float16.
+    dtype: ModelDtype = "float32"
+    device: str = "cpu"  # cpu, cuda, cuda:1, mps; one device (a model split over several is refused)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", value):
+            raise ValueError(f"device must be cpu, mps, cuda or cuda:<index>, got {value!r}")
+        return value
 
     @field_validator("preset")
     @classmethod

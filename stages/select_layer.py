@@ -25,7 +25,7 @@ FIGURE = Path("reports/figures/layer_reward.png")
 
 def main(params: Params) -> None:
     cfg = params.layer_choice
-    backbone = load_backbone(FINETUNED)
+    backbone = load_backbone(FINETUNED, params.model.dtype, params.model.device)
     num_layers = backbone.adapter.num_layers
     cost = layer_cost(cfg, num_layers)
     with tracking.stage_run("select_layer", params.tracking.experiment, params.model_dump(include={"layer_choice"})):

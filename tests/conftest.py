@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from pipeline.config import ModelConfig, TinyLlavaConfig, parse_params
+from pipeline.config import ModelConfig, TinyBackboneConfig, parse_params
 from pipeline.data.prepared import MANIFEST, load_prepared
 from pipeline.data.synthetic import generate_synthetic_dataset
 from pipeline.data.tokenizer import train_word_tokenizer
@@ -25,7 +25,7 @@ EOS = 2
 
 # The tiny VLM every test builds: a real LlavaForConditionalGeneration (CLIP tower + Llama decoder), 16×16 images of
 # 4 patches, GQA (4 query heads, 2 key/value heads)
-TINY = TinyLlavaConfig(
+TINY = TinyBackboneConfig(
     num_layers=4,
     hidden_size=32,
     intermediate_size=64,
@@ -64,6 +64,28 @@ def make_tiny_llava(
         cfg, vocab_size=VOCAB, pad_token_id=0, bos_token_id=1, eos_token_id=EOS, image_token_id=IMAGE_TOKEN_ID
     )
     return build_tiny_llava(config, seed=0).to(dtype).eval()
+
+
+def make_tiny_blip2(language: str = "opt", *, num_layers: int = 4, dtype: torch.dtype = torch.float32):
+    """TINY as BLIP-2 with an OPT decoder or a T5 encoder–decoder (FlanT5's layout), 4 query tokens = the 4 image
+    tokens of `make_vlm_inputs`, for a 64-token vocabulary with <image> = 4 (T5's decoder starts from <pad> = 0)."""
+    from pipeline.models.tiny_blip2 import build_tiny_blip2, tiny_blip2_config
+
+    cfg = TINY.model_copy(update={"num_layers": num_layers, "num_query_tokens": 4})
+    config = tiny_blip2_config(
+        cfg, language, vocab_size=VOCAB, pad_token_id=0, bos_token_id=1, eos_token_id=EOS, image_token_id=IMAGE_TOKEN_ID
+    )
+    model = build_tiny_blip2(config, seed=0)
+    if language == "t5":
+        # T5 ties its LM head to unit-variance input embeddings and initialises its blocks small: untrained, the
+        # residual stream is little more than the input token's embedding, and greedy decoding repeats one token
+        # forever. Smaller embeddings and larger block weights give a varied sequence, which losslessness tests need.
+        with torch.no_grad():
+            model.language_model.shared.weight.mul_(0.2)
+            for name, parameter in model.language_model.decoder.named_parameters():
+                if "layer_norm" not in name:
+                    parameter.mul_(30.0)
+    return model.to(dtype).eval()
 
 
 def make_vlm_inputs(batch: int = 2, text_len: int = 5, seed: int = 0, dtype: torch.dtype = torch.float32):

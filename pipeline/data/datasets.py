@@ -34,8 +34,17 @@ class ExampleDataset(Dataset):
         }
 
 
-def collate_for_training(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded prompt+target; labels only on the target tokens (paper eq. 1)."""
+def collate_for_training(
+    items: list[dict], pad_id: int, decoder_start_id: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Right-padded prompt+target; labels only on the target tokens (paper eq. 1).
+
+    Decoder-only: `input_ids` = prompt + target. Encoder–decoder (`decoder_start_id` given): the prompt is the encoder's
+    (`encoder_input_ids`, `encoder_attention_mask`) and `input_ids` = start + target for the decoder. Either way
+    `labels` equal `input_ids` on the target's positions and IGNORE_INDEX elsewhere: the loss compares
+    `logits[:, :-1]` with `labels[:, 1:]`."""
+    if decoder_start_id is not None:
+        return _collate_seq2seq(items, pad_id, decoder_start_id)
     sequences = [item["prompt"] + item["target"] for item in items]
     width = max(map(len, sequences))
     input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
@@ -51,6 +60,23 @@ def collate_for_training(items: list[dict], pad_id: int) -> dict[str, torch.Tens
         "labels": labels,
         "pixel_values": torch.stack([item["pixel_values"] for item in items]),
     }
+
+
+def _collate_seq2seq(items: list[dict], pad_id: int, decoder_start_id: int) -> dict[str, torch.Tensor]:
+    encoder = _right_padded([item["prompt"] for item in items], pad_id)
+    # The decoder's side is a decoder-only example whose prompt is the start token
+    decoder = collate_for_training([{**item, "prompt": [decoder_start_id]} for item in items], pad_id)
+    return {**decoder, "encoder_input_ids": encoder[0], "encoder_attention_mask": encoder[1]}
+
+
+def _right_padded(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(map(len, sequences))
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        ids[row, : len(sequence)] = torch.tensor(sequence)
+        mask[row, : len(sequence)] = 1
+    return ids, mask
 
 
 def collate_prompts(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
@@ -125,6 +151,8 @@ def balanced_batches(
     dataset = ExampleDataset(examples, pixels, builder)
     pad = builder.tokenizer.pad_token_id
     return [
-        collate_for_training([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))], pad)
+        collate_for_training(
+            [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))], pad, builder.decoder_start_id
+        )
         for start in range(0, len(dataset), batch_size)
     ]

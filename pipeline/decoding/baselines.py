@@ -20,7 +20,7 @@ from pipeline.decoding.engine import Decoder, check_draft_layers, pick, prefill,
 from pipeline.decoding.inputs import GenerationRequest
 from pipeline.decoding.policies import ConfidenceStop, DraftPolicy, as_policy
 from pipeline.decoding.stats import DecodingStats, GenerationOutput
-from pipeline.models.adapter import BackboneAdapter
+from pipeline.models.adapters import BackboneAdapter
 
 
 def _token_by_token(adapter: BackboneAdapter, request: GenerationRequest, drafter: Drafter | None) -> GenerationOutput:
@@ -31,18 +31,19 @@ def _token_by_token(adapter: BackboneAdapter, request: GenerationRequest, drafte
     total = adapter.num_layers
     split = total if drafter is None else drafter.shared_layers
     sampling, generator, eos = request.sampling, request.generator, request.eos_token_ids
-    cache = new_cache(adapter.model)
+    cache = new_cache(adapter, rollback=False)  # one token at a time: nothing is ever taken back
     prompt = request.prompt_length
     positions = torch.arange(prompt + request.max_new_tokens, device=request.device).unsqueeze(0)
     if drafter is None:
-        _, logits = prefill(adapter, request, cache, positions, total)
+        _, logits, encoder = prefill(adapter, request, cache, positions, total)
     else:
         # The draft alone from the first token on: the prompt too goes through the draft's layers only
         drafter.reset()
         where = positions[:, :prompt]
-        embeds = adapter.prefix(request.input_ids, **request.model_inputs)
-        shallow = adapter.run_layers(embeds, 0, split, cache, position_ids=where)
-        logits = adapter.logits(drafter.draft_hidden(shallow, cache, where)[:, -1])
+        prefix = adapter.prefix(request.input_ids, **request.model_inputs)
+        encoder = prefix.encoder
+        shallow = adapter.run_layers(prefix.embeds, 0, split, cache, position_ids=where, encoder=encoder)
+        logits = adapter.logits(drafter.draft_hidden(shallow, cache, where, encoder)[:, -1])
     token = pick(logits, sampling, generator)
     committed = [token]
     # The hot loop: no mask or position rebuilding, no per-step allocation beyond the layers' own
@@ -50,9 +51,11 @@ def _token_by_token(adapter: BackboneAdapter, request: GenerationRequest, drafte
         if eos and int(token) in eos:
             break
         where = positions[:, prompt + step - 1 : prompt + step]
-        hidden = adapter.run_layers(adapter.embed(token.view(1, 1)), 0, split, cache, position_ids=where)
+        hidden = adapter.run_layers(
+            adapter.embed(token.view(1, 1)), 0, split, cache, position_ids=where, encoder=encoder
+        )
         if drafter is not None:
-            hidden = drafter.draft_hidden(hidden, cache, where)
+            hidden = drafter.draft_hidden(hidden, cache, where, encoder)
         token = pick(adapter.logits(hidden[:, -1]), sampling, generator)
         committed.append(token)
     stats.new_tokens = len(committed)

@@ -22,7 +22,7 @@ from transformers import Cache
 
 from pipeline.decoding.cache import crop_to
 from pipeline.decoding.head_protocol import StatefulHead, is_stateful
-from pipeline.models.adapter import BackboneAdapter
+from pipeline.models.adapters import BackboneAdapter, EncoderStates
 
 
 class Drafter(ABC):
@@ -38,7 +38,9 @@ class Drafter(ABC):
         """The prompt's layer-n states, once per generation (for drafters that keep state)."""
 
     @abstractmethod
-    def draft_hidden(self, hidden: torch.Tensor, cache: Cache, position_ids: torch.Tensor) -> torch.Tensor:
+    def draft_hidden(
+        self, hidden: torch.Tensor, cache: Cache, position_ids: torch.Tensor, encoder: EncoderStates | None = None
+    ) -> torch.Tensor:
         """Layer-n states of new tokens → the states the final norm and LM head turn into draft logits."""
 
     def before_verify(self, cache: Cache, length: int) -> None:  # noqa: B027
@@ -53,6 +55,8 @@ class EarlyExitDrafter(Drafter):
 
     def __init__(self, adapter: BackboneAdapter, draft_layers: int, head: nn.Module | None = None) -> None:
         super().__init__(adapter, draft_layers)
+        if head is not None:
+            check_head_placement(head, adapter)
         self.head = head
         self.stateful = is_stateful(head)
 
@@ -65,7 +69,9 @@ class EarlyExitDrafter(Drafter):
             assert self.head is not None  # stateful implies a head
             self.head(hidden)
 
-    def draft_hidden(self, hidden: torch.Tensor, cache: Cache, position_ids: torch.Tensor) -> torch.Tensor:
+    def draft_hidden(
+        self, hidden: torch.Tensor, cache: Cache, position_ids: torch.Tensor, encoder: EncoderStates | None = None
+    ) -> torch.Tensor:
         return hidden if self.head is None else self.head(hidden)
 
     def after_verify(self, kept: int, unseen: torch.Tensor | None) -> None:
@@ -76,6 +82,20 @@ class EarlyExitDrafter(Drafter):
             cast(StatefulHead, self.head).crop(kept)  # `stateful`: the head passed the protocol check in __init__
         else:
             self.head(unseen)
+
+
+def check_head_placement(head: nn.Module, adapter: BackboneAdapter) -> None:
+    """A head must compute in the dtype and on the device of the backbone's hidden states: say so up front, with the
+    fix, instead of failing at the first draft with a bare matmul error."""
+    weight = adapter.embed_weight
+    found = {(p.dtype, p.device) for p in head.parameters()}
+    if found - {(weight.dtype, weight.device)}:
+        have = ", ".join(sorted(f"{dtype} on {device}" for dtype, device in found))
+        raise ValueError(
+            f"the draft head's parameters are {have} but the backbone's hidden states are {weight.dtype} on "
+            f"{weight.device}: cast it with head.to(device=..., dtype=...) (pipeline.models.imitation.load_draft_head "
+            "does this when it loads a saved network)"
+        )
 
 
 class SkipLayerDrafter(Drafter):
@@ -101,9 +121,11 @@ class SkipLayerDrafter(Drafter):
             else:
                 self.segments.append((index, index + 1))
 
-    def draft_hidden(self, hidden: torch.Tensor, cache: Cache, position_ids: torch.Tensor) -> torch.Tensor:
+    def draft_hidden(
+        self, hidden: torch.Tensor, cache: Cache, position_ids: torch.Tensor, encoder: EncoderStates | None = None
+    ) -> torch.Tensor:
         for start, end in self.segments:
-            hidden = self.adapter.run_layers(hidden, start, end, cache, position_ids=position_ids)
+            hidden = self.adapter.run_layers(hidden, start, end, cache, position_ids=position_ids, encoder=encoder)
         return hidden
 
     def before_verify(self, cache: Cache, length: int) -> None:

@@ -23,13 +23,13 @@ from torch import nn
 from transformers import Cache
 
 from pipeline.decoding.acceptance import greedy_accept, speculative_accept
-from pipeline.decoding.cache import crop_to, new_cache
+from pipeline.decoding.cache import crop_to, has_sliding_layers, new_cache
 from pipeline.decoding.drafters import Drafter, EarlyExitDrafter
-from pipeline.decoding.inputs import GenerationRequest, prepare_request
+from pipeline.decoding.inputs import GenerationRequest, model_device, prepare_request
 from pipeline.decoding.policies import DraftPolicy, as_policy
 from pipeline.decoding.sampling import SamplingConfig, sample
 from pipeline.decoding.stats import DecodingStats, GenerationOutput
-from pipeline.models.adapter import BackboneAdapter, adapter_for
+from pipeline.models.adapters import BackboneAdapter, EncoderStates, adapter_for
 
 
 def check_draft_layers(adapter: BackboneAdapter, draft_layers: int) -> int:
@@ -51,13 +51,15 @@ def pick(logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Genera
 
 def prefill(
     adapter: BackboneAdapter, request: GenerationRequest, cache: Cache, positions: torch.Tensor, split: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The prompt through the full model once; returns (layer-`split` states, last-position logits [1, V])."""
-    length = request.prompt_length
-    embeds = adapter.prefix(request.input_ids, **request.model_inputs)
-    shallow = adapter.run_layers(embeds, 0, split, cache, position_ids=positions[:, :length])
-    deep = adapter.run_layers(shallow, split, adapter.num_layers, cache, position_ids=positions[:, :length])
-    return shallow, adapter.logits(deep[:, -1])
+) -> tuple[torch.Tensor, torch.Tensor, EncoderStates | None]:
+    """The prompt through the full model once; returns (layer-`split` states, last-position logits [1, V], the
+    encoder states an encoder–decoder's blocks attend to)."""
+    where = positions[:, : request.prompt_length]
+    prefix = adapter.prefix(request.input_ids, **request.model_inputs)
+    encoder = prefix.encoder
+    shallow = adapter.run_layers(prefix.embeds, 0, split, cache, position_ids=where, encoder=encoder)
+    deep = adapter.run_layers(shallow, split, adapter.num_layers, cache, position_ids=where, encoder=encoder)
+    return shallow, adapter.logits(deep[:, -1]), encoder
 
 
 def truncate(new: torch.Tensor, budget: int, eos: frozenset[int]) -> tuple[torch.Tensor, bool]:
@@ -80,12 +82,15 @@ def speculative_generate(
     sampling, generator, eos = request.sampling, request.generator, request.eos_token_ids
     policy.reset()
     drafter.reset()
-    cache = new_cache(adapter.model)
+    cache = new_cache(adapter)
+    # Sliding-window layers are cut every round, not only after a rejection: their memory stays bounded by the window
+    # even while every draft is accepted
+    always_crop = has_sliding_layers(cache)
     prompt = request.prompt_length
     # Positions of every token this generation can touch, sliced instead of rebuilt in the loop
     positions = torch.arange(prompt + request.max_new_tokens + 1, device=request.device).unsqueeze(0)
 
-    shallow, logits = prefill(adapter, request, cache, positions, n)
+    shallow, logits, encoder = prefill(adapter, request, cache, positions, n)
     drafter.observe_prompt(shallow)
     token = pick(logits, sampling, generator)
     committed = [token]
@@ -104,9 +109,11 @@ def speculative_generate(
         draft_probs: list[torch.Tensor] = []
         for i in range(limit):
             where = positions[:, base + i : base + i + 1]
-            state = adapter.run_layers(adapter.embed(current.view(1, 1)), 0, n, cache, position_ids=where)
+            state = adapter.run_layers(
+                adapter.embed(current.view(1, 1)), 0, n, cache, position_ids=where, encoder=encoder
+            )
             states.append(state)
-            draft_logits = adapter.logits(drafter.draft_hidden(state, cache, where)[:, -1])
+            draft_logits = adapter.logits(drafter.draft_hidden(state, cache, where, encoder)[:, -1])
             if sampling.greedy:
                 current = draft_logits.argmax(dim=-1)
                 confidence = torch.softmax(draft_logits, dim=-1).amax() if policy.needs_confidence else None
@@ -124,9 +131,11 @@ def speculative_generate(
 
         drafter.before_verify(cache, base)
         where = positions[:, base + k : base + k + 1]
-        last = adapter.run_layers(adapter.embed(current.view(1, 1)), 0, n, cache, position_ids=where)
+        last = adapter.run_layers(adapter.embed(current.view(1, 1)), 0, n, cache, position_ids=where, encoder=encoder)
         verify_in = torch.cat([*states, last], dim=1) if states else last
-        deep = adapter.run_layers(verify_in, n, total, cache, position_ids=positions[:, base : base + k + 1])
+        deep = adapter.run_layers(
+            verify_in, n, total, cache, position_ids=positions[:, base : base + k + 1], encoder=encoder
+        )
         verify_logits = adapter.logits(deep)[0]
         draft_tokens = torch.cat(drafts) if drafts else empty
         if sampling.greedy:
@@ -140,7 +149,7 @@ def speculative_generate(
         stats.record_round(k, accepted)
         policy.update(k, accepted)
         kept = base + accepted + 1
-        if accepted < k:
+        if accepted < k or always_crop:
             crop_to(cache, kept)
         drafter.after_verify(kept, last if accepted == k else None)
 
@@ -160,6 +169,7 @@ class Decoder:
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.adapter = adapter_for(model)
+        self.device = model_device(model)  # refuses a model split over devices now, not mid-decode
 
     @torch.inference_mode()
     def generate(
@@ -178,7 +188,7 @@ class Decoder:
         `[]` never stops early."""
         sampling = SamplingConfig(temperature, top_k, top_p)
         request = prepare_request(
-            self.model, input_ids, max_new_tokens, eos_token_id, sampling, generator, model_inputs
+            self.adapter, input_ids, max_new_tokens, eos_token_id, sampling, generator, model_inputs
         )
         return self._generate(request)
 

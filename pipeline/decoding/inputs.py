@@ -4,6 +4,11 @@ The decoders take their inputs as `model.generate` does (`input_ids`, `max_new_t
 `eos_token_id`, `pixel_values`, `attention_mask`, ...) and return sequences in its layout. Batch size is 1.
 A left-padded prompt is decoded without its padding (with positions counted from the first real token,
 as `model.generate` does) and the padding is put back in front of the output.
+
+For an encoder–decoder backbone, `input_ids` (and `attention_mask`) are the encoder's prompt, as for
+`model.generate`: they become `encoder_input_ids` of the adapter's prefix, the decoder starts from its
+`decoder_start_token_id`, and the sequences are the decoder's (start token + new tokens), as `model.generate`
+returns them for encoder–decoder models.
 """
 
 from __future__ import annotations
@@ -15,13 +20,14 @@ import torch
 from torch import nn
 
 from pipeline.decoding.sampling import SamplingConfig
+from pipeline.models.adapters import BackboneAdapter
 
 
 @dataclass
 class GenerationRequest:
-    input_ids: torch.Tensor  # [1, P]: the prompt without left padding, on the model's device
+    input_ids: torch.Tensor  # [1, P]: the decoder's prompt without left padding, on the model's device
     padding: torch.Tensor  # [1, p]: the removed left padding (p may be 0)
-    model_inputs: dict[str, torch.Tensor]  # what the adapter's `prefix` takes (pixel_values, ...)
+    model_inputs: dict[str, torch.Tensor]  # what the adapter's `prefix` takes (pixel_values, encoder_input_ids, ...)
     max_new_tokens: int
     eos_token_ids: frozenset[int]
     sampling: SamplingConfig
@@ -39,7 +45,15 @@ class GenerationRequest:
 
 
 def model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    """The one device the model lives on; a model split over several devices is refused with the reason."""
+    devices = {p.device for p in model.parameters()}
+    if len(devices) != 1:
+        raise ValueError(
+            f"the model's parameters are spread over {sorted(map(str, devices))}: self-speculative decoding runs "
+            "draft and verification over one shared KV cache on one device; load the model onto one device "
+            "(model.device in params.yaml, or .to(device)) instead of a device_map"
+        )
+    return devices.pop()
 
 
 def resolve_eos(model: nn.Module, eos_token_id: int | Iterable[int] | None) -> frozenset[int]:
@@ -57,7 +71,7 @@ def resolve_eos(model: nn.Module, eos_token_id: int | Iterable[int] | None) -> f
 
 
 def prepare_request(
-    model: nn.Module,
+    adapter: BackboneAdapter,
     input_ids: torch.Tensor,
     max_new_tokens: int,
     eos_token_id: int | Iterable[int] | None,
@@ -77,18 +91,28 @@ def prepare_request(
         raise ValueError("input_ids is empty: give at least one prompt token")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an integer ≥ 0, got {max_new_tokens!r}")
-    if "inputs_embeds" in model_inputs:
-        raise ValueError("inputs_embeds is not supported: pass input_ids (and pixel_values for images)")
+    for unsupported in ("inputs_embeds", "decoder_input_ids", "encoder_input_ids"):
+        if unsupported in model_inputs:
+            raise ValueError(f"{unsupported} is not supported: pass input_ids (and pixel_values for images)")
+    model = adapter.model
     device = model_device(model)
     input_ids = input_ids.to(device)
     inputs = {k: v for k, v in model_inputs.items() if v is not None}
     attention_mask = inputs.pop("attention_mask", None)
+    if attention_mask is not None and attention_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"attention_mask {tuple(attention_mask.shape)} does not match input_ids {tuple(input_ids.shape)}"
+        )
+    if adapter.is_encoder_decoder:
+        # The prompt is the encoder's; the decoder starts from its start token (model.generate's layout)
+        inputs["encoder_input_ids"] = input_ids
+        if attention_mask is not None:
+            inputs["encoder_attention_mask"] = attention_mask.to(device)
+        attention_mask = None
+        start = adapter.decoder_start_token_id
+        input_ids = torch.full((1, 1), start if start is not None else 0, dtype=torch.long, device=device)
     padding = input_ids[:, :0]
     if attention_mask is not None:
-        if attention_mask.shape != input_ids.shape:
-            raise ValueError(
-                f"attention_mask {tuple(attention_mask.shape)} does not match input_ids {tuple(input_ids.shape)}"
-            )
         keep = attention_mask[0].to(device).bool()
         pads = int((~keep).sum())
         if pads:

@@ -32,7 +32,11 @@ class SamplingConfig:
         return self.temperature == 0.0
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        """Softmax of the warped logits over the last dimension (any leading shape)."""
+        """Softmax of the warped logits over the last dimension (any leading shape), in float32 at least: as
+        `model.generate` upcasts the logits first, so that a half-precision model's probabilities (and the acceptance
+        test's uniform draws compared with them) are not rounded to 8 or 11 bits."""
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()
         return torch.softmax(warp_logits(logits, self.temperature, self.top_k, self.top_p), dim=-1)
 
 

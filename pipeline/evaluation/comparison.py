@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
+
 from pipeline.evaluation.caption_metrics import caption_scores
 from pipeline.evaluation.prompts import Prompt
 from pipeline.evaluation.speed import Method, identical_share, time_methods
@@ -54,6 +56,7 @@ def evaluate_methods(
     caption_metrics: bool = True,
     meteor: Any = False,
     spice: bool = False,
+    device: torch.device | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Time every method on `prompts` and score it.
 
@@ -64,7 +67,9 @@ def evaluate_methods(
     if reference not in methods:
         raise ValueError(f"reference method {reference!r} is not among {sorted(methods)}")
     identity_references = identity_references or {}
-    timings = time_methods(methods, prompts, repeats=repeats, warmup_prompts=warmup_prompts)
+    timings = time_methods(
+        methods, prompts, repeats=repeats, warmup_prompts=warmup_prompts, device=device or torch.device("cpu")
+    )
     base = timings[reference]
     tasks = {t: [i for i, p in enumerate(prompts) if p["task"] == t] for t in sorted({p["task"] for p in prompts})}
     results: dict[str, dict[str, Any]] = {}

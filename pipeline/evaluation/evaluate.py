@@ -27,8 +27,8 @@ from pipeline.evaluation import methods
 from pipeline.evaluation.caption_metrics import meteor_session
 from pipeline.evaluation.comparison import evaluate_methods
 from pipeline.evaluation.method_runner import DecodingResources, runnables
-from pipeline.evaluation.prompts import caption_prompts, vqa_prompts
-from pipeline.models.imitation import as_draft_head, load_imitation
+from pipeline.evaluation.prompts import caption_prompts, on_device, vqa_prompts
+from pipeline.models.imitation import load_draft_head
 from pipeline.models.loading import load_backbone
 from pipeline.report import series
 
@@ -70,12 +70,12 @@ class Evaluation:
         ]
 
 
-def load_heads(folder: Path) -> tuple[dict[str, torch.nn.Module], dict[str, int]]:
-    """Every saved imitation network in `folder` as a draft head, and its draft layers n."""
+def load_heads(folder: Path, model: torch.nn.Module) -> tuple[dict[str, torch.nn.Module], dict[str, int]]:
+    """Every saved imitation network in `folder` as a draft head for `model` (its dtype and device), and its draft
+    layers n."""
     heads, depth = {}, {}
     for path in sorted(p for p in folder.iterdir() if (p / "config.json").exists()):
-        network, extra = load_imitation(path)
-        heads[path.name] = as_draft_head(network.eval())
+        heads[path.name], extra = load_draft_head(path, model)
         depth[path.name] = int(extra["draft_layers"])
     if not heads:
         raise ModelLoadError(f"{folder} holds no imitation networks; run `dvc repro train_imitation`")
@@ -85,16 +85,22 @@ def load_heads(folder: Path) -> tuple[dict[str, torch.nn.Module], dict[str, int]
 def run_evaluation(params: Params, inputs: EvaluationInputs) -> Evaluation:
     cfg = params.evaluate
     torch.manual_seed(params.seed)
-    backbone = load_backbone(inputs.finetuned)
+    placement = {"dtype": params.model.dtype, "device": params.model.device}
+    backbone = load_backbone(inputs.finetuned, **placement)
     test = load_prepared(params.data.out_dir)["test"]
     builder = backbone.prompt_builder(params.data.prompts)
     prompts = caption_prompts(test, builder, backbone.image_processor, cfg.captions, cfg.descriptions)
     prompts += vqa_prompts(test, builder, backbone.image_processor, cfg.vqa)
-    heads, depth = load_heads(inputs.imitation)
+    hidden = backbone.adapter.embed_weight
+    prompts = on_device(prompts, hidden.device, hidden.dtype)
+    heads, depth = load_heads(inputs.imitation, backbone.model)
     found = json.loads(inputs.draft_verify.read_text())
-    models = {methods.FINETUNED: backbone.model.eval(), methods.LAYERSKIP: load_backbone(inputs.layerskip).model.eval()}
+    models = {
+        methods.FINETUNED: backbone.model,
+        methods.LAYERSKIP: load_backbone(inputs.layerskip, **placement).model,
+    }
     if methods.MIXED in heads and inputs.mixed_backbone.exists():
-        models[methods.MIXED] = load_backbone(inputs.mixed_backbone).model.eval()
+        models[methods.MIXED] = load_backbone(inputs.mixed_backbone, **placement).model
     else:
         depth.pop(methods.MIXED, None)
     plan = methods.evaluation_plan(params, depth, found)
@@ -113,6 +119,7 @@ def run_evaluation(params: Params, inputs: EvaluationInputs) -> Evaluation:
             repeats=cfg.repeats,
             meteor=meteor or False,
             spice=cfg.spice,
+            device=hidden.device,
         )
     rows = {spec.key: {"label": spec.label, **results[spec.key]} for spec in plan.methods}
     summary = {
@@ -123,6 +130,8 @@ def run_evaluation(params: Params, inputs: EvaluationInputs) -> Evaluation:
         "draft_verify": {k: found[k] for k in ("skip_layers", "threshold")},
         "prompts": {t: sum(p["task"] == t for p in prompts) for t in ("caption", "description", "vqa")},
         "threads": torch.get_num_threads(),
+        "dtype": params.model.dtype,
+        "device": params.model.device,
         "plan": plan.to_dict(),
         "methods": rows,
     }

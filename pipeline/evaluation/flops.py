@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 if TYPE_CHECKING:
-    from pipeline.models.adapter import BackboneAdapter
+    from pipeline.models.adapters import BackboneAdapter
 
 
 def counted_flops(fn: Callable[[], object]) -> int:

@@ -16,6 +16,7 @@ from pipeline.data.pixels import PixelStore
 from pipeline.data.prepared import Example, SplitData
 from pipeline.data.prompts import PromptBuilder
 from pipeline.evaluation.caption_metrics import caption_scores
+from pipeline.models.adapters import adapter_for
 from pipeline.models.loading import Backbone
 
 
@@ -39,7 +40,8 @@ def greedy_generate(
     tokenizer = builder.tokenizer
     dataset = ExampleDataset(examples, pixels, builder)
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=lambda b: collate_prompts(b, tokenizer.pad_token_id))
-    device = next(model.parameters()).device
+    adapter = adapter_for(model)
+    device = adapter.embed_weight.device
     blank = pixels.blank_like(0) if blank_images else None
     was_training = model.training
     model.eval()
@@ -56,7 +58,7 @@ def greedy_generate(
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         )
-        new_tokens = out[:, batch["input_ids"].shape[1] :]
+        new_tokens = adapter.new_tokens(out, batch["input_ids"])
         texts += [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
     model.train(was_training)
     return texts

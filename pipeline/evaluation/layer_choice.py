@@ -19,7 +19,7 @@ from pipeline.config import LayerChoiceConfig, PromptConfig
 from pipeline.data.datasets import IGNORE_INDEX, balanced_batches
 from pipeline.data.pixels import PixelStore
 from pipeline.data.prepared import SplitData
-from pipeline.models.adapter import BackboneAdapter
+from pipeline.models.adapters import BackboneAdapter
 from pipeline.models.loading import Backbone
 
 
@@ -46,11 +46,18 @@ def early_exit_confidence(adapter: BackboneAdapter, batches: Iterable[dict], max
     """Mean top-1 probability of the early exit after layers 1..max_layer, over target tokens."""
     sums = torch.zeros(max_layer, dtype=torch.float64)
     count = 0
+    device = adapter.embed_weight.device
     for batch in batches:
+        batch = {k: v.to(device) for k, v in batch.items()}
         scored = batch["labels"][:, 1:] != IGNORE_INDEX  # positions whose next token is a target token
-        embeds = adapter.prefix(batch["input_ids"], pixel_values=batch.get("pixel_values"))
+        prefix = adapter.batch_prefix(batch)
         _, states = adapter.run_layers(
-            embeds, 0, max_layer, attention_mask=batch["attention_mask"], collect_hidden=True
+            prefix.embeds,
+            0,
+            max_layer,
+            attention_mask=batch["attention_mask"],
+            collect_hidden=True,
+            encoder=prefix.encoder,
         )
         for i, state in enumerate(states):
             probs = adapter.logits(state[:, :-1][scored]).float().softmax(dim=-1)

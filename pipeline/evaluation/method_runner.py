@@ -25,6 +25,7 @@ from pipeline.decoding.stats import DecodingStats
 from pipeline.evaluation.methods import DraftLength, MethodSpec
 from pipeline.evaluation.prompts import Prompt
 from pipeline.evaluation.speed import Method
+from pipeline.models.adapters import adapter_for
 
 
 @dataclass
@@ -81,6 +82,7 @@ def build_decoder(spec: MethodSpec, resources: DecodingResources) -> Decoder:
 def runnable(spec: MethodSpec, resources: DecodingResources) -> Method:
     """`spec` as a `Method`: decodes one prompt (input_ids, pixel_values, max_new_tokens) into its new tokens."""
     eos = resources.eos_token_id
+    adapter = adapter_for(resources.model(spec))
     if spec.kind in ("hf_generate", "hf_early_exit"):
         model = resources.model(spec)
         early_exit: dict[str, int] | None = None
@@ -97,7 +99,7 @@ def runnable(spec: MethodSpec, resources: DecodingResources) -> Method:
                 sequences = hf_early_exit(
                     model, ids, prompt["max_new_tokens"], eos, pixel_values=prompt["pixel_values"], **early_exit
                 )
-            return sequences[0, ids.shape[1] :], None
+            return adapter.new_tokens(sequences, ids)[0], None
 
         return generate
     decoder = build_decoder(spec, resources)
@@ -105,7 +107,7 @@ def runnable(spec: MethodSpec, resources: DecodingResources) -> Method:
     def decode(prompt: Prompt) -> tuple[torch.Tensor, DecodingStats | None]:
         ids = prompt["input_ids"]
         out = decoder.generate(ids, prompt["max_new_tokens"], eos, pixel_values=prompt["pixel_values"])
-        return out.sequences[0, ids.shape[1] :], out.stats
+        return adapter.new_tokens(out.sequences, ids)[0], out.stats
 
     return decode
 

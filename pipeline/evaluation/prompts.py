@@ -17,6 +17,14 @@ MAX_NEW_TOKENS = {"caption": 32, "description": 96, "vqa": 8}
 Prompt = dict[str, Any]
 
 
+def on_device(prompts: list[Prompt], device: torch.device, dtype: torch.dtype) -> list[Prompt]:
+    """`prompts` with their token ids on `device` and their pixels on `device` in `dtype` (the backbone's)."""
+    return [
+        {**p, "input_ids": p["input_ids"].to(device), "pixel_values": p["pixel_values"].to(device, dtype)}
+        for p in prompts
+    ]
+
+
 def caption_prompts(
     split: SplitData, builder: PromptBuilder, image_processor: Any, captions: int, descriptions: int = 0
 ) -> list[Prompt]:

@@ -131,6 +131,17 @@ class ImitationNetwork(nn.Module):
         return super().train(mode)
 
 
+def load_draft_head(path: str | Path, model: nn.Module) -> tuple[nn.Module, dict]:
+    """A saved imitation network as a draft head for `model`: in the dtype and on the device of the model's hidden
+    states (a float32 head on a bfloat16 backbone would fail at its first matmul), in eval mode; and the rest of its
+    config (e.g. `draft_layers`)."""
+    from pipeline.models.adapters import adapter_for
+
+    network, extra = load_imitation(path)
+    weight = adapter_for(model).embed_weight
+    return as_draft_head(network.to(device=weight.device, dtype=weight.dtype).eval()), extra
+
+
 def as_draft_head(network: ImitationNetwork) -> nn.Module:
     """The network as the decoder's `head`: stateful (reset/crop) only when it has attention."""
     return network if network.attention is not None else _StatelessHead(network)

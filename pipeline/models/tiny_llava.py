@@ -19,7 +19,7 @@ from transformers import (
     Qwen2Config,
 )
 
-from pipeline.config import TinyLlavaConfig
+from pipeline.config import TinyBackboneConfig
 
 _TEXT_CONFIGS = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config}
 
@@ -29,7 +29,7 @@ CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
 def tiny_llava_config(
-    cfg: TinyLlavaConfig,
+    cfg: TinyBackboneConfig,
     *,
     vocab_size: int,
     pad_token_id: int,

@@ -34,7 +34,7 @@ from torch import nn
 
 from pipeline.decoding import AutoregressiveDecoder, ConfidenceStop, DraftAndVerifyDecoder
 from pipeline.evaluation.speed import expected_speedup
-from pipeline.models.adapter import adapter_for
+from pipeline.models.adapters import adapter_for
 
 
 @dataclass
@@ -77,13 +77,14 @@ def teacher_forced_agreement(
     skipped = set(skip)
     hits = total = 0
     for prompt, sequence in zip(prompts, sequences, strict=True):
-        start = prompt["input_ids"].shape[1]
+        (hidden, encoder), start = adapter.continuation_prefix(
+            prompt["input_ids"], sequence, pixel_values=prompt["pixel_values"]
+        )
         if sequence.shape[1] <= start:
             continue
-        hidden = adapter.prefix(sequence, pixel_values=prompt["pixel_values"])
         for index in range(adapter.num_layers):
             if index not in skipped:
-                hidden = adapter.run_layers(hidden, index, index + 1)
+                hidden = adapter.run_layers(hidden, index, index + 1, encoder=encoder)
         predicted = adapter.logits(hidden[:, start - 1 : -1]).argmax(-1)
         hits += int((predicted == sequence[:, start:]).sum())
         total += sequence.shape[1] - start

@@ -44,7 +44,7 @@ class VLMDataModule(L.LightningDataModule):
                 self.pixels[split] = PixelStore([r.image_path for r in self.splits[split].images], self.image_processor)
 
     def _collate(self, items: list[dict]) -> dict[str, torch.Tensor]:
-        return collate_for_training(items, self.builder.tokenizer.pad_token_id)
+        return collate_for_training(items, self.builder.tokenizer.pad_token_id, self.builder.decoder_start_id)
 
     def train_dataloader(self) -> DataLoader:
         examples = split_examples(self.splits["train"], self.weights)

@@ -17,7 +17,7 @@ from pipeline.config import FinetuneConfig
 from pipeline.data.datasets import IGNORE_INDEX
 from pipeline.data.prepared import SplitData
 from pipeline.data.prompts import PromptBuilder
-from pipeline.models.adapter import adapter_for
+from pipeline.models.adapters import adapter_for
 from pipeline.tracking import RunRef
 from pipeline.training.datamodule import VLMDataModule
 from pipeline.training.optimizer import adamw_cosine, decay_groups

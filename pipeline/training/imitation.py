@@ -27,7 +27,7 @@ from pipeline.data.prepared import SplitData
 from pipeline.data.prompts import PromptBuilder
 from pipeline.decoding import DecodingStats, SelfSpeculativeDecoder
 from pipeline.evaluation.prompts import validation_prompts
-from pipeline.models.adapter import BackboneAdapter, adapter_for
+from pipeline.models.adapters import BackboneAdapter, adapter_for
 from pipeline.models.imitation import ImitationNetwork, as_draft_head
 from pipeline.tracking import RunRef
 from pipeline.training import imitation_losses as losses
@@ -58,10 +58,10 @@ def draft_pass(
 ) -> DraftPass:
     mask = batch["attention_mask"]
     with torch.set_grad_enabled(backbone_grad and torch.is_grad_enabled()):
-        embeds = adapter.prefix(batch["input_ids"], pixel_values=batch.get("pixel_values"))
-        shallow = adapter.run_layers(embeds, 0, draft_layers, attention_mask=mask)
+        embeds, encoder = adapter.batch_prefix(batch)
+        shallow = adapter.run_layers(embeds, 0, draft_layers, attention_mask=mask, encoder=encoder)
         deep, states = adapter.run_layers(
-            shallow, draft_layers, adapter.num_layers, attention_mask=mask, collect_hidden=True
+            shallow, draft_layers, adapter.num_layers, attention_mask=mask, collect_hidden=True, encoder=encoder
         )
         full_logits = adapter.logits(deep)
     imitation = head(shallow)

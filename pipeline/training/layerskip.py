@@ -38,7 +38,7 @@ from pipeline.config import LayerSkipConfig
 from pipeline.data.prepared import SplitData
 from pipeline.data.prompts import PromptBuilder
 from pipeline.evaluation.prompts import validation_prompts
-from pipeline.models.adapter import BackboneAdapter, adapter_for
+from pipeline.models.adapters import BackboneAdapter, adapter_for
 from pipeline.tracking import RunRef
 from pipeline.training import imitation_losses as losses
 from pipeline.training.datamodule import VLMDataModule
@@ -69,7 +69,7 @@ def sample_kept_layers(rates: Sequence[float], generator: torch.Generator | None
 def exit_states(adapter: BackboneAdapter, batch: dict, kept: Sequence[bool] | None = None) -> list[torch.Tensor]:
     """The hidden state after each layer 1..L (the last is the model's), skipping layers where `kept` is False."""
     mask = batch["attention_mask"]
-    hidden = adapter.prefix(batch["input_ids"], pixel_values=batch.get("pixel_values"))
+    hidden, encoder = adapter.batch_prefix(batch)
     total = adapter.num_layers
     kept = [True] * total if kept is None else list(kept)
     states: list[torch.Tensor] = []
@@ -82,7 +82,9 @@ def exit_states(adapter: BackboneAdapter, batch: dict, kept: Sequence[bool] | No
         end = index
         while end < total and kept[end]:
             end += 1
-        hidden, outputs = adapter.run_layers(hidden, index, end, attention_mask=mask, collect_hidden=True)
+        hidden, outputs = adapter.run_layers(
+            hidden, index, end, attention_mask=mask, collect_hidden=True, encoder=encoder
+        )
         states += outputs
         index = end
     return states

@@ -13,9 +13,11 @@ class FullModelHead(torch.nn.Module):
     (reset, prompt, crop after rejections, catch-up after full acceptance), so it tests that protocol too.
     """
 
-    def __init__(self, model, draft_layers: int) -> None:
+    def __init__(self, model, draft_layers: int, encoder=None) -> None:
+        """`encoder`: the prompt's encoder states, which an encoder–decoder's deep blocks cross-attend to."""
         super().__init__()
-        from pipeline.models.adapter import adapter_for
+        self.encoder = encoder
+        from pipeline.models.adapters import adapter_for
 
         self._model = [model]  # not a submodule: the head must not own the model's parameters
         self.adapter = adapter_for(model)
@@ -24,9 +26,7 @@ class FullModelHead(torch.nn.Module):
         self.reset()
 
     def reset(self) -> None:
-        from transformers import DynamicCache
-
-        self.cache = DynamicCache(config=self._model[0].config)
+        self.cache = self.adapter.new_cache()
 
     def crop(self, length: int) -> None:
         from pipeline.decoding.cache import crop_to
@@ -39,7 +39,7 @@ class FullModelHead(torch.nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         self.calls += 1
-        return self.adapter.run_layers(hidden, self.n, self.adapter.num_layers, self.cache)
+        return self.adapter.run_layers(hidden, self.n, self.adapter.num_layers, self.cache, encoder=self.encoder)
 
 
 class RandomHead(torch.nn.Module):

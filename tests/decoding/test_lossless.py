@@ -19,29 +19,39 @@ from pipeline.decoding import (
     HeuristicDraftLength,
     SelfSpeculativeDecoder,
 )
-from pipeline.models.adapter import adapter_for
-from tests.conftest import make_causal_lm, make_text_prompt, make_tiny_llava, make_vlm_inputs
+from pipeline.models.adapters import adapter_for
+from tests.conftest import make_causal_lm, make_text_prompt, make_tiny_blip2, make_tiny_llava, make_vlm_inputs
 from tests.decoding.draft_heads import FullModelHead, RandomHead
 
 NEW_TOKENS = 24
-ARCHS = ["llama", "mistral", "qwen2", "opt", "llava-llama", "llava-mistral", "llava-qwen2"]
+ARCHS = ["llama", "mistral", "qwen2", "opt", "llava-llama", "llava-mistral", "llava-qwen2", "blip2-opt", "blip2-t5"]
 
 
 class Case:
     """A model, its prompt and its `model.generate` references (computed once per module)."""
 
     def __init__(self, arch: str) -> None:
-        if arch.startswith("llava-"):
-            self.model = make_tiny_llava(arch.removeprefix("llava-"), dtype=torch.float64)
+        if arch.startswith(("llava-", "blip2-")):
+            family, _, language = arch.partition("-")
+            make = make_tiny_llava if family == "llava" else make_tiny_blip2
+            self.model = make(language, dtype=torch.float64)
             self.input_ids, pixels = make_vlm_inputs(batch=1, text_len=5, dtype=torch.float64)
             self.inputs = {"pixel_values": pixels}
         else:
             self.model = make_causal_lm(arch)
             self.input_ids = make_text_prompt(8)
             self.inputs = {}
-        self.num_layers = adapter_for(self.model).num_layers
+        adapter = adapter_for(self.model)
+        self.num_layers = adapter.num_layers
+        # An encoder–decoder's sequences are its decoder's: the start token, then the new tokens
+        self.prompt_length = 1 if adapter.is_encoder_decoder else self.input_ids.shape[1]
+        self.encoder = None
+        if adapter.is_encoder_decoder:
+            start = torch.tensor([[adapter.decoder_start_token_id]])
+            with torch.no_grad():
+                self.encoder = adapter.prefix(start, encoder_input_ids=self.input_ids, **self.inputs).encoder
         self.free = self.reference(eos=[])
-        self.eos = _mid_sequence_token(self.free[0, self.input_ids.shape[1] :].tolist())
+        self.eos = _mid_sequence_token(self.free[0, self.prompt_length :].tolist())
         self.stopped = self.reference(eos=self.eos)
         assert self.stopped.shape[1] < self.free.shape[1], "the EOS case must stop early"
 
@@ -79,7 +89,11 @@ def case(request) -> Case:
 
 def _heads(case: Case, n: int):
     hidden = case.model.config.get_text_config().hidden_size
-    return {"early-exit": None, "random": RandomHead(hidden), "full-model": FullModelHead(case.model, n)}
+    return {
+        "early-exit": None,
+        "random": RandomHead(hidden),
+        "full-model": FullModelHead(case.model, n, encoder=case.encoder),
+    }
 
 
 def test_autoregressive_matches_generate(case):
@@ -97,7 +111,7 @@ def test_self_speculative_is_lossless(case, head_kind):
                 out = case.run(decoder, eos)
                 assert torch.equal(out.sequences, expected), f"n={n} d={d} head={head_kind} eos={eos}"
                 assert out.stats.verify_calls > 1
-                assert out.stats.new_tokens == expected.shape[1] - case.input_ids.shape[1]
+                assert out.stats.new_tokens == expected.shape[1] - case.prompt_length
 
 
 @pytest.mark.parametrize(
@@ -121,7 +135,8 @@ def test_draft_and_verify_is_lossless(case, skip):
 
 def test_perfect_head_is_always_accepted_and_random_head_rarely(case):
     n = case.num_layers // 2
-    perfect = case.run(SelfSpeculativeDecoder(case.model, n, head=FullModelHead(case.model, n), draft_len=4), [])
+    perfect_head = FullModelHead(case.model, n, encoder=case.encoder)
+    perfect = case.run(SelfSpeculativeDecoder(case.model, n, head=perfect_head, draft_len=4), [])
     assert perfect.stats.acceptance_rate == 1.0
     assert perfect.stats.accepted_by_position == perfect.stats.drafted_by_position
     hidden = case.model.config.get_text_config().hidden_size

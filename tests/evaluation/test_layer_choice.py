@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pipeline.evaluation.layer_choice import choose_layer, early_exit_confidence
-from pipeline.models.adapter import adapter_for
+from pipeline.models.adapters import adapter_for
 from tests.conftest import make_tiny_llava, make_vlm_inputs
 
 

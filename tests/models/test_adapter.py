@@ -3,7 +3,7 @@ import torch
 from transformers import DynamicCache
 
 from pipeline.errors import ModelLoadError
-from pipeline.models.adapter import adapter_for
+from pipeline.models.adapters import adapter_for
 from tests.conftest import make_tiny_llava, make_vlm_inputs
 
 
@@ -13,7 +13,7 @@ def test_full_stack_reproduces_model_logits(text_model):
     ids, pixels = make_vlm_inputs(dtype=torch.float64)
     with torch.no_grad():
         expected = model(input_ids=ids, pixel_values=pixels).logits
-        hidden = adapter.run_layers(adapter.prefix(ids, pixel_values=pixels), 0, adapter.num_layers)
+        hidden = adapter.run_layers(adapter.prefix(ids, pixel_values=pixels).embeds, 0, adapter.num_layers)
         got = adapter.logits(hidden)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)
 
@@ -27,7 +27,7 @@ def test_split_stack_with_shared_cache_matches_incremental_decoding(text_model):
     with torch.no_grad():
         reference = model(input_ids=ids, pixel_values=pixels).logits
         cache = DynamicCache(config=model.config.text_config)
-        embeds = adapter.prefix(ids, pixel_values=pixels)
+        embeds = adapter.prefix(ids, pixel_values=pixels).embeds
         prompt = 6
         # Whole model over the prompt, then two tokens through the shallow layers only...
         h = adapter.run_layers(embeds[:, :prompt], 0, L, cache)
@@ -46,7 +46,7 @@ def test_collect_hidden_returns_every_layer_output():
     ids, pixels = make_vlm_inputs()
     with torch.no_grad():
         out = model(input_ids=ids, pixel_values=pixels, output_hidden_states=True)
-        last, per_layer = adapter.run_layers(adapter.prefix(ids, pixel_values=pixels), 0, 4, collect_hidden=True)
+        last, per_layer = adapter.run_layers(adapter.prefix(ids, pixel_values=pixels).embeds, 0, 4, collect_hidden=True)
     assert len(per_layer) == 4
     # HF's hidden_states[i+1] is layer i's output, except the last which HF reports after the final norm
     for i in range(3):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pipeline.errors import ModelLoadError
-from pipeline.models.adapter import adapter_for
+from pipeline.models.adapters import adapter_for
 from pipeline.models.loading import Backbone, load_backbone, save_backbone
 from pipeline.models.tiny_llava import tiny_image_processor
 from tests.conftest import make_tiny_llava, make_vlm_inputs
