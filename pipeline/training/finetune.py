@@ -29,16 +29,17 @@ class FinetuneModule(L.LightningModule):
         super().__init__()
         self.model = model
         self.cfg = cfg
+        self.adapter = adapter_for(model)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self.model(**batch).loss
+        loss = self.model(**self.adapter.forward_inputs(batch)).loss
         self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        out = self.model(**batch)
-        predicted = out.logits[:, :-1].argmax(-1)
+        out = self.model(**self.adapter.forward_inputs(batch))
         labels = batch["labels"][:, 1:]
+        predicted = out.logits[:, : labels.shape[1]].argmax(-1)
         scored = labels != IGNORE_INDEX
         accuracy = (predicted[scored] == labels[scored]).float().mean()
         size = batch["input_ids"].shape[0]

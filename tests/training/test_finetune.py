@@ -7,7 +7,7 @@ import torch
 
 from pipeline.config import FinetuneConfig, PromptConfig
 from pipeline.training.finetune import fit_finetune
-from tests.conftest import tiny_backbone
+from tests.conftest import TINY_PRESETS, tiny_backbone
 
 
 @pytest.fixture
@@ -15,9 +15,9 @@ def setup(tiny_data):
     return tiny_data
 
 
-def _fit(setup, tmp: Path, steps: int, fingerprint: str, **overrides):
+def _fit(setup, tmp: Path, steps: int, fingerprint: str, preset: str = "tiny-llava", **overrides):
     splits, tokenizer = setup
-    backbone = tiny_backbone(tokenizer, num_layers=2)
+    backbone = tiny_backbone(tokenizer, preset, num_layers=2)
     builder = backbone.prompt_builder(PromptConfig())
     cfg = FinetuneConfig(
         max_steps=steps,
@@ -41,8 +41,9 @@ def _fit(setup, tmp: Path, steps: int, fingerprint: str, **overrides):
     return result, backbone
 
 
-def test_training_lowers_the_loss(setup, tmp_path):
-    result, _ = _fit(setup, tmp_path, steps=12, fingerprint="a")
+@pytest.mark.parametrize("preset", TINY_PRESETS)
+def test_training_lowers_the_loss(setup, tmp_path, preset):
+    result, _ = _fit(setup, tmp_path, steps=12, fingerprint="a", preset=preset)
     losses = [r["train_loss"] for r in result.loss_curve if "train_loss" in r]
     assert len(losses) == 12 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
     assert result.metrics["steps"] == 12 and result.metrics["resumed"] == 0

@@ -12,7 +12,7 @@ from pipeline.models.deep_layer_fusion import build_fusion
 from pipeline.models.imitation import ImitationNetwork
 from pipeline.training import imitation_losses as losses
 from pipeline.training.imitation import fit_imitation
-from tests.conftest import TINY, tiny_backbone
+from tests.conftest import TINY, TINY_PRESETS, tiny_backbone
 
 
 def test_losses_against_known_values():
@@ -32,9 +32,9 @@ def test_losses_against_known_values():
     assert losses.variant_weights("ce+cs", LossWeights(ce=2.0, cs=0.5, kd=3.0)) == {"ce": 2.0, "cs": 0.5, "kd": 0.0}
 
 
-def _setup(tiny_data, steps: int, **overrides):
+def _setup(tiny_data, steps: int, preset: str = "tiny-llava", **overrides):
     splits, tokenizer = tiny_data
-    backbone = tiny_backbone(tokenizer)
+    backbone = tiny_backbone(tokenizer, preset)
     builder = backbone.prompt_builder(PromptConfig())
     settings = {
         "max_steps": steps,
@@ -61,8 +61,9 @@ def _greedy(backbone, splits, builder):
     )
 
 
-def test_frozen_schedule_leaves_the_backbone_bit_identical_and_the_draft_learns(tiny_data):
-    backbone, builder, cfg, head, fusion, splits = _setup(tiny_data, steps=30)
+@pytest.mark.parametrize("preset", TINY_PRESETS)
+def test_frozen_schedule_leaves_the_backbone_bit_identical_and_the_draft_learns(tiny_data, preset):
+    backbone, builder, cfg, head, fusion, splits = _setup(tiny_data, steps=30, preset=preset, val_every_steps=10)
     before = {k: v.clone() for k, v in backbone.model.state_dict().items()}
     greedy_before = _greedy(backbone, splits, builder)
     result = fit_imitation(
@@ -84,9 +85,15 @@ def test_frozen_schedule_leaves_the_backbone_bit_identical_and_the_draft_learns(
     assert m["steps"] == 30 and m["joint_steps"] == 0
     for key in ("val_ce", "val_cs", "val_kd", "val_agreement", "val_agreement_early_exit", "val_acceptance_rate"):
         assert key in m
-    # A random-init backbone's tokens are not the data's, so ground-truth CE would pull the draft away from
-    # them: distillation (+ cosine) alone must make the draft agree with the full model more than early exit
-    assert m["val_agreement"] > m["val_agreement_early_exit"] + 0.1
+    # The imitation of the deep layers' (fused) states improves: measured 0.022 → 0.017 (LLaVA), 0.040 → 0.030
+    # (OPT), 0.083 → 0.060 (T5) cosine distance from step 10 to 30
+    assert [row["step"] for row in result.curve] == [10, 20, 30]
+    assert result.curve[-1]["cs"] < 0.85 * result.curve[0]["cs"]
+    if preset == "tiny-llava":
+        # A random-init backbone's tokens are not the data's, so ground-truth CE would pull the draft away from them:
+        # distillation (+ cosine) alone must make the draft agree with the full model more than early exit. (The
+        # random BLIP-2 models' distributions are near-uniform, their argmax a coin toss: agreement says nothing.)
+        assert m["val_agreement"] > m["val_agreement_early_exit"] + 0.1
 
 
 def test_mixed_schedule_trains_the_backbone_then_freezes_it(tiny_data):

@@ -108,6 +108,12 @@ class BackboneAdapter(ABC):
         or, for an encoder–decoder, after the decoder's start token."""
         return sequences[:, 1:] if self.is_encoder_decoder else sequences[:, prompt_ids.shape[1] :]
 
+    def forward_inputs(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A collated training batch (`pipeline.data.datasets.collate_for_training`) as the Hugging Face model's
+        `forward` takes it: its `.loss` is the cross-entropy of the target tokens and `.logits[:, t]` predicts
+        `batch["labels"][:, t + 1]`."""
+        return dict(batch)
+
     def continuation_prefix(
         self, prompt_ids: torch.Tensor, sequences: torch.Tensor, **model_inputs: torch.Tensor | None
     ) -> tuple[Prefix, int]:

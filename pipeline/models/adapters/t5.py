@@ -16,7 +16,7 @@ Two T5 details the model's own stack handles and a block range must reproduce:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
@@ -98,6 +98,18 @@ class Blip2T5Adapter(BackboneAdapter):
             embeds = splice_image_features(embeds, encoder_ids, self.model.config.image_token_id, features)
         states = self.encoder(inputs_embeds=embeds, attention_mask=mask, return_dict=True).last_hidden_state
         return Prefix(self.embed(input_ids), EncoderStates(states, mask))
+
+    def forward_inputs(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        # The batch's decoder sequence is start + target, labelled on the target; T5's forward takes its decoder input
+        # and its (unshifted) labels one position apart
+        return {
+            "pixel_values": batch["pixel_values"],
+            "input_ids": batch["encoder_input_ids"],
+            "attention_mask": batch["encoder_attention_mask"],
+            "decoder_input_ids": batch["input_ids"][:, :-1],
+            "decoder_attention_mask": batch["attention_mask"][:, :-1],
+            "labels": batch["labels"][:, 1:].contiguous(),  # T5 flattens them with view()
+        }
 
     def _position_bias(
         self, position_ids: torch.Tensor, key_length: int, attention_mask: torch.Tensor | None
