@@ -160,10 +160,7 @@ def _check_directory(path: Path) -> str:
     """The transformers class for the directory `path`, after checking it has every part a backbone needs."""
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"{path} is not a Hugging Face model directory (no config.json)")
-    try:
-        model_type = json.loads((path / "config.json").read_text()).get("model_type")
-    except json.JSONDecodeError as exc:
-        raise ModelLoadError(f"{path / 'config.json'} is not valid JSON: {exc}") from None
+    model_type = _json(path / "config.json").get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ModelLoadError(
             f"{path}: model_type {model_type!r} is not supported; supported: {sorted(SUPPORTED_MODEL_TYPES)} "
@@ -174,14 +171,23 @@ def _check_directory(path: Path) -> str:
         missing.append(f"weights (one of {', '.join(WEIGHT_FILES)})")
     if not any((path / name).exists() for name in TOKENIZER_FILES):
         missing.append(f"a tokenizer (one of {', '.join(TOKENIZER_FILES)})")
-    if not (path / "preprocessor_config.json").exists():
-        missing.append("an image processor (preprocessor_config.json)")
+    if not (path / "preprocessor_config.json").exists() and "image_processor" not in _json(path / PROCESSOR_FILE):
+        # the hub's repositories keep it in preprocessor_config.json; transformers 5 saves it inside the processor's
+        missing.append(f"an image processor (preprocessor_config.json, or an image_processor entry in {PROCESSOR_FILE})")
     if missing:
         raise ModelLoadError(
             f"{path} is an incomplete {model_type} checkpoint: missing {'; '.join(missing)}. Copy the whole "
             "repository (e.g. `huggingface-cli download <repo> --local-dir <dir>` on a machine with network)"
         )
     return SUPPORTED_MODEL_TYPES[model_type]
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        loaded = json.loads(path.read_text()) if path.is_file() else {}
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{path} is not valid JSON: {exc}") from None
+    return loaded if isinstance(loaded, dict) else {}
 
 
 def save_backbone(backbone: Backbone, path: str | Path) -> None:
