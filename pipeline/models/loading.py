@@ -173,7 +173,7 @@ def _check_directory(path: Path) -> str:
         missing.append(f"a tokenizer (one of {', '.join(TOKENIZER_FILES)})")
     if not (path / "preprocessor_config.json").exists() and "image_processor" not in _json(path / PROCESSOR_FILE):
         # the hub's repositories keep it in preprocessor_config.json; transformers 5 saves it inside the processor's
-        missing.append(f"an image processor (preprocessor_config.json, or an image_processor entry in {PROCESSOR_FILE})")
+        missing.append(f"an image processor (preprocessor_config.json, or an image_processor in {PROCESSOR_FILE})")
     if missing:
         raise ModelLoadError(
             f"{path} is an incomplete {model_type} checkpoint: missing {'; '.join(missing)}. Copy the whole "

@@ -31,50 +31,13 @@ LLAVA_CHAT_TEMPLATE = (
     "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' '}}"
     "{% endfor %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
 )
-WORDS = [
-    "a",
-    "an",
-    "the",
-    "red",
-    "blue",
-    "green",
-    "yellow",
-    "circle",
-    "square",
-    "triangle",
-    "star",
-    "in",
-    "on",
-    "of",
-    "left",
-    "right",
-    "top",
-    "bottom",
-    "center",
-    "caption",
-    "describe",
-    "question",
-    "answer",
-    "what",
-    "colour",
-    "shape",
-    "how",
-    "many",
-    "is",
-    "are",
-    "there",
-    "USER",
-    "ASSISTANT",
-    ":",
-    "?",
-    ".",
-    ",",
-]
 TEXTS = [
     "a red circle in the center .",
     "question : what colour is the square ? answer : blue",
     "caption : a blue square on the left of a green star .",
 ] * 4
+# Llama's word-level stand-in knows the words of these texts and of the chat template
+WORDS = sorted({word for text in [*TEXTS, "caption describe USER ASSISTANT"] for word in text.split()})
 
 
 def _word_level(specials: list[str], template: str) -> Tokenizer:
