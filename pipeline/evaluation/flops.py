@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from pipeline.models.adapters import EncoderStates
+
 if TYPE_CHECKING:
     from pipeline.models.adapters import BackboneAdapter
 
@@ -31,12 +33,22 @@ def per_token_flops(
 ) -> dict[str, float]:
     """FLOPs to produce one token at a context of `context` tokens: per decoder layer, the imitation head,
     the final norm + LM head, the draft (n layers + head + LM head) and the full model (L layers + LM head)."""
-    parameter = next(adapter.model.parameters())
-    hidden = torch.zeros(1, 1, adapter.hidden_size, dtype=parameter.dtype, device=parameter.device)
-    position = torch.zeros(1, 1, dtype=torch.long, device=parameter.device)
+    weight = adapter.embed_weight
+    hidden = torch.zeros(1, 1, adapter.hidden_size, dtype=weight.dtype, device=weight.device)
+    position = torch.zeros(1, 1, dtype=torch.long, device=weight.device)
     attention = 4 * adapter.hidden_size * context
+    encoder, cache = None, None
+    if adapter.is_encoder_decoder:
+        # Cross-attention over an encoder output of `context` positions: its keys and values are computed once per
+        # prompt and cached, so one uncounted pass fills the cache and the counted pass sees only the per-token work
+        encoder = EncoderStates(torch.zeros(1, context, adapter.hidden_size, dtype=weight.dtype, device=weight.device))
+        cache = adapter.new_cache()
+        adapter.run_layers(hidden, 0, adapter.num_layers, cache, position_ids=position, encoder=encoder)
+        position = position + 1
+        attention *= 2  # the cross-attention's scores and weighted sum, uncounted like the self-attention's
     layers = [
-        counted_flops(partial(adapter.run_layers, hidden, i, i + 1, position_ids=position)) + attention
+        counted_flops(partial(adapter.run_layers, hidden, i, i + 1, cache, position_ids=position, encoder=encoder))
+        + attention
         for i in range(adapter.num_layers)
     ]
     head_flops = counted_flops(lambda: head(hidden)) if head is not None else 0

@@ -51,6 +51,20 @@ def test_flops_per_token_add_up():
     assert 0 < flops["draft_cost_ratio"] < 1
 
 
+def test_flops_of_an_encoder_decoder_block_count_cross_attention_once_per_prompt():
+    """A T5 decoder block per token: self-attention q, k, v, o; cross-attention q, o only (the encoder's keys and values
+    are computed once per prompt); the gated feed-forward's three matmuls; the attention terms for both contexts."""
+    from pipeline.evaluation.flops import per_token_flops
+    from tests.conftest import TINY, make_tiny_blip2
+
+    adapter = adapter_for(make_tiny_blip2("t5"))
+    hidden, ff, context = TINY.hidden_size, TINY.intermediate_size, 10
+    matmuls = 2 * (4 * hidden * hidden + 2 * hidden * hidden + 3 * hidden * ff)
+    flops = per_token_flops(adapter, 1, None, context=context)
+    assert flops["layer"] == matmuls + 2 * 4 * hidden * context
+    assert flops["imitation"] == 0 and flops["draft"] == pytest.approx(flops["layer"] + flops["lm_head"])
+
+
 def test_draft_layers_auto_reads_the_layer_choice_and_checks_the_range(tmp_path):
     import json
 

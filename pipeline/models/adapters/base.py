@@ -24,7 +24,7 @@ class EncoderStates(NamedTuple):
     """What an encoder–decoder's decoder blocks cross-attend to."""
 
     hidden: torch.Tensor  # [B, S, H]: the encoder's output
-    mask: torch.Tensor | None  # [B, S]: 1 for real tokens, 0 for padding (None: no padding)
+    mask: torch.Tensor | None = None  # [B, S]: 1 for real tokens, 0 for padding (None: no padding)
 
 
 class Prefix(NamedTuple):
