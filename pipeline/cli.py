@@ -222,16 +222,34 @@ def caption(argv: list[str]) -> int:
     return 0
 
 
+def apply_config(argv: list[str]) -> int:
+    from pipeline.experiment_config import apply_config as merge
+
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline apply-config", description="Merge an experiment config into params.yaml."
+    )
+    parser.add_argument("config", type=Path, help="e.g. experiments/configs/llava-1.5-7b.yaml")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args(argv)
+    changed = merge(args.config, args.params)
+    print(f"{args.params}: {len(changed)} setting(s) from {args.config}: {', '.join(changed)}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {"caption": caption, "apply-config": apply_config}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] != "caption":
+    if not argv or argv[0] not in COMMANDS:
         print(
-            "usage: python -m pipeline caption IMAGE [--method ...]  (python -m pipeline caption --help)",
+            "usage: python -m pipeline caption IMAGE [--method ...]   caption an image (caption --help)\n"
+            "       python -m pipeline apply-config CONFIG           merge experiments/configs/CONFIG into params.yaml",
             file=sys.stderr,
         )
         return 2
     try:
-        return caption(argv[1:])
+        return COMMANDS[argv[0]](argv[1:])
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

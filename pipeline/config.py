@@ -223,6 +223,8 @@ class TrainingConfig(StrictModel):
 
 
 class FinetuneConfig(TrainingConfig):
+    # 0: keep a pretrained checkpoint's weights as they are (the stage still checks that it sees and saves it)
+    max_steps: int = Field(600, ge=0)
     # LLaVA-1.5 keeps its CLIP tower frozen in every training stage; from scratch, a frozen random tower
     # still carries the pixels (random features), whereas a trainable one collapses (see README)
     train_vision_tower: bool = False
@@ -482,6 +484,17 @@ class Params(StrictModel):
     sweep: SweepConfig = SweepConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _untrained_backbone(self) -> Params:
+        from pipeline.models.presets import PRESETS
+
+        if self.finetune.max_steps == 0 and not PRESETS[self.model.preset].needs_pretrained_path:
+            raise ValueError(
+                f"finetune.max_steps 0 keeps a pretrained checkpoint as it is, but preset {self.model.preset!r} is "
+                "trained from scratch: give it steps, or use a pretrained preset (llava, blip2)"
+            )
+        return self
 
 
 def _format_errors(error: ValidationError, source: str) -> str:

@@ -53,6 +53,20 @@ def test_pretrained_preset_needs_a_path():
         parse_params({"model": {"preset": "llava"}})
 
 
+def test_model_placement_and_untrained_backbones_are_validated():
+    parsed = parse_params({"model": {"preset": "tiny-blip2-t5", "dtype": "bfloat16", "device": "cuda:1"}})
+    assert (parsed.model.dtype, parsed.model.device) == ("bfloat16", "cuda:1")
+    with pytest.raises(ConfigError) as error:
+        parse_params({"model": {"dtype": "int8", "device": "tpu"}})
+    assert "model.dtype" in str(error.value) and "device must be cpu, mps, cuda or cuda:<index>, got 'tpu'" in str(
+        error.value
+    )
+    with pytest.raises(ConfigError, match=r"finetune\.max_steps 0 keeps a pretrained checkpoint.*'tiny-llava'"):
+        parse_params({"finetune": {"max_steps": 0}})
+    kept = parse_params({"model": {"preset": "blip2", "pretrained_path": "/m"}, "finetune": {"max_steps": 0}})
+    assert kept.finetune.max_steps == 0
+
+
 def test_real_data_needs_paths():
     with pytest.raises(ConfigError, match="karpathy_json"):
         parse_params({"data": {"source": "files"}})

@@ -102,17 +102,17 @@ def build_tiny_blip2(config: Blip2Config, seed: int) -> Blip2ForConditionalGener
 
     torch.manual_seed(seed)
     model = Blip2ForConditionalGeneration(config)
+    text: Any = config.text_config
     if not config.use_decoder_only_language_model:
         # transformers ties T5's LM head to its unit-variance input embeddings; without T5 v1.0's output scaling
         # (FlanT5 has none) an untrained model's logits are ~sqrt(d_model) too large (cross-entropy ≈ 20 at step 0).
         # Embeddings of std d_model^-1/2 start it at O(1) logits, as the scaling would.
         with torch.no_grad():
-            model.language_model.shared.weight.normal_(0.0, config.text_config.d_model**-0.5)
+            model.language_model.shared.weight.normal_(0.0, text.d_model**-0.5)
     generation = model.generation_config
     generation.pad_token_id, generation.bos_token_id = config.pad_token_id, config.bos_token_id
     generation.eos_token_id = config.eos_token_id
     if not config.use_decoder_only_language_model:
-        text: Any = config.text_config
         generation.decoder_start_token_id = text.decoder_start_token_id
     return model
 

@@ -88,6 +88,9 @@ def fit_finetune(
         for stale in checkpoint_dir.glob("*.ckpt"):
             stale.unlink()
         stamp.write_text(fingerprint)
+    if cfg.max_steps == 0:  # a pretrained checkpoint used as it is
+        model.eval()
+        return FinetuneResult({"steps": 0.0, "train_seconds": 0.0, "resumed": 0.0}, [])
     vision = adapter_for(model).vision_encoder
     if vision is not None:
         vision.requires_grad_(cfg.train_vision_tower)
