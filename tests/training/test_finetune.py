@@ -75,3 +75,11 @@ def test_vision_tower_is_frozen_unless_asked_to_train(setup, tmp_path, train_vis
         assert not changed, f"frozen vision tower changed: {changed[:3]}"
         # the projector into the language model still trains
         assert any(p.requires_grad for p in backbone.model.model.multi_modal_projector.parameters())
+
+
+def test_zero_steps_keep_the_weights_as_they_are(setup, tmp_path):
+    splits, tokenizer = setup
+    before = {k: v.clone() for k, v in tiny_backbone(tokenizer, num_layers=2).model.state_dict().items()}
+    result, backbone = _fit(setup, tmp_path, steps=0, fingerprint="z")
+    assert result.metrics["steps"] == 0 and result.loss_curve == []
+    assert all(torch.equal(before[k], v) for k, v in backbone.model.state_dict().items())
