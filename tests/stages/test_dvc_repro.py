@@ -278,19 +278,28 @@ def test_second_repro_is_a_no_op_and_param_change_reruns_only_dependants(workspa
     assert json.loads((work / "metrics/finetune.json").read_text())["steps"] == 4
 
 
-def test_dvc_exp_run_and_metrics_show(workspace):
+def test_dvc_exp_run_switches_to_the_encoder_decoder_preset_and_metrics_show(workspace):
+    """`dvc exp run -S model.preset=tiny-blip2-t5` runs the whole pipeline on BLIP-2 with a T5 encoder–decoder."""
     work, env, _ = workspace
     git = ["git", "-c", "user.email=t@t.invalid", "-c", "user.name=t"]
     _run([*git, "add", "-A"], work, env)
     _run([*git, "commit", "-qm", "state"], work, env)
-    out = _run([str(BIN / "dvc"), "exp", "run", "-S", "finetune.max_steps=3"], work, env)
-    assert "Running stage 'finetune'" in out
+    out = _run([str(BIN / "dvc"), "exp", "run", "-S", "model.preset=tiny-blip2-t5"], work, env)
+    assert all(f"Running stage '{stage}'" in out for stage in dvc_stages(work)), out[-2000:]
+    config = json.loads((work / "models/finetuned/config.json").read_text())
+    assert config["model_type"] == "blip-2" and config["text_config"]["model_type"] == "t5"
+    evaluation = json.loads((work / "metrics/evaluate.json").read_text())
+    plan, results = EvaluationPlan.from_dict(evaluation["plan"]), evaluation["methods"]
+    verified = [s for s in plan.methods if s.verified]
+    assert len(verified) >= 10 and all(results[s.key]["identical_share"] == 1.0 for s in verified)
+    table1 = (work / "reports/results.md").read_text().split("## Table 1")[1].split("##")[0]
+    assert all(f"| {s.label} |" in table1 for s in plan.table1())
     shown = _run([str(BIN / "dvc"), "metrics", "show"], work, env)
     assert "metrics/finetune.json" in shown and "test_cider" in shown and "metrics/evaluate.json" in shown
     plots = _run([str(BIN / "dvc"), "plots", "show", "--json"], work, env)
     assert "plots/speedup_by_d.csv" in plots and "plots/acceptance_by_position.csv" in plots
     exps = _run([str(BIN / "dvc"), "exp", "show", "--no-pager", "--csv"], work, env)
-    assert "finetune.max_steps" in exps
+    assert "model.preset" in exps and "tiny-blip2-t5" in exps
 
 
 def _free_port() -> int:

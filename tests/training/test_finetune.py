@@ -78,7 +78,7 @@ def test_vision_tower_is_frozen_unless_asked_to_train(setup, tmp_path, train_vis
 
 
 def test_zero_steps_keep_the_weights_as_they_are(setup, tmp_path):
-    splits, tokenizer = setup
+    _splits, tokenizer = setup
     before = {k: v.clone() for k, v in tiny_backbone(tokenizer, num_layers=2).model.state_dict().items()}
     result, backbone = _fit(setup, tmp_path, steps=0, fingerprint="z")
     assert result.metrics["steps"] == 0 and result.loss_curve == []
