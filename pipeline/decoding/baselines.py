@@ -11,55 +11,63 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import torch
 from torch import nn
 
 from pipeline.decoding.cache import new_cache
 from pipeline.decoding.drafters import Drafter, EarlyExitDrafter, SkipLayerDrafter
-from pipeline.decoding.engine import Decoder, check_draft_layers, pick, prefill, speculative_generate
+from pipeline.decoding.engine import (
+    Decoder,
+    Rows,
+    check_draft_layers,
+    pick,
+    prefill,
+    select_rows,
+    speculative_generate,
+)
 from pipeline.decoding.inputs import GenerationRequest
 from pipeline.decoding.policies import ConfidenceStop, DraftPolicy, as_policy
-from pipeline.decoding.stats import DecodingStats, GenerationOutput
+from pipeline.decoding.slots import SlotTable
+from pipeline.decoding.stats import GenerationOutput
 from pipeline.models.adapters import BackboneAdapter
 
 
 def _token_by_token(adapter: BackboneAdapter, request: GenerationRequest, drafter: Drafter | None) -> GenerationOutput:
-    """Plain decoding: each token through the full stack (`drafter=None`) or through the draft only."""
-    stats = DecodingStats()
+    """Plain decoding: each token of every row through the full stack (`drafter=None`) or through the draft only."""
+    rows = Rows(request)
     if request.max_new_tokens == 0:
-        return GenerationOutput(request.sequences([]), stats)
-    total = adapter.num_layers
-    split = total if drafter is None else drafter.shared_layers
-    sampling, generator, eos = request.sampling, request.generator, request.eos_token_ids
+        return rows.output()
+    batch, split = request.batch_size, adapter.num_layers if drafter is None else drafter.shared_layers
+    sampling, generator = request.sampling, request.generator
     cache = new_cache(adapter, rollback=False)  # one token at a time: nothing is ever taken back
     prompt = request.prompt_length
-    positions = torch.arange(prompt + request.max_new_tokens, device=request.device).unsqueeze(0)
+    slots = SlotTable(request.prompt_mask, batch, prompt, prompt + request.max_new_tokens, request.device)
     if drafter is None:
-        _, logits, encoder = prefill(adapter, request, cache, positions, total)
+        _, logits, encoder = prefill(adapter, request, cache, slots, split)
     else:
         # The draft alone from the first token on: the prompt too goes through the draft's layers only
         drafter.reset()
-        where = positions[:, :prompt]
+        where, mask = request.prompt_positions(), slots.mask(0)
         prefix = adapter.prefix(request.input_ids, **request.model_inputs)
         encoder = prefix.encoder
-        shallow = adapter.run_layers(prefix.embeds, 0, split, cache, position_ids=where, encoder=encoder)
-        logits = adapter.logits(drafter.draft_hidden(shallow, cache, where, encoder)[:, -1])
+        shallow = adapter.run_layers(prefix.embeds, 0, split, cache, where, mask, encoder=encoder)
+        logits = adapter.logits(drafter.draft_hidden(shallow, cache, where, encoder, mask)[:, -1])
     token = pick(logits, sampling, generator)
-    committed = [token]
-    # The hot loop: no mask or position rebuilding, no per-step allocation beyond the layers' own
-    for step in range(1, request.max_new_tokens):
-        if eos and int(token) in eos:
-            break
-        where = positions[:, prompt + step - 1 : prompt + step]
-        hidden = adapter.run_layers(
-            adapter.embed(token.view(1, 1)), 0, split, cache, position_ids=where, encoder=encoder
-        )
+    done = [rows.commit(slot, [value]) for slot, value in enumerate(token.tolist())]
+    # The hot loop: no per-step allocation beyond the layers' own
+    while not all(done):
+        if any(done):
+            keep = [slot for slot, finished in enumerate(done) if not finished]
+            encoder = select_rows(keep, cache, slots, encoder, drafter)
+            token, rows.active = token[keep], [rows.active[slot] for slot in keep]
+        size = len(rows.active)
+        where, mask = slots.positions(1), slots.mask(1)
+        hidden = adapter.run_layers(adapter.embed(token.view(size, 1)), 0, split, cache, where, mask, encoder=encoder)
         if drafter is not None:
-            hidden = drafter.draft_hidden(hidden, cache, where, encoder)
+            hidden = drafter.draft_hidden(hidden, cache, where, encoder, mask)
+        slots.append(1)
         token = pick(adapter.logits(hidden[:, -1]), sampling, generator)
-        committed.append(token)
-    stats.new_tokens = len(committed)
-    return GenerationOutput(request.sequences(committed), stats)
+        done = [rows.commit(slot, [value]) for slot, value in enumerate(token.tolist())]
+    return rows.output()
 
 
 class AutoregressiveDecoder(Decoder):

@@ -34,20 +34,38 @@ class Drafter(ABC):
     def reset(self) -> None:  # noqa: B027
         """Forget per-generation state."""
 
-    def observe_prompt(self, hidden: torch.Tensor) -> None:  # noqa: B027
-        """The prompt's layer-n states, once per generation (for drafters that keep state)."""
+    def observe_prompt(  # noqa: B027
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor | None, position_ids: torch.Tensor
+    ) -> None:
+        """The prompts' layer-n states, once per generation (for drafters that keep state)."""
 
     @abstractmethod
     def draft_hidden(
-        self, hidden: torch.Tensor, cache: Cache, position_ids: torch.Tensor, encoder: EncoderStates | None = None
+        self,
+        hidden: torch.Tensor,
+        cache: Cache,
+        position_ids: torch.Tensor,
+        encoder: EncoderStates | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Layer-n states of new tokens → the states the final norm and LM head turn into draft logits."""
+        """Layer-n states of new tokens → the states the final norm and LM head turn into draft logits.
+        `attention_mask` is the batch's slot mask over every position these tokens attend to (None: all)."""
 
     def before_verify(self, cache: Cache, length: int) -> None:  # noqa: B027
-        """Drop any KV entries past layer n the draft wrote (the cache held `length` tokens before drafting)."""
+        """Drop any KV entries past layer n the draft wrote (the cache held `length` slots before drafting)."""
 
-    def after_verify(self, kept: int, unseen: torch.Tensor | None) -> None:  # noqa: B027
-        """Verification kept `kept` positions; `unseen` is the layer-n state of a kept position the draft never saw."""
+    def after_verify(  # noqa: B027
+        self,
+        kept: int,
+        unseen: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor,
+    ) -> None:
+        """Verification kept `kept` slots; `unseen` is the layer-n state of the round's last slot, which the draft
+        never saw, when that slot was kept (at `position_ids`, under `attention_mask`)."""
+
+    def select(self, rows: torch.Tensor) -> None:  # noqa: B027
+        """Keep only `rows` of the batch (the others finished)."""
 
 
 class EarlyExitDrafter(Drafter):
@@ -60,28 +78,57 @@ class EarlyExitDrafter(Drafter):
         self.head = head
         self.stateful = is_stateful(head)
 
+    def _head(self) -> StatefulHead:
+        return cast(StatefulHead, self.head)  # `stateful`: the head passed the protocol check in __init__
+
     def reset(self) -> None:
         if self.stateful:
-            cast(StatefulHead, self.head).reset()  # `stateful`: the head passed the protocol check in __init__
+            self._head().reset()
 
-    def observe_prompt(self, hidden: torch.Tensor) -> None:
+    def observe_prompt(
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor | None, position_ids: torch.Tensor
+    ) -> None:
         if self.stateful:
-            assert self.head is not None  # stateful implies a head
-            self.head(hidden)
+            self._head()(hidden, attention_mask=attention_mask, position_ids=position_ids)
 
     def draft_hidden(
-        self, hidden: torch.Tensor, cache: Cache, position_ids: torch.Tensor, encoder: EncoderStates | None = None
+        self,
+        hidden: torch.Tensor,
+        cache: Cache,
+        position_ids: torch.Tensor,
+        encoder: EncoderStates | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return hidden if self.head is None else self.head(hidden)
+        if self.head is None:
+            return hidden
+        if self.stateful:
+            return self._head()(hidden, attention_mask=attention_mask, position_ids=position_ids)
+        return self.head(hidden)
 
-    def after_verify(self, kept: int, unseen: torch.Tensor | None) -> None:
+    def after_verify(
+        self,
+        kept: int,
+        unseen: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor,
+    ) -> None:
         if not self.stateful:
             return
-        assert self.head is not None  # stateful implies a head
         if unseen is None:
-            cast(StatefulHead, self.head).crop(kept)  # `stateful`: the head passed the protocol check in __init__
+            self._head().crop(kept)
         else:
-            self.head(unseen)
+            self._head()(unseen, attention_mask=attention_mask, position_ids=position_ids)
+
+    def select(self, rows: torch.Tensor) -> None:
+        if not self.stateful:
+            return
+        select = getattr(self.head, "select", None)
+        if select is None:
+            raise ValueError(
+                f"the draft head {type(self.head).__name__} keeps state (reset/crop) but has no select(rows): batched "
+                "decoding drops finished rows from it; implement select or decode one prompt at a time"
+            )
+        select(rows)
 
 
 def check_head_placement(head: nn.Module, adapter: BackboneAdapter) -> None:
@@ -122,10 +169,15 @@ class SkipLayerDrafter(Drafter):
                 self.segments.append((index, index + 1))
 
     def draft_hidden(
-        self, hidden: torch.Tensor, cache: Cache, position_ids: torch.Tensor, encoder: EncoderStates | None = None
+        self,
+        hidden: torch.Tensor,
+        cache: Cache,
+        position_ids: torch.Tensor,
+        encoder: EncoderStates | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         for start, end in self.segments:
-            hidden = self.adapter.run_layers(hidden, start, end, cache, position_ids=position_ids, encoder=encoder)
+            hidden = self.adapter.run_layers(hidden, start, end, cache, position_ids, attention_mask, encoder=encoder)
         return hidden
 
     def before_verify(self, cache: Cache, length: int) -> None:

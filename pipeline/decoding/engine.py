@@ -1,22 +1,26 @@
-"""The self-speculative decode loop and `SelfSpeculativeDecoder`, its public face.
+"""The self-speculative decode loop and `SelfSpeculativeDecoder`, its public face, for a batch of prompts.
 
-One round, with n draft layers out of L and a pending token x0 (committed, not yet in the cache):
+One round, with n draft layers out of L and each row's pending token x0 (committed, not yet in the cache):
 
-1. Draft: x0, d1, ..., d_{k-1} go through layers 0..n-1 one at a time (their KV goes into the shared
-   cache), each layer-n state goes through the drafter (head / remaining layers) to give d1..dk.
-2. Verify: dk goes through layers 0..n-1, then layers n..L-1 run once over the k + 1 cached layer-n
-   states [x0, d1..dk]: the full model's distributions after each of them.
-3. Accept a prefix of the drafts (greedy match, or speculative sampling); commit it plus the
-   verifier's next token, which becomes the new pending token. Every layer's cache is cut to the
-   committed length, so rejected tokens leave nothing behind.
+1. Draft: x0, d1, ..., d_{k-1} go through layers 0..n-1 one at a time (their KV goes into the shared cache), each
+   layer-n state goes through the drafter (head / remaining layers) to give d1..dk. Each row drafts as many tokens as
+   its own draft-length policy proposes; the batch runs k = the most any row asked for.
+2. Verify: dk goes through layers 0..n-1, then layers n..L-1 run once over the k + 1 cached layer-n states
+   [x0, d1..dk]: the full model's distributions after each of them, for every row.
+3. Accept, per row, a prefix of its own drafts (greedy match, or speculative sampling); commit it plus the verifier's
+   next token, which becomes the row's new pending token. A row that accepts more is never held back to the batch
+   minimum: the slots another row rejected stay in the cache as dead slots of that row (`pipeline.decoding.slots`),
+   and the cache is cut back to the longest row's kept slots. A row that finishes (EOS or budget) leaves the batch.
 
-The loop synchronises with the device once per round (to read how many tokens were accepted), and once
-per drafted token only when the policy stops on confidence.
+The loop synchronises with the device once per round (to read how many tokens each row accepted), and once per
+drafted token only when the policy stops on confidence.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -28,6 +32,7 @@ from pipeline.decoding.drafters import Drafter, EarlyExitDrafter
 from pipeline.decoding.inputs import GenerationRequest, model_device, prepare_request
 from pipeline.decoding.policies import DraftPolicy, as_policy
 from pipeline.decoding.sampling import SamplingConfig, sample
+from pipeline.decoding.slots import SlotTable
 from pipeline.decoding.stats import DecodingStats, GenerationOutput
 from pipeline.models.adapters import BackboneAdapter, EncoderStates, adapter_for
 
@@ -43,124 +48,173 @@ def check_draft_layers(adapter: BackboneAdapter, draft_layers: int) -> int:
 
 
 def pick(logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
-    """The next token from logits [1, V] → [1]: argmax, or a sample of the warped distribution."""
+    """The next token of every row from logits [B, V] → [B]: argmax, or a sample of the warped distribution."""
     if sampling.greedy:
         return logits.argmax(dim=-1)
     return sample(sampling.probabilities(logits), generator)
 
 
 def prefill(
-    adapter: BackboneAdapter, request: GenerationRequest, cache: Cache, positions: torch.Tensor, split: int
+    adapter: BackboneAdapter, request: GenerationRequest, cache: Cache, slots: SlotTable, split: int
 ) -> tuple[torch.Tensor, torch.Tensor, EncoderStates | None]:
-    """The prompt through the full model once; returns (layer-`split` states, last-position logits [1, V], the
+    """The prompts through the full model once; returns (layer-`split` states, last-position logits [B, V], the
     encoder states an encoder–decoder's blocks attend to)."""
-    where = positions[:, : request.prompt_length]
+    where, mask = request.prompt_positions(), slots.mask(0)
     prefix = adapter.prefix(request.input_ids, **request.model_inputs)
     encoder = prefix.encoder
-    shallow = adapter.run_layers(prefix.embeds, 0, split, cache, position_ids=where, encoder=encoder)
-    deep = adapter.run_layers(shallow, split, adapter.num_layers, cache, position_ids=where, encoder=encoder)
+    shallow = adapter.run_layers(prefix.embeds, 0, split, cache, where, mask, encoder=encoder)
+    deep = adapter.run_layers(shallow, split, adapter.num_layers, cache, where, mask, encoder=encoder)
     return shallow, adapter.logits(deep[:, -1]), encoder
 
 
-def truncate(new: torch.Tensor, budget: int, eos: frozenset[int]) -> tuple[torch.Tensor, bool]:
-    """Cut committed tokens to the budget and after the first EOS, as `model.generate` would have stopped."""
-    new = new[:budget]
-    if eos:
-        for i, token in enumerate(new.tolist()):
+@dataclass
+class Rows:
+    """The rows still decoding (their index in the request), with what each has committed so far."""
+
+    request: GenerationRequest
+    active: list[int] = field(default_factory=list)
+    committed: list[list[int]] = field(default_factory=list)
+    stats: list[DecodingStats] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        batch = self.request.batch_size
+        self.active = list(range(batch))
+        self.committed = [[] for _ in range(batch)]
+        self.stats = [DecodingStats() for _ in range(batch)]
+
+    def count(self, slot: int) -> int:
+        return len(self.committed[self.active[slot]])
+
+    def commit(self, slot: int, tokens: list[int]) -> bool:
+        """Append `tokens` to active row `slot`, cut to its budget and after its first EOS; whether it is done."""
+        row = self.committed[self.active[slot]]
+        budget, eos = self.request.max_new_tokens, self.request.eos_token_ids
+        for token in tokens[: budget - len(row)]:
+            row.append(token)
             if token in eos:
-                return new[: i + 1], True
-    return new, False
+                return True
+        return len(row) >= budget
+
+    def output(self) -> GenerationOutput:
+        for row, tokens in zip(self.stats, self.committed, strict=True):
+            row.new_tokens = len(tokens)
+        return GenerationOutput.of_rows(self.request.sequences(self.committed), self.stats)
+
+
+def select_rows(
+    keep: list[int], cache: Cache, slots: SlotTable, encoder: EncoderStates | None, drafter: Drafter | None
+) -> EncoderStates | None:
+    """Drop finished rows from everything that holds one entry per row; returns the encoder states of those kept."""
+    index = torch.tensor(keep, device=slots.valid.device)
+    cache.batch_select_indices(index)
+    slots.select(index)
+    if drafter is not None:
+        drafter.select(index)
+    if encoder is None:
+        return None
+    return EncoderStates(encoder.hidden[index], None if encoder.mask is None else encoder.mask[index])
 
 
 def speculative_generate(
     adapter: BackboneAdapter, drafter: Drafter, policy: DraftPolicy, request: GenerationRequest
 ) -> GenerationOutput:
-    stats = DecodingStats()
+    rows = Rows(request)
     if request.max_new_tokens == 0:
-        return GenerationOutput(request.sequences([]), stats)
-    n, total = drafter.shared_layers, adapter.num_layers
-    sampling, generator, eos = request.sampling, request.generator, request.eos_token_ids
-    policy.reset()
-    drafter.reset()
+        return rows.output()
+    n, total, batch = drafter.shared_layers, adapter.num_layers, request.batch_size
+    sampling, generator = request.sampling, request.generator
     cache = new_cache(adapter)
-    # Sliding-window layers are cut every round, not only after a rejection: their memory stays bounded by the window
-    # even while every draft is accepted
-    always_crop = has_sliding_layers(cache)
+    sliding = has_sliding_layers(cache)
+    if sliding and batch > 1:
+        raise ValueError(
+            "batched speculative decoding of a model with sliding-window attention is not supported: its window "
+            "would count the rows' rejected drafts; decode its prompts one at a time"
+        )
+    # Each row keeps its own policy state (its own acceptance history); the first row uses the decoder's own object
+    policies = [policy] + [copy.deepcopy(policy) for _ in range(batch - 1)]
+    for row_policy in policies:
+        row_policy.reset()
+    drafter.reset()
     prompt = request.prompt_length
-    # Positions of every token this generation can touch, sliced instead of rebuilt in the loop
-    positions = torch.arange(prompt + request.max_new_tokens + 1, device=request.device).unsqueeze(0)
+    slots = SlotTable(request.prompt_mask, batch, prompt, prompt + request.max_new_tokens + 1, request.device)
+    shallow, logits, encoder = prefill(adapter, request, cache, slots, n)
+    drafter.observe_prompt(shallow, slots.mask(0), request.prompt_positions())
+    pending = pick(logits, sampling, generator)
+    done = [rows.commit(slot, [token]) for slot, token in enumerate(pending.tolist())]
 
-    shallow, logits, encoder = prefill(adapter, request, cache, positions, n)
-    drafter.observe_prompt(shallow)
-    token = pick(logits, sampling, generator)
-    committed = [token]
-    count = 1
-    done = count >= request.max_new_tokens or (bool(eos) and int(token) in eos)
-    empty = torch.empty(0, dtype=torch.long, device=request.device)
-
-    while not done:
-        base = prompt + count - 1  # tokens every layer's cache holds; the pending token sits at `base`
-        remaining = request.max_new_tokens - count
+    while not all(done):
+        if any(done):
+            keep = [slot for slot, finished in enumerate(done) if not finished]
+            encoder = select_rows(keep, cache, slots, encoder, drafter)
+            pending, policies = pending[keep], [policies[slot] for slot in keep]
+            rows.active = [rows.active[slot] for slot in keep]
+        size, base = len(rows.active), slots.length
+        counts = [rows.count(slot) for slot in range(size)]
         # A round commits up to k + 1 tokens: drafting more than remaining - 1 could only be thrown away
-        limit = min(policy.propose(count), remaining - 1)
-        current = token
+        limits = [
+            min(policies[slot].propose(counts[slot]), request.max_new_tokens - counts[slot] - 1) for slot in range(size)
+        ]
+        rounds = max(limits)
+        positions = slots.positions(rounds + 1)
+        current = pending
         states: list[torch.Tensor] = []
         drafts: list[torch.Tensor] = []
         draft_probs: list[torch.Tensor] = []
-        for i in range(limit):
-            where = positions[:, base + i : base + i + 1]
-            state = adapter.run_layers(
-                adapter.embed(current.view(1, 1)), 0, n, cache, position_ids=where, encoder=encoder
-            )
+        for i in range(rounds):
+            where, mask = positions[:, i : i + 1], slots.mask(1)
+            state = adapter.run_layers(adapter.embed(current.view(size, 1)), 0, n, cache, where, mask, encoder=encoder)
+            hidden = drafter.draft_hidden(state, cache, where, encoder, mask)
+            slots.append(1, advance=False)
             states.append(state)
-            draft_logits = adapter.logits(drafter.draft_hidden(state, cache, where, encoder)[:, -1])
+            draft_logits = adapter.logits(hidden[:, -1])
             if sampling.greedy:
                 current = draft_logits.argmax(dim=-1)
-                confidence = torch.softmax(draft_logits, dim=-1).amax() if policy.needs_confidence else None
+                needs = policies[0].needs_confidence
+                confidence = torch.softmax(draft_logits.float(), dim=-1).amax(dim=-1) if needs else None
             else:
                 probs = sampling.probabilities(draft_logits)
                 current = sample(probs, generator)
                 draft_probs.append(probs)
-                confidence = probs.amax()
+                confidence = probs.amax(dim=-1)
             drafts.append(current)
-            if policy.needs_confidence:
+            if policies[0].needs_confidence:
                 assert confidence is not None  # computed above whenever the policy needs it
-                if not policy.keep_drafting(i + 1, float(confidence)):
+                for slot, value in enumerate(confidence.tolist()):
+                    if limits[slot] > i + 1 and not policies[slot].keep_drafting(i + 1, value):
+                        limits[slot] = i + 1  # this row stops after the token just drafted
+                if max(limits) <= i + 1:
                     break
         k = len(drafts)
+        drafted = [min(limit, k) for limit in limits]
 
         drafter.before_verify(cache, base)
-        where = positions[:, base + k : base + k + 1]
-        last = adapter.run_layers(adapter.embed(current.view(1, 1)), 0, n, cache, position_ids=where, encoder=encoder)
+        where, mask = positions[:, k : k + 1], slots.mask(1)
+        last = adapter.run_layers(adapter.embed(current.view(size, 1)), 0, n, cache, where, mask, encoder=encoder)
+        slots.append(1, advance=False)
         verify_in = torch.cat([*states, last], dim=1) if states else last
-        deep = adapter.run_layers(
-            verify_in, n, total, cache, position_ids=positions[:, base : base + k + 1], encoder=encoder
-        )
-        verify_logits = adapter.logits(deep)[0]
-        draft_tokens = torch.cat(drafts) if drafts else empty
+        deep = adapter.run_layers(verify_in, n, total, cache, positions[:, : k + 1], slots.mask(0), encoder=encoder)
+        verify_logits = adapter.logits(deep)
+        draft_tokens = torch.stack(drafts, dim=1) if drafts else pending.new_empty(size, 0)
+        own = torch.tensor(drafted, device=request.device)
         if sampling.greedy:
-            num_accepted, candidates = greedy_accept(draft_tokens, verify_logits)
+            num_accepted, candidates = greedy_accept(draft_tokens, verify_logits, own)
         else:
             target = sampling.probabilities(verify_logits)
-            proposal = torch.cat(draft_probs) if draft_probs else target[:0]
-            num_accepted, candidates = speculative_accept(draft_tokens, proposal, target, generator)
-        accepted = int(num_accepted)  # the round's one synchronisation
+            proposal = torch.stack(draft_probs, dim=1) if draft_probs else target[:, :0]
+            num_accepted, candidates = speculative_accept(draft_tokens, proposal, target, generator, own)
+        accepted = num_accepted.tolist()  # the round's one synchronisation
 
-        stats.record_round(k, accepted)
-        policy.update(k, accepted)
-        kept = base + accepted + 1
-        if accepted < k or always_crop:
+        for slot in range(size):
+            rows.stats[rows.active[slot]].record_round(drafted[slot], accepted[slot])
+            policies[slot].update(drafted[slot], accepted[slot])
+        kept = slots.settle(base, k + 1, accepted)
+        if kept < base + k + 1 or sliding:
             crop_to(cache, kept)
-        drafter.after_verify(kept, last if accepted == k else None)
-
-        new, done = truncate(candidates[: accepted + 1], remaining, eos)
-        committed.append(new)
-        count += new.shape[0]
-        token = new[-1:]
-        done = done or count >= request.max_new_tokens
-
-    stats.new_tokens = count
-    return GenerationOutput(request.sequences(committed), stats)
+        drafter.after_verify(kept, last if kept == base + k + 1 else None, slots.mask(0), where)
+        pending = candidates.gather(1, num_accepted.view(size, 1)).view(size)
+        committed = candidates.tolist()
+        done = [rows.commit(slot, committed[slot][: accepted[slot] + 1]) for slot in range(size)]
+    return rows.output()
 
 
 class Decoder:
@@ -182,13 +236,15 @@ class Decoder:
         top_k: int | None = None,
         top_p: float | None = None,
         generator: torch.Generator | None = None,
+        pad_token_id: int | None = None,
         **model_inputs: torch.Tensor,
     ) -> GenerationOutput:
-        """`eos_token_id=None` stops at the model's generation-config EOS, like `model.generate`;
-        `[]` never stops early."""
+        """`input_ids` [B, T], left padded with `attention_mask` when rows differ in length. `eos_token_id=None` stops
+        at the model's generation-config EOS, like `model.generate`; `[]` never stops early. Finished rows are filled
+        with `pad_token_id` (default: the model's, else its first EOS) up to the longest row."""
         sampling = SamplingConfig(temperature, top_k, top_p)
         request = prepare_request(
-            self.adapter, input_ids, max_new_tokens, eos_token_id, sampling, generator, model_inputs
+            self.adapter, input_ids, max_new_tokens, eos_token_id, sampling, generator, model_inputs, pad_token_id
         )
         return self._generate(request)
 
@@ -202,8 +258,8 @@ class SelfSpeculativeDecoder(Decoder):
     `head=None` drafts by early exit (layer-n states → final norm → LM head); otherwise `head` is an
     `nn.Module` mapping layer-n states [B, T, H] to states for the final norm and LM head (see
     `pipeline.decoding.head_protocol` for heads that keep state). `draft_len` is an int (fixed) or a
-    `DraftPolicy`. Greedy output equals `model.generate(do_sample=False)` token for token; with
-    `temperature > 0` the output is distributed as the full model's sampling distribution.
+    `DraftPolicy`, applied to every row separately. Greedy output equals `model.generate(do_sample=False)` row for
+    row, token for token; with `temperature > 0` each row is distributed as the full model's sampling distribution.
     """
 
     def __init__(

@@ -1,19 +1,20 @@
 """Checking and normalising what `generate` is given, the same way for every decoder.
 
-The decoders take their inputs as `model.generate` does (`input_ids`, `max_new_tokens`,
-`eos_token_id`, `pixel_values`, `attention_mask`, ...) and return sequences in its layout. Batch size is 1.
-A left-padded prompt is decoded without its padding (with positions counted from the first real token,
-as `model.generate` does) and the padding is put back in front of the output.
+The decoders take their inputs as `model.generate` does (`input_ids` [B, T], left padded with its `attention_mask`,
+`max_new_tokens`, `eos_token_id`, `pixel_values`, ...) and return sequences in its layout: the prompt as given, the
+new tokens, and `pad_token_id` after a row's EOS up to the longest row. Padding columns every row shares are removed
+before decoding (a single prompt is then decoded without any padding, positions counted from its first real token, as
+`model.generate` does) and put back in front of the output.
 
-For an encoder–decoder backbone, `input_ids` (and `attention_mask`) are the encoder's prompt, as for
-`model.generate`: they become `encoder_input_ids` of the adapter's prefix, the decoder starts from its
+For an encoder–decoder backbone, `input_ids` (and `attention_mask`) are the encoder's prompts, as for
+`model.generate`: they become `encoder_input_ids` of the adapter's prefix, every row's decoder starts from its
 `decoder_start_token_id`, and the sequences are the decoder's (start token + new tokens), as `model.generate`
 returns them for encoder–decoder models.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -25,23 +26,39 @@ from pipeline.models.adapters import BackboneAdapter
 
 @dataclass
 class GenerationRequest:
-    input_ids: torch.Tensor  # [1, P]: the decoder's prompt without left padding, on the model's device
-    padding: torch.Tensor  # [1, p]: the removed left padding (p may be 0)
+    input_ids: torch.Tensor  # [B, P]: the decoders' prompts, left padded, shared padding columns removed
+    prompt_mask: torch.Tensor | None  # [B, P]: 1 for real tokens; None when no row is padded
+    padding: torch.Tensor  # [B, p]: the removed shared left-padding columns (p may be 0)
     model_inputs: dict[str, torch.Tensor]  # what the adapter's `prefix` takes (pixel_values, encoder_input_ids, ...)
     max_new_tokens: int
     eos_token_ids: frozenset[int]
     sampling: SamplingConfig
     generator: torch.Generator | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    pad_token_id: int = 0  # what fills a finished row up to the longest one
+
+    @property
+    def batch_size(self) -> int:
+        return self.input_ids.shape[0]
 
     @property
     def prompt_length(self) -> int:
         return self.input_ids.shape[1]
 
-    def sequences(self, new_tokens: list[torch.Tensor]) -> torch.Tensor:
-        """padding + prompt + new tokens, as one [1, T] tensor (`model.generate(...).sequences`)."""
-        parts = [self.padding.view(-1), self.input_ids.view(-1), *(t.view(-1) for t in new_tokens)]
-        return torch.cat(parts).unsqueeze(0)
+    def prompt_positions(self) -> torch.Tensor:
+        """[B, P]: each prompt token's position, counted from the row's first real token."""
+        if self.prompt_mask is None:
+            return torch.arange(self.prompt_length, device=self.device).unsqueeze(0).expand(self.batch_size, -1)
+        return (self.prompt_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+    def sequences(self, new_tokens: Sequence[Sequence[int]]) -> torch.Tensor:
+        """padding + prompt + each row's new tokens, `pad_token_id` after the shorter rows: [B, T + longest]."""
+        longest = max((len(row) for row in new_tokens), default=0)
+        new = torch.full((self.batch_size, longest), self.pad_token_id, dtype=torch.long, device=self.device)
+        for row, tokens in enumerate(new_tokens):
+            if tokens:
+                new[row, : len(tokens)] = torch.tensor(list(tokens), dtype=torch.long, device=self.device)
+        return torch.cat([self.padding, self.input_ids, new], dim=1)
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -70,6 +87,24 @@ def resolve_eos(model: nn.Module, eos_token_id: int | Iterable[int] | None) -> f
     return frozenset(int(t) for t in eos_token_id)
 
 
+def resolve_pad(model: nn.Module, eos: frozenset[int], pad_token_id: int | None) -> int:
+    """The token after a finished row's EOS: as `model.generate` picks it (its pad token, else its first EOS)."""
+    if pad_token_id is None:
+        pad_token_id = getattr(getattr(model, "generation_config", None), "pad_token_id", None)
+    if isinstance(pad_token_id, int):
+        return pad_token_id
+    return min(eos) if eos else 0
+
+
+def _check_left_padding(mask: torch.Tensor) -> None:
+    real = mask.bool()
+    if not bool(real.any(dim=1).all()):
+        raise ValueError("attention_mask masks every token of a prompt: give each row at least one real token")
+    # left padding: once a row's real tokens start they never stop
+    if bool((real.long().cummax(dim=1).values.bool() & ~real).any()):
+        raise ValueError("attention_mask may only mask left padding (zeros before each row's first real token)")
+
+
 def prepare_request(
     adapter: BackboneAdapter,
     input_ids: torch.Tensor,
@@ -78,17 +113,13 @@ def prepare_request(
     sampling: SamplingConfig,
     generator: torch.Generator | None,
     model_inputs: dict[str, torch.Tensor],
+    pad_token_id: int | None = None,
 ) -> GenerationRequest:
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
         shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
         raise ValueError(f"input_ids must be a [batch, length] tensor, got {shape}")
-    if input_ids.shape[0] != 1:
-        raise ValueError(
-            "batch size must be 1 (speculative decoding commits a different number of tokens per row), "
-            f"got {input_ids.shape[0]}"
-        )
-    if input_ids.shape[1] == 0:
-        raise ValueError("input_ids is empty: give at least one prompt token")
+    if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+        raise ValueError(f"input_ids {tuple(input_ids.shape)} is empty: give at least one prompt of one token")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an integer ≥ 0, got {max_new_tokens!r}")
     for unsupported in ("inputs_embeds", "decoder_input_ids", "encoder_input_ids"):
@@ -96,39 +127,39 @@ def prepare_request(
             raise ValueError(f"{unsupported} is not supported: pass input_ids (and pixel_values for images)")
     model = adapter.model
     device = model_device(model)
+    batch = input_ids.shape[0]
     input_ids = input_ids.to(device)
-    inputs = {k: v for k, v in model_inputs.items() if v is not None}
-    attention_mask = inputs.pop("attention_mask", None)
-    if attention_mask is not None and attention_mask.shape != input_ids.shape:
-        raise ValueError(
-            f"attention_mask {tuple(attention_mask.shape)} does not match input_ids {tuple(input_ids.shape)}"
-        )
+    inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in model_inputs.items() if v is not None}
+    mask = inputs.pop("attention_mask", None)
+    if mask is not None:
+        if mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask {tuple(mask.shape)} does not match input_ids {tuple(input_ids.shape)}")
+        if not adapter.is_encoder_decoder:
+            _check_left_padding(mask)
     if adapter.is_encoder_decoder:
-        # The prompt is the encoder's; the decoder starts from its start token (model.generate's layout)
+        # The prompts are the encoder's; every decoder starts from its start token (model.generate's layout)
         inputs["encoder_input_ids"] = input_ids
-        if attention_mask is not None:
-            inputs["encoder_attention_mask"] = attention_mask.to(device)
-        attention_mask = None
+        if mask is not None:
+            inputs["encoder_attention_mask"] = mask
         start = adapter.decoder_start_token_id
-        input_ids = torch.full((1, 1), start if start is not None else 0, dtype=torch.long, device=device)
+        input_ids = torch.full((batch, 1), start if start is not None else 0, dtype=torch.long, device=device)
+        mask = None
     padding = input_ids[:, :0]
-    if attention_mask is not None:
-        keep = attention_mask[0].to(device).bool()
-        pads = int((~keep).sum())
-        if pads:
-            if bool(keep[:pads].any()) or not bool(keep[pads:].all()):
-                raise ValueError("attention_mask may only mask left padding (zeros before the first real token)")
-            if pads == input_ids.shape[1]:
-                raise ValueError("attention_mask masks every prompt token")
-            padding, input_ids = input_ids[:, :pads], input_ids[:, pads:]
-    inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    if mask is not None:
+        shared = int(mask.bool().any(dim=0).long().argmax())  # columns padded in every row
+        padding, input_ids, mask = input_ids[:, :shared], input_ids[:, shared:], mask[:, shared:]
+        if bool(mask.bool().all()):
+            mask = None
+    eos = resolve_eos(model, eos_token_id)
     return GenerationRequest(
         input_ids=input_ids,
+        prompt_mask=mask.long() if mask is not None else None,
         padding=padding,
         model_inputs=inputs,
         max_new_tokens=max_new_tokens,
-        eos_token_ids=resolve_eos(model, eos_token_id),
+        eos_token_ids=eos,
         sampling=sampling,
         generator=generator,
         device=device,
+        pad_token_id=resolve_pad(model, eos, pad_token_id),
     )

@@ -96,10 +96,24 @@ class DecodingStats:
             "accepted_by_position": list(self.accepted_by_position),
         }
 
+    @classmethod
+    def total(cls, rows: list[DecodingStats]) -> DecodingStats:
+        """The sum of several rows' (or runs') counts."""
+        total = cls()
+        for row in rows:
+            total = total.merge(row)
+        return total
+
 
 @dataclass
 class GenerationOutput:
-    """`sequences`: [1, prompt + new] in the layout of `model.generate(...).sequences`."""
+    """`sequences`: [B, T + new] in the layout of `model.generate(...).sequences`; `stats`: totals over the batch,
+    `row_stats`: each row's own."""
 
     sequences: torch.Tensor
     stats: DecodingStats
+    row_stats: list[DecodingStats] = field(default_factory=list)
+
+    @classmethod
+    def of_rows(cls, sequences: torch.Tensor, rows: list[DecodingStats]) -> GenerationOutput:
+        return cls(sequences, DecodingStats.total(rows), rows)

@@ -48,7 +48,8 @@ class _CausalSelfAttention(nn.Module):
         batch, length, hidden = x.shape
         return x.view(batch, length, self.num_heads, hidden // self.num_heads).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`attention_mask` [B, S]: which of the S keys (cached + new) each row may attend to (None: all)."""
         q, k, v = (self._split(t) for t in self.qkv(x).chunk(3, dim=-1))
         past = 0
         if self.use_cache:
@@ -59,12 +60,17 @@ class _CausalSelfAttention(nn.Module):
                 v = torch.cat([self.values, v], dim=2)
             self.keys, self.values = k, v
         length, total = q.shape[2], k.shape[2]
-        if length == 1:
-            attended = nn.functional.scaled_dot_product_attention(q, k, v)
-        else:
-            # query i (absolute position past + i) sees keys 0..past + i
+        mask = None
+        if length > 1:
+            # query i (slot past + i) sees keys 0..past + i
             mask = torch.ones(length, total, dtype=torch.bool, device=x.device).tril(diagonal=past)
-            attended = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        if attention_mask is not None:
+            keys = attention_mask[:, -total:].bool().view(-1, 1, 1, total)
+            # every query also sees its own slot: a left-padding slot of a short prompt would otherwise see no key
+            # at all (a NaN row); its output is never used
+            own = torch.arange(total, device=x.device) == past + torch.arange(length, device=x.device).unsqueeze(1)
+            mask = (keys if mask is None else mask & keys) | own
+        attended = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         batch, _, _, head_dim = attended.shape
         return self.out(attended.transpose(1, 2).reshape(batch, length, self.num_heads * head_dim))
 
@@ -93,15 +99,20 @@ class ImitationNetwork(nn.Module):
             nn.init.zeros_(output.weight)
             nn.init.zeros_(output.bias)
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,  # the decoder's StatefulHead call; the attention has no positions
+    ) -> torch.Tensor:
         # Pre-norm residual form: with `residual` the output is h_n + f(h_n), so the zero-initialised
         # network starts as exactly the early-exit draft; without it, norm(f(h_n)) as in the paper's sketch.
         if not self.architecture.residual:
-            x = hidden if self.attention is None else self.attention(hidden)
+            x = hidden if self.attention is None else self.attention(hidden, attention_mask)
             return self.norm(self.mlp(x))
         x = self.norm(hidden)
         if self.attention is not None:
-            x = x + self.attention(x)
+            x = x + self.attention(x, attention_mask)
         return hidden + self.mlp(x)
 
     # --- the decoder's StatefulHead protocol (only meaningful with attention) -------------------------
@@ -115,6 +126,13 @@ class ImitationNetwork(nn.Module):
             assert self.attention.values is not None  # keys and values are cached together
             self.attention.keys = self.attention.keys[:, :, :length]
             self.attention.values = self.attention.values[:, :, :length]
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only the batch rows `rows` of the decode cache (the decoder drops finished rows)."""
+        if self.attention is not None and self.attention.keys is not None:
+            assert self.attention.values is not None  # keys and values are cached together
+            self.attention.keys = self.attention.keys[rows]
+            self.attention.values = self.attention.values[rows]
 
     def stop_caching(self) -> None:
         """Back to whole-sequence calls (training, validation batches) after decoding.

@@ -16,7 +16,7 @@ class FullModelHead(torch.nn.Module):
     def __init__(self, model, draft_layers: int, encoder=None) -> None:
         """`encoder`: the prompt's encoder states, which an encoder–decoder's deep blocks cross-attend to."""
         super().__init__()
-        self.encoder = encoder
+        self.prompt_encoder = self.encoder = encoder
         from pipeline.models.adapters import adapter_for
 
         self._model = [model]  # not a submodule: the head must not own the model's parameters
@@ -27,6 +27,7 @@ class FullModelHead(torch.nn.Module):
 
     def reset(self) -> None:
         self.cache = self.adapter.new_cache()
+        self.encoder = self.prompt_encoder  # a batched generation may have dropped finished rows from it
 
     def crop(self, length: int) -> None:
         from pipeline.decoding.cache import crop_to
@@ -37,9 +38,18 @@ class FullModelHead(torch.nn.Module):
     def length(self) -> int:
         return self.cache.get_seq_length(self.n)
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+    def select(self, rows: torch.Tensor) -> None:
+        from pipeline.models.adapters import EncoderStates
+
+        self.cache.batch_select_indices(rows)
+        if self.encoder is not None:
+            mask = None if self.encoder.mask is None else self.encoder.mask[rows]
+            self.encoder = EncoderStates(self.encoder.hidden[rows], mask)
+
+    def forward(self, hidden: torch.Tensor, attention_mask=None, position_ids=None) -> torch.Tensor:
         self.calls += 1
-        return self.adapter.run_layers(hidden, self.n, self.adapter.num_layers, self.cache, encoder=self.encoder)
+        layers = (self.n, self.adapter.num_layers)
+        return self.adapter.run_layers(hidden, *layers, self.cache, position_ids, attention_mask, encoder=self.encoder)
 
 
 class RandomHead(torch.nn.Module):

@@ -16,9 +16,9 @@ def one_hot_logits(tokens: list[int], vocab: int = 10) -> torch.Tensor:
     return logits
 
 
-def committed(result) -> list[int]:
+def committed(result, row: int = 0) -> list[int]:
     accepted, tokens = result
-    return tokens[: int(accepted) + 1].tolist()
+    return tokens[row, : int(accepted[row]) + 1].tolist()
 
 
 @pytest.mark.parametrize(
@@ -31,14 +31,22 @@ def committed(result) -> list[int]:
     ],
 )
 def test_greedy_accept(drafts, target, accepted, tokens):
-    result = greedy_accept(torch.tensor(drafts, dtype=torch.long), one_hot_logits(target))
-    assert int(result[0]) == accepted
+    result = greedy_accept(torch.tensor([drafts], dtype=torch.long), one_hot_logits(target).unsqueeze(0))
+    assert int(result[0][0]) == accepted
     assert committed(result) == tokens
 
 
+def test_rows_accept_independently_and_never_past_their_own_drafts():
+    drafts = torch.tensor([[3, 5, 7], [3, 5, 7], [4, 4, 4]])
+    target = torch.stack([one_hot_logits([3, 5, 7, 2]), one_hot_logits([3, 5, 7, 2]), one_hot_logits([4, 8, 4, 1])])
+    result = greedy_accept(drafts, target, drafted=torch.tensor([3, 1, 3]))
+    assert result[0].tolist() == [3, 1, 1]  # row 1 drafted one token: its matching later positions are not its own
+    assert [committed(result, row) for row in range(3)] == [[3, 5, 7, 2], [3, 5], [4, 8]]
+
+
 def test_shapes_are_checked():
-    with pytest.raises(ValueError, match=r"\[k\+1, V\]"):
-        greedy_accept(torch.tensor([1, 2]), torch.zeros(2, 10))
+    with pytest.raises(ValueError, match=r"\[B, k\+1, V\]"):
+        greedy_accept(torch.tensor([[1, 2]]), torch.zeros(1, 2, 10))
 
 
 def test_speculative_accepts_everything_when_draft_equals_target():
@@ -48,10 +56,27 @@ def test_speculative_accepts_everything_when_draft_equals_target():
     target = torch.cat([probs[:3], bonus])
     g = torch.Generator().manual_seed(1)
     for _ in range(50):
-        drafts = torch.multinomial(probs[:3], 1, generator=g).view(-1)
-        accepted, tokens = speculative_accept(drafts, probs[:3], target, g)
-        assert int(accepted) == 3
-        assert tokens.tolist() == [*drafts.tolist(), 5]
+        drafts = torch.multinomial(probs[:3], 1, generator=g).view(1, -1)
+        accepted, tokens = speculative_accept(drafts, probs[:3].unsqueeze(0), target.unsqueeze(0), g)
+        assert accepted.tolist() == [3]
+        assert tokens.tolist() == [[*drafts[0].tolist(), 5]]
+
+
+def test_speculative_bonus_after_a_short_rows_last_draft_comes_from_the_target_alone():
+    """Row 1 drafted one token of the batch's two: after accepting it, its next token is drawn from p at position 1
+    (it proposed nothing there), not from the residual against whatever its padded draft distribution holds."""
+    certain = torch.eye(4)
+    half = torch.tensor([0.5, 0.0, 0.5, 0.0])
+    draft_probs = torch.stack([certain[[1, 2]], certain[[1, 2]]])  # row 1's position 1 is padding
+    target = torch.stack([torch.stack([certain[1], certain[2], certain[3]]), torch.stack([certain[1], half, half])])
+    g = torch.Generator().manual_seed(0)
+    bonus = set()
+    for _ in range(40):
+        drafted = torch.tensor([2, 1])
+        accepted, tokens = speculative_accept(torch.tensor([[1, 2], [1, 2]]), draft_probs, target, g, drafted)
+        assert accepted.tolist() == [2, 1] and tokens[0].tolist() == [1, 2, 3]
+        bonus.add(int(tokens[1, 1]))
+    assert bonus == {0, 2}  # the residual against the padding (q = token 2) would only ever give 0
 
 
 def test_speculative_rejects_a_token_the_target_never_emits_and_resamples_from_the_residual():
@@ -60,9 +85,9 @@ def test_speculative_rejects_a_token_the_target_never_emits_and_resamples_from_t
     g = torch.Generator().manual_seed(0)
     seen = set()
     for _ in range(100):
-        accepted, tokens = speculative_accept(torch.tensor([1]), draft, target, g)
-        assert int(accepted) == 0
-        seen.add(int(tokens[0]))
+        accepted, tokens = speculative_accept(torch.tensor([[1]]), draft.unsqueeze(0), target.unsqueeze(0), g)
+        assert accepted.tolist() == [0]
+        seen.add(int(tokens[0, 0]))
     assert seen == {0, 2}
 
 
@@ -73,9 +98,9 @@ def test_speculative_first_token_is_distributed_as_the_target():
     samples = 20000
     counts = torch.zeros(4)
     for _ in range(samples):
-        draft = torch.multinomial(q, 1, generator=g).view(1)
-        _, tokens = speculative_accept(draft, q, p, g)
-        counts[int(tokens[0])] += 1
+        draft = torch.multinomial(q, 1, generator=g).view(1, 1)
+        _, tokens = speculative_accept(draft, q.unsqueeze(0), p.unsqueeze(0), g)
+        counts[int(tokens[0, 0])] += 1
     tv = 0.5 * (counts / samples - p[0].float()).abs().sum()
     assert tv < 0.015, counts / samples
 
