@@ -4,6 +4,7 @@ tokens the draft wrote (and the full model accepted) — what a user tries first
     python -m pipeline caption data/prepared/images/test/000000.png
     python -m pipeline caption photo.jpg --method full  # ssd (default) | full | draft | layerskip | draft-verify
     python -m pipeline caption photo.jpg --task vqa --question "how many shapes are there ?"
+    python -m pipeline caption images/ more.png --batch-size 16 --out captions.json   # many: one record per image
 
 By default the full model decodes the same prompt too, so the speed-up and the identity check
 (self-speculative greedy output must equal the full model's) are printed alongside.
@@ -35,8 +36,14 @@ METHODS = ("ssd", "full", "draft", "layerskip", "draft-verify")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pipeline caption", description="Caption one image.")
-    parser.add_argument("image", type=Path)
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline caption",
+        description="Caption one image (speed, the draft's tokens, the comparison with the full model), or many "
+        "(images and directories, decoded in batches, one JSON record per image).",
+    )
+    parser.add_argument("images", type=Path, nargs="+", metavar="IMAGE_OR_DIR")
+    parser.add_argument("--batch-size", type=int, default=8, help="images decoded together (many images)")
+    parser.add_argument("--out", type=Path, default=None, help="JSON file for the records (default: print them)")
     parser.add_argument("--method", choices=METHODS, default="ssd")
     parser.add_argument("--task", choices=("caption", "description", "vqa"), default="caption")
     parser.add_argument("--question", default=None, help="the question (with --task vqa)")
@@ -65,6 +72,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.task == "vqa" and not args.question:
         parser.error("--task vqa needs --question")
+    if args.batch_size < 1:
+        parser.error("--batch-size must be ≥ 1")
     return args
 
 
@@ -154,6 +163,7 @@ def caption(argv: list[str]) -> int:
 
     from pipeline.data.images import load_image
     from pipeline.decoding.hf_reference import hf_greedy
+    from pipeline.evaluation.caption_files import image_files
     from pipeline.evaluation.method_runner import build_decoder
     from pipeline.evaluation.prompts import MAX_NEW_TOKENS
     from pipeline.models.loading import load_backbone
@@ -162,7 +172,10 @@ def caption(argv: list[str]) -> int:
     params = _params(args.params)
     args.dtype = args.dtype or params.model.dtype
     args.device = args.device or params.model.device
-    image = load_image(args.image)  # a clean ImageError for a missing or corrupt file
+    files = image_files(args.images)
+    if len(files) > 1 or args.out is not None:
+        return caption_many(args, params, files)
+    image = load_image(files[0])  # a clean ImageError for a missing or corrupt file
     backbone = load_backbone(args.model, args.dtype, args.device)
     tokenizer = backbone.tokenizer
     hidden = backbone.adapter.embed_weight
@@ -220,6 +233,43 @@ def caption(argv: list[str]) -> int:
                 f"output {same} the full model's"
             )
     return 0
+
+
+def caption_many(args: argparse.Namespace, params: Params, files: list[Path]) -> int:
+    """Batch mode: every readable image captioned, the unreadable ones named on stderr and kept as error records."""
+    from pipeline.evaluation.caption_files import caption_files
+    from pipeline.evaluation.method_runner import batch_runnable
+    from pipeline.evaluation.prompts import MAX_NEW_TOKENS
+    from pipeline.io import atomic_write_json
+    from pipeline.models.loading import load_backbone
+
+    backbone = load_backbone(args.model, args.dtype, args.device)
+    hidden = backbone.adapter.embed_weight
+    spec, resources, what = _method(args, backbone, params)
+    resources.pad_token_id = backbone.tokenizer.pad_token_id
+    with torch.no_grad():
+        records = caption_files(
+            files,
+            batch_runnable(spec, resources),
+            backbone.prompt_builder(params.data.prompts).prompt_ids(args.task, args.question),
+            backbone.image_processor,
+            backbone.tokenizer,
+            max_new_tokens=args.max_new_tokens or MAX_NEW_TOKENS[args.task],
+            batch_size=args.batch_size,
+            device=hidden.device,
+            dtype=hidden.dtype,
+        )
+    skipped = [r for r in records if r.error is not None]
+    for record in skipped:
+        print(f"skipped {record.image}: {record.error}", file=sys.stderr)
+    rows = [r.to_dict() for r in records]
+    if args.out is not None:
+        atomic_write_json(args.out, {"method": what, "records": rows})
+        print(f"{len(records) - len(skipped)} of {len(records)} images captioned ({what}) → {args.out}")
+    else:
+        for row in rows:
+            print(json.dumps(row, ensure_ascii=False))
+    return 0 if len(skipped) < len(records) else 2
 
 
 def apply_config(argv: list[str]) -> int:

@@ -447,13 +447,26 @@ class DecodingConfig(StrictModel):
     growing: GrowingScheduleConfig = GrowingScheduleConfig()
 
 
-class EvaluateConfig(StrictModel):
-    """Stage `evaluate`: every method on the same test prompts, in one process (speed-ups are ratios of one run)."""
+class SpeedSampleConfig(StrictModel):
+    """The prompts `evaluate` times every method on, at batch 1, interleaved (the paper's per-token latency): the
+    first of each task of the split."""
 
-    captions: int = Field(16, ge=1)  # test images captioned (BLEU-1..4, METEOR, ROUGE-L, CIDEr, SPICE if available)
-    descriptions: int = Field(4, ge=0)  # long descriptions (same metrics against the one reference)
-    vqa: int = Field(16, ge=0)  # test questions (VQAv2 accuracy)
+    captions: int = Field(16, ge=1)
+    descriptions: int = Field(4, ge=0)
+    vqa: int = Field(16, ge=0)
     repeats: int = Field(1, ge=1)  # timing repeats (median per-token latency)
+
+
+class EvaluateConfig(StrictModel):
+    """Stage `evaluate`: every method on the same test prompts, in one process (speed-ups are ratios of one run).
+    Quality (caption metrics, VQA accuracy, identity with the full model, acceptance) over the test split decoded in
+    batches; speed at batch 1 on `speed`'s sample of it."""
+
+    batch_size: int = Field(16, ge=1)  # rows decoded together for the quality pass (throughput is reported at it)
+    captions: int | None = Field(None, ge=1)  # test images captioned (None: every one)
+    descriptions: int | None = Field(None, ge=0)  # described test images (None: every one)
+    vqa: int | None = Field(300, ge=0)  # test questions (None: every one)
+    speed: SpeedSampleConfig = SpeedSampleConfig()
     draft_lens: list[int] = [1, 2, 5]  # speed-up by d (with decoding.draft_len) (paper Fig. 9), ours (ce+cs+kd)
     meteor: bool = True  # needs Java (one JVM for all methods)
     spice: bool = True  # reported unavailable, with the reason, when Stanford CoreNLP's jars are absent
@@ -464,6 +477,14 @@ class EvaluateConfig(StrictModel):
         if not value or any(d < 1 for d in value) or len(set(value)) != len(value):
             raise ValueError("draft_lens must list distinct positive integers")
         return value
+
+    @model_validator(mode="after")
+    def _sample_within_split(self) -> EvaluateConfig:
+        for task in ("captions", "descriptions", "vqa"):
+            split, sample = getattr(self, task), getattr(self.speed, task)
+            if split is not None and sample > split:
+                raise ValueError(f"speed.{task} ({sample}) must not exceed {task} ({split}): it is a sample of them")
+        return self
 
 
 class TrackingConfig(StrictModel):

@@ -71,3 +71,30 @@ def test_module_entry_point(repo):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "tokens/s" in done.stdout
+
+
+def test_many_images_are_captioned_in_batches_and_bad_files_are_skipped_by_name(repo, capsys, tmp_path):
+    import json
+
+    images = sorted((repo / "data/prepared/images").rglob("*.png"))[:5]
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for image in images:
+        (folder / image.name).write_bytes(image.read_bytes())
+    (folder / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "captions.json"
+    argv = ["caption", str(folder), str(tmp_path / "missing.png"), "--batch-size", "2", "--out", str(out)]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert f"skipped {folder / 'broken.png'}: cannot decode image" in captured.err
+    assert f"skipped {tmp_path / 'missing.png'}: image file not found" in captured.err
+    records = json.loads(out.read_text())["records"]
+    expected = [*sorted(["broken.png", *(i.name for i in images)]), "missing.png"]
+    assert [Path(r["image"]).name for r in records] == expected
+    good = [r for r in records if r["error"] is None]
+    assert len(good) == 5 and all(r["caption"] is not None and r["new_tokens"] == len(r["tokens"]) for r in good)
+    # each image's caption in the batch is the caption the full model writes for it alone (SSD is lossless)
+    for record in good[:2]:
+        assert main(["caption", record["image"], "--method", "full", "--no-compare"]) == 0
+        assert capsys.readouterr().out.splitlines()[0] == record["caption"]
+    assert main(["caption", str(folder / "broken.png"), str(tmp_path / "missing.png"), "--out", str(out)]) == 2

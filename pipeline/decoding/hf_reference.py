@@ -68,7 +68,8 @@ def _generate(
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     hf_model = cast(PreTrainedModel, model)  # `generate` below needs a Hugging Face model anyway
-    pad = hf_model.generation_config.pad_token_id
+    pad = kwargs.pop("pad_token_id", None)
+    pad = hf_model.generation_config.pad_token_id if pad is None else pad
     # PreTrainedModel does not declare `generate`; GenerationMixin does, with a `self` type no model class matches
     generate = cast(Callable[..., Any], hf_model.generate)
     out = generate(

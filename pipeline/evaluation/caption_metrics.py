@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import os
 import shutil
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -57,7 +59,22 @@ def ptb_tokenize(texts: Mapping[CaptionKey, Sequence[str]]) -> dict[CaptionKey, 
 
     require_java("the PTB tokenizer")
     keyed = {key: [{"caption": text} for text in values] for key, values in texts.items()}
-    return PTBTokenizer().tokenize(keyed)
+    with _quiet_stderr():  # its JVM prints "PTBTokenizer tokenized N tokens at …" on every call
+        return PTBTokenizer().tokenize(keyed)
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """File descriptor 2 to /dev/null for the block: what a child process (a JVM) inherits and writes to."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 @contextlib.contextmanager

@@ -1,10 +1,10 @@
-"""Methods decoded side by side on the same prompts: speed against a reference method and the quality of what
-each wrote.
+"""Methods decoded side by side on the same prompts: the quality of what each wrote over a whole test split
+(decoded in batches), and its speed against a reference method at batch 1 on a sample of it.
 
-`evaluate_methods` times every method (`pipeline.evaluation.speed.Method`: prompt → new tokens, stats) on the
-same prompts in one process, then scores each: speed-up = the reference's per-token latency ÷ the method's
-(DESIGN.md), tokens/s, acceptance counts, the share of outputs identical to its identity reference's, and
-caption metrics (pycocoevalcap) or VQA accuracy of what it wrote.
+`evaluate_methods` decodes the split with every method's batched form (`pipeline.evaluation.speed.BatchMethod`) and
+times every method's single-prompt form (`Method`) on the sample in one process: speed-up = the reference's per-token
+latency ÷ the method's (DESIGN.md), tokens/s at batch 1 and at the batch size, acceptance counts, the share of
+outputs identical to its identity reference's, and caption metrics (pycocoevalcap) or VQA accuracy.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 
 from pipeline.evaluation.caption_metrics import caption_scores
 from pipeline.evaluation.prompts import Prompt
-from pipeline.evaluation.speed import Method, identical_share, time_methods
+from pipeline.evaluation.speed import BatchMethod, Method, decode_split, identical_share, time_methods
 
 
 def task_scores(
@@ -46,46 +46,62 @@ def task_scores(
 
 def evaluate_methods(
     methods: dict[str, Method],
-    prompts: Sequence[Prompt],
+    batched: dict[str, BatchMethod],
+    split: Sequence[Prompt],
+    sample: Sequence[Prompt],
     tokenizer: Any,
     *,
     reference: str,
     identity_references: dict[str, str] | None = None,
+    batch_size: int = 16,
     repeats: int = 1,
     warmup_prompts: int = 1,
     caption_metrics: bool = True,
     meteor: Any = False,
     spice: bool = False,
     device: torch.device | None = None,
+    progress: bool = False,
 ) -> dict[str, dict[str, Any]]:
-    """Time every method on `prompts` and score it.
+    """Score every method on the whole `split`, decoded in batches of `batch_size`, and time it on the `sample`.
 
-    `reference` names the full model: every speed-up is relative to its latency. A method that decodes with
-    another backbone (LayerSkip, the mixed schedule) is checked for losslessness against its own backbone's
-    greedy output: `identity_references` maps it to that method's name.
+    Quality, losslessness and acceptance come from the split: caption metrics (pycocoevalcap) or VQA accuracy of
+    what each method wrote, the share of its outputs identical to its identity reference's (`identity_references`:
+    a method on another backbone (LayerSkip, the mixed schedule) against that backbone's own greedy output; the
+    others against `reference`), and the throughput at that batch size. Speed is the paper's per-token latency at
+    batch 1 on the `sample`, every method interleaved per prompt: speed-up = the `reference`'s latency ÷ the
+    method's.
     """
     if reference not in methods:
         raise ValueError(f"reference method {reference!r} is not among {sorted(methods)}")
     identity_references = identity_references or {}
+    device = device or torch.device("cpu")
+    runs = decode_split(batched, split, batch_size, device=device, progress=progress)
     timings = time_methods(
-        methods, prompts, repeats=repeats, warmup_prompts=warmup_prompts, device=device or torch.device("cpu")
+        methods, sample, repeats=repeats, warmup_prompts=warmup_prompts, device=device, progress=progress
     )
     base = timings[reference]
-    tasks = {t: [i for i, p in enumerate(prompts) if p["task"] == t] for t in sorted({p["task"] for p in prompts})}
+    tasks = {t: [i for i, p in enumerate(sample) if p["task"] == t] for t in sorted({p["task"] for p in sample})}
     results: dict[str, dict[str, Any]] = {}
     for name, timing in timings.items():
-        latency = timing.latency()
-        identity = timings[identity_references.get(name, reference)]
+        latency, run = timing.latency(), runs[name]
+        identity = runs[identity_references.get(name, reference)]
         row: dict[str, Any] = {
             "speedup": base.latency() / latency,
             "tokens_per_second": 1.0 / latency,
             "ms_per_token": 1e3 * latency,
             "new_tokens": float(timing.new_tokens()),
-            "identical_share": identical_share(timing.outputs, identity.outputs),
             "speedup_by_task": {t: base.latency(ix) / timing.latency(ix) for t, ix in tasks.items()},
+            "batch_size": float(batch_size),
+            "throughput_tokens_per_second": run.throughput,
+            "split_prompts": float(len(split)),
+            "split_new_tokens": float(run.new_tokens),
+            "identical_share": identical_share(run.outputs, identity.outputs),
+            "identical_share_batch_1": identical_share(
+                timing.outputs, timings[identity_references.get(name, reference)].outputs
+            ),
         }
-        if timing.has_stats and timing.stats.verify_calls:
-            stats = timing.stats
+        stats = run.merged_stats()
+        if stats is not None and stats.verify_calls:
             row.update(
                 {
                     "acceptance_rate": stats.acceptance_rate,
@@ -98,8 +114,8 @@ def evaluate_methods(
                 }
             )
         if caption_metrics:
-            texts = [t.strip() for t in tokenizer.batch_decode(timing.outputs, skip_special_tokens=True)]
-            row["tasks"] = task_scores(prompts, texts, meteor=meteor, spice=spice)
+            texts = [t.strip() for t in tokenizer.batch_decode(run.outputs, skip_special_tokens=True)]
+            row["tasks"] = task_scores(split, texts, meteor=meteor, spice=spice)
             if "caption" in row["tasks"]:
                 row.update({"cider": row["tasks"]["caption"]["cider"], "bleu4": row["tasks"]["caption"]["bleu4"]})
         results[name] = row

@@ -26,8 +26,8 @@ from pipeline.errors import ModelLoadError
 from pipeline.evaluation import methods
 from pipeline.evaluation.caption_metrics import meteor_session
 from pipeline.evaluation.comparison import evaluate_methods
-from pipeline.evaluation.method_runner import DecodingResources, runnables
-from pipeline.evaluation.prompts import caption_prompts, on_device, vqa_prompts
+from pipeline.evaluation.method_runner import DecodingResources, batch_runnables, runnables
+from pipeline.evaluation.prompts import caption_prompts, first_of_each_task, on_device, vqa_prompts
 from pipeline.models.imitation import load_draft_head
 from pipeline.models.loading import load_backbone
 from pipeline.report import series
@@ -93,6 +93,10 @@ def run_evaluation(params: Params, inputs: EvaluationInputs) -> Evaluation:
     prompts += vqa_prompts(test, builder, backbone.image_processor, cfg.vqa)
     hidden = backbone.adapter.embed_weight
     prompts = on_device(prompts, hidden.device, hidden.dtype)
+    speed = cfg.speed
+    sample = first_of_each_task(
+        prompts, {"caption": speed.captions, "description": speed.descriptions, "vqa": speed.vqa}
+    )
     heads, depth = load_heads(inputs.imitation, backbone.model)
     found = json.loads(inputs.draft_verify.read_text())
     models = {
@@ -104,22 +108,29 @@ def run_evaluation(params: Params, inputs: EvaluationInputs) -> Evaluation:
     else:
         depth.pop(methods.MIXED, None)
     plan = methods.evaluation_plan(params, depth, found)
-    resources = DecodingResources(models, heads, backbone.tokenizer.eos_token_id, params.decoding.growing)
+    tokenizer = backbone.tokenizer
+    resources = DecodingResources(
+        models, heads, tokenizer.eos_token_id, params.decoding.growing, pad_token_id=tokenizer.pad_token_id
+    )
     print(
-        f"evaluate: {len(plan.methods)} methods × {len(prompts)} test prompts × {cfg.repeats} repeat(s), "
-        f"n = {plan.draft_layers}"
+        f"evaluate: {len(plan.methods)} methods × {len(prompts)} test prompts in batches of {cfg.batch_size}, "
+        f"timed at batch 1 on {len(sample)} of them × {speed.repeats} repeat(s), n = {plan.draft_layers}"
     )
     with torch.no_grad(), meteor_session() if cfg.meteor else contextlib.nullcontext() as meteor:
         results = evaluate_methods(
             runnables(plan.methods, resources),
+            batch_runnables(plan.methods, resources),
             prompts,
-            backbone.tokenizer,
+            sample,
+            tokenizer,
             reference=plan.reference.key,
             identity_references={s.key: s.identity_reference.key for s in plan.methods},
-            repeats=cfg.repeats,
+            batch_size=cfg.batch_size,
+            repeats=speed.repeats,
             meteor=meteor or False,
             spice=cfg.spice,
             device=hidden.device,
+            progress=True,
         )
     rows = {spec.key: {"label": spec.label, **results[spec.key]} for spec in plan.methods}
     summary = {
@@ -129,6 +140,8 @@ def run_evaluation(params: Params, inputs: EvaluationInputs) -> Evaluation:
         "growing": params.decoding.growing.model_dump(),
         "draft_verify": {k: found[k] for k in ("skip_layers", "threshold")},
         "prompts": {t: sum(p["task"] == t for p in prompts) for t in ("caption", "description", "vqa")},
+        "timed_prompts": {t: sum(p["task"] == t for p in sample) for t in ("caption", "description", "vqa")},
+        "batch_size": cfg.batch_size,
         "threads": torch.get_num_threads(),
         "dtype": params.model.dtype,
         "device": params.model.device,

@@ -3,8 +3,9 @@ head it names, wrapped as a `Method` (prompt → new tokens, stats) that `evalua
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,9 +23,10 @@ from pipeline.decoding import (
 from pipeline.decoding.engine import Decoder
 from pipeline.decoding.hf_reference import hf_early_exit, hf_greedy
 from pipeline.decoding.stats import DecodingStats
+from pipeline.evaluation.batching import collate, new_token_rows
 from pipeline.evaluation.methods import DraftLength, MethodSpec
 from pipeline.evaluation.prompts import Prompt
-from pipeline.evaluation.speed import Method
+from pipeline.evaluation.speed import BatchMethod, Method
 from pipeline.models.adapters import adapter_for
 
 
@@ -36,6 +38,7 @@ class DecodingResources:
     heads: Mapping[str, nn.Module] = field(default_factory=dict)  # imitation network name → draft head (as_draft_head)
     eos_token_id: int | None = None
     growing: GrowingScheduleConfig = field(default_factory=GrowingScheduleConfig)  # what draft_len "growing" means
+    pad_token_id: int | None = None  # fills a batch's finished rows (default: the EOS)
 
     def model(self, spec: MethodSpec) -> nn.Module:
         if spec.backbone not in self.models:
@@ -79,39 +82,76 @@ def build_decoder(spec: MethodSpec, resources: DecodingResources) -> Decoder:
     raise ValueError(f"{spec.key}: {spec.kind} is Hugging Face's generate, not one of our decoders")
 
 
-def runnable(spec: MethodSpec, resources: DecodingResources) -> Method:
-    """`spec` as a `Method`: decodes one prompt (input_ids, pixel_values, max_new_tokens) into its new tokens."""
+def batch_runnable(spec: MethodSpec, resources: DecodingResources) -> BatchMethod:
+    """`spec` as a `BatchMethod`: decodes prompts of one task (one `max_new_tokens`) as one left-padded batch into
+    each row's new tokens (up to its EOS) and its draft/verify counts."""
     eos = resources.eos_token_id
-    adapter = adapter_for(resources.model(spec))
+    stop = frozenset() if eos is None else frozenset([eos])
+    model = resources.model(spec)
+    adapter = adapter_for(model)
+    pad = resources.pad_token_id if resources.pad_token_id is not None else (eos if eos is not None else 0)
+
+    def budget(prompts: Sequence[Prompt]) -> int:
+        budgets = {p["max_new_tokens"] for p in prompts}
+        if len(budgets) != 1:
+            raise ValueError(f"{spec.key}: a batch shares one token budget, got {sorted(budgets)}")
+        return budgets.pop()
+
     if spec.kind in ("hf_generate", "hf_early_exit"):
-        model = resources.model(spec)
         early_exit: dict[str, int] | None = None
         if spec.kind == "hf_early_exit":
             if spec.draft_layers is None or not isinstance(spec.draft_len, int):
                 raise ValueError(f"{spec.key}: Hugging Face's early exit needs draft_layers and a fixed draft_len")
             early_exit = {"draft_layers": spec.draft_layers, "draft_len": spec.draft_len}
 
-        def generate(prompt: Prompt) -> tuple[torch.Tensor, DecodingStats | None]:
-            ids = prompt["input_ids"]
+        def generate(prompts: Sequence[Prompt]) -> list[tuple[list[int], DecodingStats | None]]:
+            if early_exit is not None and len(prompts) > 1:  # HF's assisted generation refuses batches
+                return [row for prompt in prompts for row in generate([prompt])]
+            batch, new = collate(prompts, pad), budget(prompts)
+            ids = batch["input_ids"]
+            extra: dict[str, Any] = {"attention_mask": batch["attention_mask"], "pad_token_id": pad}
             if early_exit is None:
-                sequences = hf_greedy(model, ids, prompt["max_new_tokens"], eos, pixel_values=prompt["pixel_values"])
+                sequences = hf_greedy(model, ids, new, eos, pixel_values=batch["pixel_values"], **extra)
             else:
-                sequences = hf_early_exit(
-                    model, ids, prompt["max_new_tokens"], eos, pixel_values=prompt["pixel_values"], **early_exit
-                )
-            return adapter.new_tokens(sequences, ids)[0], None
+                pixels = batch["pixel_values"]
+                sequences = hf_early_exit(model, ids, new, eos, pixel_values=pixels, **extra, **early_exit)
+            return [(row, None) for row in new_token_rows(adapter.new_tokens(sequences, ids), stop)]
 
         return generate
     decoder = build_decoder(spec, resources)
 
-    def decode(prompt: Prompt) -> tuple[torch.Tensor, DecodingStats | None]:
-        ids = prompt["input_ids"]
-        out = decoder.generate(ids, prompt["max_new_tokens"], eos, pixel_values=prompt["pixel_values"])
-        return adapter.new_tokens(out.sequences, ids)[0], out.stats
+    def decode(prompts: Sequence[Prompt]) -> list[tuple[list[int], DecodingStats | None]]:
+        batch = collate(prompts, pad)
+        out = decoder.generate(
+            batch["input_ids"],
+            budget(prompts),
+            eos,
+            attention_mask=batch["attention_mask"],
+            pixel_values=batch["pixel_values"],
+            pad_token_id=pad,
+        )
+        rows = new_token_rows(adapter.new_tokens(out.sequences, batch["input_ids"]), stop)
+        return list(zip(rows, out.row_stats, strict=True))
 
     return decode
+
+
+def runnable(spec: MethodSpec, resources: DecodingResources) -> Method:
+    """`spec` as a `Method`: decodes one prompt (input_ids, pixel_values, max_new_tokens) into its new tokens."""
+    batched = batch_runnable(spec, resources)
+
+    def one(prompt: Prompt) -> tuple[torch.Tensor, DecodingStats | None]:
+        tokens, stats = batched([prompt])[0]
+        return torch.tensor(tokens, dtype=torch.long), stats
+
+    return one
 
 
 def runnables(specs: Iterable[MethodSpec], resources: DecodingResources) -> dict[str, Method]:
     """Every spec as a `Method`, keyed by `spec.key`."""
     return {spec.key: runnable(spec, resources) for spec in specs}
+
+
+def batch_runnables(specs: Iterable[MethodSpec], resources: DecodingResources) -> dict[str, BatchMethod]:
+    """Every spec as a `BatchMethod`, keyed by `spec.key`."""
+    return {spec.key: batch_runnable(spec, resources) for spec in specs}

@@ -26,12 +26,12 @@ def on_device(prompts: list[Prompt], device: torch.device, dtype: torch.dtype) -
 
 
 def caption_prompts(
-    split: SplitData, builder: PromptBuilder, image_processor: Any, captions: int, descriptions: int = 0
+    split: SplitData, builder: PromptBuilder, image_processor: Any, captions: int | None, descriptions: int | None = 0
 ) -> list[Prompt]:
     """The first `captions` images as caption prompts (with their references) and `descriptions` described
-    images as description prompts (with the description as reference)."""
+    images as description prompts (with the description as reference); None: every one."""
     described = [i for i, r in enumerate(split.images) if r.image_id in split.descriptions]
-    chosen = [("caption", i) for i in range(min(captions, len(split.images)))]
+    chosen = [("caption", i) for i in range(len(split.images))][:captions]
     chosen += [("description", i) for i in described[:descriptions]]
     pixels = PixelStore([split.images[i].image_path for _, i in chosen], image_processor)
     prompts = []
@@ -51,8 +51,9 @@ def caption_prompts(
     return prompts
 
 
-def vqa_prompts(split: SplitData, builder: PromptBuilder, image_processor: Any, count: int) -> list[Prompt]:
-    """The first `count` questions with answers, one prompt each (references: the annotators' answers)."""
+def vqa_prompts(split: SplitData, builder: PromptBuilder, image_processor: Any, count: int | None) -> list[Prompt]:
+    """The first `count` questions with answers (None: every one), one prompt each (references: the annotators'
+    answers)."""
     by_id = {r.image_id: r for r in split.images}
     records = [q for q in split.vqa if q.answers and q.image_id in by_id][:count]
     pixels = PixelStore([by_id[q.image_id].image_path for q in records], image_processor)
@@ -68,6 +69,17 @@ def vqa_prompts(split: SplitData, builder: PromptBuilder, image_processor: Any, 
         }
         for k, q in enumerate(records)
     ]
+
+
+def first_of_each_task(prompts: list[Prompt], counts: dict[str, int]) -> list[Prompt]:
+    """The first `counts[task]` prompts of each task, in the prompts' order."""
+    taken: dict[str, int] = {}
+    chosen = []
+    for prompt in prompts:
+        if taken.get(prompt["task"], 0) < counts.get(prompt["task"], 0):
+            taken[prompt["task"]] = taken.get(prompt["task"], 0) + 1
+            chosen.append(prompt)
+    return chosen
 
 
 def validation_prompts(

@@ -13,12 +13,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
+from tqdm import tqdm
 
 from pipeline.decoding.stats import DecodingStats
 
 # A method decodes one prompt: returns the new token ids (1-D) and its draft/verify counts (None for
 # methods that do not report them, like `model.generate`).
 Method = Callable[[dict], tuple[torch.Tensor, DecodingStats | None]]
+# A batched method decodes several prompts of one task together: each row's new tokens and counts
+BatchMethod = Callable[[Sequence[dict]], list[tuple[list[int], DecodingStats | None]]]
 
 _CPU = torch.device("cpu")
 
@@ -56,7 +59,7 @@ def time_methods(
     repeats: int = 3,
     warmup_prompts: int = 2,
     device: torch.device = _CPU,
-    progress: Callable[[str], None] | None = None,
+    progress: bool = False,
     prime_all: bool = True,
 ) -> dict[str, MethodTiming]:
     """Time every method on every prompt, `repeats` times.
@@ -83,6 +86,7 @@ def time_methods(
         for prompt in prompts[:warmup_prompts]:
             method(prompt)
     order = list(methods.items())
+    bar = tqdm(total=repeats * len(prompts) * len(methods), desc="timing (batch 1)", disable=not progress, unit="dec")
     for repeat in range(repeats):
         rows: dict[str, list[float]] = {name: [] for name in methods}
         for index, prompt in enumerate(prompts):
@@ -99,11 +103,64 @@ def time_methods(
                     if stats is not None:
                         timing.stats = timing.stats.merge(stats)
                         timing.has_stats = True
+            bar.update(len(order))
         for name, row in rows.items():
             timings[name].seconds.append(row)
-            if progress is not None:
-                progress(f"repeat {repeat + 1}/{repeats} {name}: {timings[name].latency() * 1e3:.2f} ms/token")
+    bar.close()
     return timings
+
+
+@dataclass
+class SplitRun:
+    """One method over a whole split, decoded in batches: each prompt's new tokens and counts, and the wall time."""
+
+    outputs: list[list[int]]
+    stats: list[DecodingStats | None]
+    seconds: float
+    batch_size: int
+
+    @property
+    def new_tokens(self) -> int:
+        return sum(map(len, self.outputs))
+
+    @property
+    def throughput(self) -> float:
+        """Tokens per second at this batch size."""
+        return self.new_tokens / self.seconds if self.seconds else 0.0
+
+    def merged_stats(self) -> DecodingStats | None:
+        rows = [s for s in self.stats if s is not None]
+        return DecodingStats.total(rows) if rows else None
+
+
+def decode_split(
+    methods: dict[str, BatchMethod],
+    prompts: Sequence[dict],
+    batch_size: int,
+    *,
+    device: torch.device = _CPU,
+    progress: bool = False,
+) -> dict[str, SplitRun]:
+    """Every method over every prompt, in batches of `batch_size` prompts of one task (a progress bar with an ETA
+    over methods × prompts when `progress`)."""
+    from pipeline.evaluation.batching import task_batches
+
+    runs = {}
+    bar = tqdm(total=len(methods) * len(prompts), desc="decoding the split", disable=not progress, unit="prompt")
+    for name, method in methods.items():
+        bar.set_postfix_str(name)
+        outputs: list[list[int]] = [[] for _ in prompts]
+        stats: list[DecodingStats | None] = [None for _ in prompts]
+        synchronize(device)
+        start = time.perf_counter()
+        for index in task_batches(prompts, batch_size):
+            for i, (tokens, row_stats) in zip(index, method([prompts[i] for i in index]), strict=True):
+                outputs[i], stats[i] = tokens, row_stats
+            bar.update(len(index))
+        synchronize(device)
+        runs[name] = SplitRun(outputs, stats, time.perf_counter() - start, batch_size)
+    bar.close()
+    return runs
 
 
 def identical_share(outputs: Sequence[Sequence[int]], reference: Sequence[Sequence[int]]) -> float:

@@ -21,7 +21,7 @@ from pipeline.config import Params
 from pipeline.errors import ConfigError
 from pipeline.evaluation import methods
 from pipeline.evaluation.comparison import evaluate_methods
-from pipeline.evaluation.method_runner import DecodingResources, draft_policy, runnables
+from pipeline.evaluation.method_runner import DecodingResources, batch_runnables, draft_policy, runnables
 from pipeline.evaluation.pareto import pareto_front
 from pipeline.evaluation.prompts import caption_prompts
 from pipeline.models.imitation import (
@@ -86,18 +86,25 @@ def sweep_trial(config: dict[str, Any], context: SweepContext) -> None:
         methods.ssd("trial", n, config["draft_len"]),
         methods.draft_only("trial", n),
     )
+    tokenizer = backbone.tokenizer
     resources = DecodingResources(
         {methods.FINETUNED: backbone.model},
         {"trial": as_draft_head(network)},
-        backbone.tokenizer.eos_token_id,
+        tokenizer.eos_token_id,
         params.decoding.growing,
+        pad_token_id=tokenizer.pad_token_id,
     )
+    specs = [full, ours, draft]
     with torch.no_grad():
+        # quality in batches (the evaluate stage's batch size), speed at batch 1, on the same validation prompts
         scores = evaluate_methods(
-            runnables([full, ours, draft], resources),
+            runnables(specs, resources),
+            batch_runnables(specs, resources),
             prompts,
-            backbone.tokenizer,
+            prompts,
+            tokenizer,
             reference=full.key,
+            batch_size=params.evaluate.batch_size,
             repeats=params.sweep.repeats,
         )
     ssd, drafted, reference = scores[ours.key], scores[draft.key], scores[full.key]
