@@ -25,7 +25,7 @@ def _benchmark_module():
     return module
 
 
-def test_benchmark_runs_every_method_and_reports_lossless_identity(tiny_data, tmp_path):
+def test_benchmark_runs_every_method_and_reports_lossless_identity(tiny_data, tmp_path, one_thread):
     splits, tokenizer = tiny_data
     data_dir = splits["test"].images[0].image_path.parents[2]  # <root>/images/test/x.png
     backbone = tiny_backbone(tokenizer)
