@@ -1,7 +1,7 @@
 """Throughput against batch size: batched `model.generate` (greedy), our autoregressive decoder and ours
 (self-speculative decoding with the trained imitation network) on the same test prompts, in one run.
 
-    python experiments/benchmark_batching.py   # after `make repro`: experiments/results/benchmark_batching_<device>.json
+    python experiments/benchmark_batching.py   # after `make repro`: experiments/results/benchmark_batching_cpu.json
 
 For every batch size the three methods decode every prompt (batches of one task, methods interleaved batch by batch
 so that machine drift falls on all three alike); tokens/s = new tokens ÷ wall time. Besides speed it reports why the
