@@ -127,3 +127,30 @@ def test_ssd_sampling_matches_the_full_model_distribution(family):
     tv = 0.5 * sum(abs(counts.get(k, 0) / samples - p) for k, p in expected.items())
     assert chi_square_p_value(counts, expected, samples) > 1e-3, tv
     assert tv < 0.06
+
+
+def test_batched_sampling_gives_each_row_its_own_distribution(one_thread):
+    """Two prompts of different lengths in one left-padded batch: each row's first tokens are distributed as the full
+    model samples that prompt alone (rows accept and reject independently)."""
+    model = peaky_model()
+    prompts = [torch.tensor([[1, 3, 4]]), torch.tensor([[1, 4]])]
+    ids = torch.tensor([[1, 3, 4], [0, 1, 4]])
+    mask = torch.tensor([[1, 1, 1], [0, 1, 1]])
+    sampling = SamplingConfig(temperature=0.9, top_p=0.97)
+    expected = [exact_joint(model, prompt, sampling) for prompt in prompts]
+    decoder = SelfSpeculativeDecoder(model, draft_layers=1, draft_len=2)
+    generator = torch.Generator().manual_seed(0)
+    samples = SAMPLES // 2
+    counts: list[dict[tuple[int, ...], int]] = [{}, {}]
+    for _ in range(samples):
+        out = decoder.generate(
+            ids, GENERATED + 1, [], temperature=0.9, top_p=0.97, generator=generator, attention_mask=mask
+        )
+        for row in range(2):
+            outcome = tuple(out.sequences[row, 3 : 3 + GENERATED].tolist())
+            counts[row][outcome] = counts[row].get(outcome, 0) + 1
+    assert expected[0] != expected[1]  # the two prompts' distributions differ: mixing rows would show
+    for row in range(2):
+        tv = 0.5 * sum(abs(counts[row].get(k, 0) / samples - p) for k, p in expected[row].items())
+        assert chi_square_p_value(counts[row], expected[row], samples) > 1e-3, (row, tv)
+        assert tv < 0.08, (row, tv)
