@@ -70,11 +70,15 @@ def render(
     evaluation, plan, results = inputs.evaluation, inputs.plan, inputs.results
     checks = claims(plan, results)
     prompts = evaluation["prompts"]
+    timed = evaluation.get("timed_prompts", prompts)
     growing = evaluation["growing"]
+    batch = evaluation.get("batch_size", 1)
     parts = [
         "# Results",
         f"Test split: {prompts['caption']} caption images, {prompts['description']} descriptions, "
-        f"{prompts['vqa']} VQA questions; "
+        f"{prompts['vqa']} VQA questions, every method decoding all of them in batches of {batch} (quality, identity, "
+        f"acceptance, throughput at batch {batch}); speed at batch 1 on the first {timed['caption']} captions, "
+        f"{timed['description']} descriptions and {timed['vqa']} questions; "
         f"draft layers n = {plan.draft_layers}, d = {plan.draft_len} "
         f"(growing d: d = clip({growing['d_min']} + ⌊t / {growing['step']}⌋, "
         f"{growing['d_min']}, {growing['d_max']}) after t tokens — "

@@ -20,6 +20,7 @@ def _row(speedup: float, cider: float, identical: float = 1.0, acceptance: float
     row = {
         "speedup": speedup,
         "tokens_per_second": 100.0 * speedup,
+        "throughput_tokens_per_second": 700.0 * speedup,
         "identical_share": identical,
         "speedup_by_task": {"caption": speedup},
         "tasks": {"caption": {"bleu4": 0.3, "rouge_l": 0.5, "cider": cider, "meteor": 0.2}},
@@ -87,7 +88,7 @@ def test_table1_shows_each_planned_row_once_in_order():
     assert table[0].startswith("| method | BLEU-4 | METEOR")
     assert [line.split(" | ")[0].removeprefix("| ") for line in table[2:]] == [s.label for s in plan.table1()]
     ours = next(line for line in table if line.startswith("| ours (ce+cs+kd) |"))
-    assert "| 0.300 | 0.200 | 0.500 | 0.500 | n/a |" in ours and "| 1.40× | 140 | 0.400 | 1.500 | 100 % |" in ours
+    assert "| 0.300 | 0.200 | 0.500 | 0.500 | n/a |" in ours and "| 1.40× | 140 | 980 | 0.400 | 1.500 | 100 % |" in ours
     assert markdown_table(["a", "b"], [[None, "x|y"]]).splitlines()[2] == "| – | x\\|y |"
 
 
