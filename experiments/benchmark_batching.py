@@ -90,13 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
         methods.ssd("ours", int(extra["draft_layers"]), d, f"ours (SSD + imitation, n={extra['draft_layers']}, d={d})"),
     ]
     tokenizer = backbone.tokenizer
-    resources = DecodingResources(
-        {methods.FINETUNED: backbone.model},
-        {"ours": head},
-        tokenizer.eos_token_id,
-        params.decoding.growing,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    resources = DecodingResources.of({methods.FINETUNED: backbone.model}, {"ours": head}, tokenizer, params.decoding)
     runners = batch_runnables(specs, resources)
     console = Console(stderr=True, highlight=False)
     with torch.no_grad():  # warm-up: every method on one batch of each task at the largest size

@@ -101,9 +101,7 @@ def _method(args: argparse.Namespace, backbone: Backbone, params: Params) -> tup
     from pipeline.models.imitation import load_draft_head
     from pipeline.models.loading import load_backbone
 
-    resources = DecodingResources(
-        {methods.FINETUNED: backbone.model}, {}, backbone.tokenizer.eos_token_id, params.decoding.growing
-    )
+    resources = DecodingResources.of({methods.FINETUNED: backbone.model}, {}, backbone.tokenizer, params.decoding)
     num_layers = backbone.adapter.num_layers
     if args.method == "full":
         return methods.hf_generate(), resources, "full model (model.generate, greedy)"
@@ -246,7 +244,6 @@ def caption_many(args: argparse.Namespace, params: Params, files: list[Path]) ->
     backbone = load_backbone(args.model, args.dtype, args.device)
     hidden = backbone.adapter.embed_weight
     spec, resources, what = _method(args, backbone, params)
-    resources.pad_token_id = backbone.tokenizer.pad_token_id
     with torch.no_grad():
         records = caption_files(
             files,

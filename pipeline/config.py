@@ -442,9 +442,23 @@ class GrowingScheduleConfig(StrictModel):
         return self
 
 
+class BackoffConfig(StrictModel):
+    """Self-speculative methods draft only while drafting pays off (`pipeline.decoding.AcceptanceBackoff`): when the
+    acceptance seen so far makes their d slower than plain decoding, they draft less, down to nothing, probing every
+    `probe_every` plain steps whether acceptance has come back."""
+
+    enabled: bool = True
+    cost_ratio: float = Field(
+        0.15, ge=0, lt=1
+    )  # a draft token's cost in full-model tokens (measured ~0.15 on CPU, n=1)
+    memory: float = Field(0.7, ge=0, lt=1)  # weight of the acceptance seen in earlier rounds, per round
+    probe_every: int = Field(4, ge=1)
+
+
 class DecodingConfig(StrictModel):
     draft_len: int = Field(3, ge=1)  # fixed d where a method does not name its own
     growing: GrowingScheduleConfig = GrowingScheduleConfig()
+    backoff: BackoffConfig = BackoffConfig()
 
 
 class SpeedSampleConfig(StrictModel):

@@ -12,6 +12,7 @@ from pipeline.decoding.baselines import AutoregressiveDecoder, DraftAndVerifyDec
 from pipeline.decoding.engine import SelfSpeculativeDecoder
 from pipeline.decoding.head_protocol import StatefulHead
 from pipeline.decoding.policies import (
+    AcceptanceBackoff,
     ConfidenceStop,
     DraftPolicy,
     FixedDraftLength,
@@ -22,6 +23,7 @@ from pipeline.decoding.policies import (
 from pipeline.decoding.stats import DecodingStats, GenerationOutput
 
 __all__ = [
+    "AcceptanceBackoff",
     "AutoregressiveDecoder",
     "ConfidenceStop",
     "DecodingStats",

@@ -26,7 +26,7 @@ class DraftPolicy(ABC):
 
     @abstractmethod
     def propose(self, generated: int) -> int:
-        """Upper bound on the number of tokens to draft this round (≥ 1)."""
+        """Upper bound on the number of tokens to draft this round (≥ 0; 0: a plain decoding step)."""
 
     def keep_drafting(self, position: int, confidence: float) -> bool:
         """Whether to draft past the `position`-th token of this round (1-based), given its top-1 probability."""
@@ -129,6 +129,84 @@ class HeuristicDraftLength(DraftPolicy):
 
     def __repr__(self) -> str:
         return f"HeuristicDraftLength(initial={self.initial})"
+
+
+def expected_gain(acceptance: float, cost_ratio: float, draft_len: float) -> float:
+    """Leviathan et al. (2023): tokens per unit of full-model cost when drafting `draft_len` tokens at per-token
+    acceptance α and draft cost c: (1 − α^(d+1)) / ((1 − α)(d·c + 1)); 1 for d = 0 (plain decoding)."""
+    tokens = draft_len + 1 if acceptance >= 1.0 else (1 - acceptance ** (draft_len + 1)) / (1 - acceptance)
+    return tokens / (draft_len * cost_ratio + 1)
+
+
+class AcceptanceBackoff(DraftPolicy):
+    """Draft only as many tokens as pay off at the acceptance seen so far — down to none — and come back when it
+    recovers.
+
+    Wraps any policy, which decides as long as its drafts pay off. The per-token acceptance α is estimated from the
+    rounds so far (accepted drafts over the drafts actually tested: a round stops at its first rejection), older
+    rounds fading (`memory` per round). While drafting the base's d is expected to beat plain decoding
+    (`expected_gain` ≥ 1, a draft token costing `cost_ratio` of a full one) the base's d is drafted unchanged;
+    otherwise the d ≤ base's that maximises the expected gain, down to 0: a plain decoding step. After
+    `probe_every` plain steps one token is drafted to see whether acceptance has come back.
+    """
+
+    def __init__(
+        self,
+        base: int | DraftPolicy,
+        cost_ratio: float,
+        *,
+        memory: float = 0.7,
+        probe_every: int = 4,
+        prior: float = 0.6,
+    ) -> None:
+        if not 0.0 <= cost_ratio < 1.0:
+            raise ValueError(f"cost_ratio must be in [0, 1), got {cost_ratio!r}")
+        if not 0.0 <= memory < 1.0 or not 0.0 < prior < 1.0:
+            raise ValueError(f"memory must be in [0, 1) and prior in (0, 1), got {memory!r}, {prior!r}")
+        self.base = as_policy(base)
+        self.cost_ratio = cost_ratio
+        self.memory = memory
+        self.probe_every = _check_length("probe_every", probe_every)
+        self.prior = prior
+        self.needs_confidence = self.base.needs_confidence
+        self.reset()
+
+    def reset(self) -> None:
+        self.base.reset()
+        # the prior counts as a few tested drafts, so that one early rejection does not switch drafting off
+        self.accepted, self.tested = 2 * self.prior, 2.0
+        self.idle = 0
+
+    @property
+    def acceptance(self) -> float:
+        return self.accepted / self.tested
+
+    def propose(self, generated: int) -> int:
+        most = self.base.propose(generated)
+        if expected_gain(self.acceptance, self.cost_ratio, most) >= 1.0:
+            self.idle = 0
+            return most
+        best = max(range(most + 1), key=lambda d: expected_gain(self.acceptance, self.cost_ratio, d))
+        if best > 0:
+            self.idle = 0
+            return best
+        self.idle += 1
+        if self.idle >= self.probe_every:
+            self.idle = 0
+            return 1
+        return 0
+
+    def keep_drafting(self, position: int, confidence: float) -> bool:
+        return self.base.keep_drafting(position, confidence)
+
+    def update(self, drafted: int, accepted: int) -> None:
+        self.base.update(drafted, accepted)
+        if drafted:
+            self.accepted = self.memory * self.accepted + accepted
+            self.tested = self.memory * self.tested + min(drafted, accepted + 1)
+
+    def __repr__(self) -> str:
+        return f"AcceptanceBackoff({self.base!r}, cost_ratio={self.cost_ratio})"
 
 
 def as_policy(draft_len: int | DraftPolicy) -> DraftPolicy:

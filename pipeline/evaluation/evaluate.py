@@ -109,9 +109,7 @@ def run_evaluation(params: Params, inputs: EvaluationInputs) -> Evaluation:
         depth.pop(methods.MIXED, None)
     plan = methods.evaluation_plan(params, depth, found)
     tokenizer = backbone.tokenizer
-    resources = DecodingResources(
-        models, heads, tokenizer.eos_token_id, params.decoding.growing, pad_token_id=tokenizer.pad_token_id
-    )
+    resources = DecodingResources.of(models, heads, tokenizer, params.decoding)
     print(
         f"evaluate: {len(plan.methods)} methods × {len(prompts)} test prompts in batches of {cfg.batch_size}, "
         f"timed at batch 1 on {len(sample)} of them × {speed.repeats} repeat(s), n = {plan.draft_layers}"

@@ -10,8 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.config import GrowingScheduleConfig
+from pipeline.config import BackoffConfig, DecodingConfig, GrowingScheduleConfig
 from pipeline.decoding import (
+    AcceptanceBackoff,
     AutoregressiveDecoder,
     ConfidenceStop,
     DraftAndVerifyDecoder,
@@ -39,6 +40,21 @@ class DecodingResources:
     eos_token_id: int | None = None
     growing: GrowingScheduleConfig = field(default_factory=GrowingScheduleConfig)  # what draft_len "growing" means
     pad_token_id: int | None = None  # fills a batch's finished rows (default: the EOS)
+    backoff: BackoffConfig | None = None  # self-speculative methods stop drafting when it does not pay off
+
+    @classmethod
+    def of(
+        cls, models: Mapping[str, nn.Module], heads: Mapping[str, nn.Module], tokenizer: Any, decoding: DecodingConfig
+    ) -> DecodingResources:
+        """Resources decoding as params' `decoding` section says, stopping at and padding with `tokenizer`'s tokens."""
+        return cls(
+            models,
+            heads,
+            tokenizer.eos_token_id,
+            decoding.growing,
+            pad_token_id=tokenizer.pad_token_id,
+            backoff=decoding.backoff,
+        )
 
     def model(self, spec: MethodSpec) -> nn.Module:
         if spec.backbone not in self.models:
@@ -53,13 +69,22 @@ class DecodingResources:
         return self.heads[spec.head]
 
 
-def draft_policy(draft_len: DraftLength, growing: GrowingScheduleConfig) -> int | DraftPolicy:
-    """A fixed d, or the growing schedule (our stand-in for the paper's context-dependent d, eq. 5)."""
+def draft_policy(
+    draft_len: DraftLength, growing: GrowingScheduleConfig, backoff: BackoffConfig | None = None
+) -> int | DraftPolicy:
+    """A fixed d, or the growing schedule (our stand-in for the paper's context-dependent d, eq. 5); wrapped in the
+    acceptance backoff when it is enabled."""
+    policy: int | DraftPolicy
     if draft_len == "growing":
-        return GrowingDraftLength(**growing.model_dump())
-    if isinstance(draft_len, int) and not isinstance(draft_len, bool) and draft_len >= 1:
-        return draft_len
-    raise ValueError(f"draft_len must be a positive integer or 'growing', got {draft_len!r}")
+        policy = GrowingDraftLength(**growing.model_dump())
+    elif isinstance(draft_len, int) and not isinstance(draft_len, bool) and draft_len >= 1:
+        policy = draft_len
+    else:
+        raise ValueError(f"draft_len must be a positive integer or 'growing', got {draft_len!r}")
+    if backoff is None or not backoff.enabled:
+        return policy
+    settings = backoff.model_dump(exclude={"enabled"})
+    return AcceptanceBackoff(policy, settings.pop("cost_ratio"), **settings)
 
 
 def build_decoder(spec: MethodSpec, resources: DecodingResources) -> Decoder:
@@ -73,7 +98,10 @@ def build_decoder(spec: MethodSpec, resources: DecodingResources) -> Decoder:
         if spec.draft_layers is None or spec.draft_len is None:
             raise ValueError(f"{spec.key}: self-speculative decoding needs draft_layers and draft_len")
         return SelfSpeculativeDecoder(
-            model, spec.draft_layers, resources.head(spec), draft_policy(spec.draft_len, resources.growing)
+            model,
+            spec.draft_layers,
+            resources.head(spec),
+            draft_policy(spec.draft_len, resources.growing, resources.backoff),
         )
     if spec.kind == "draft_verify":
         if spec.threshold is None or spec.max_draft_len is None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
+from pipeline.decoding.policies import expected_gain
 from pipeline.decoding.stats import DecodingStats
 
 # A method decodes one prompt: returns the new token ids (1-D) and its draft/verify counts (None for
@@ -174,5 +175,4 @@ def expected_speedup(acceptance: float, cost_ratio: float, draft_len: float) -> 
     """Leviathan et al. (2023): (1 − α^(γ+1)) / ((1 − α)(γc + 1)) for acceptance α, draft cost c, draft length γ."""
     if not 0.0 <= acceptance <= 1.0:
         raise ValueError(f"acceptance must be in [0, 1], got {acceptance}")
-    gain = draft_len + 1 if acceptance == 1.0 else (1 - acceptance ** (draft_len + 1)) / (1 - acceptance)
-    return gain / (draft_len * cost_ratio + 1)
+    return expected_gain(acceptance, cost_ratio, draft_len)

@@ -87,12 +87,8 @@ def sweep_trial(config: dict[str, Any], context: SweepContext) -> None:
         methods.draft_only("trial", n),
     )
     tokenizer = backbone.tokenizer
-    resources = DecodingResources(
-        {methods.FINETUNED: backbone.model},
-        {"trial": as_draft_head(network)},
-        tokenizer.eos_token_id,
-        params.decoding.growing,
-        pad_token_id=tokenizer.pad_token_id,
+    resources = DecodingResources.of(
+        {methods.FINETUNED: backbone.model}, {"trial": as_draft_head(network)}, tokenizer, params.decoding
     )
     specs = [full, ours, draft]
     with torch.no_grad():

@@ -142,3 +142,56 @@ def test_token_sources_say_which_tokens_the_draft_wrote():
     merged = perfect.merge(never)
     assert merged.rounds == perfect.rounds + never.rounds and isinstance(merged.rounds[0], tuple)
     assert torch.is_tensor(prompt)
+
+
+def test_backoff_stops_drafting_when_acceptance_collapses_probes_and_comes_back():
+    from pipeline.decoding import AcceptanceBackoff
+
+    policy = AcceptanceBackoff(5, cost_ratio=0.15, probe_every=4)
+    assert policy.propose(0) == 5  # the prior (0.6) pays for the base's full 5
+    for _ in range(6):  # every draft rejected: acceptance falls and drafting stops
+        policy.update(drafted=policy.propose(0) or 1, accepted=0)
+    assert policy.acceptance < 0.1
+    proposals = [policy.propose(0) for _ in range(8)]
+    probes = [i for i, d in enumerate(proposals) if d]
+    # plain decoding, with a one-token probe every 4 rounds
+    assert set(proposals) == {0, 1} and len(probes) == 2 and probes[1] - probes[0] == 4
+    for _ in range(4):  # the probes start being accepted: drafting comes back, and grows
+        policy.update(drafted=1, accepted=1)
+    assert policy.acceptance > 0.6 and policy.propose(0) >= 3
+    policy.reset()
+    assert policy.propose(0) == 5
+
+
+def test_backoff_drafts_what_pays_off_and_never_more_than_its_base():
+    from pipeline.decoding import AcceptanceBackoff
+    from pipeline.decoding.policies import expected_gain
+
+    assert expected_gain(0.0, 0.2, 3) == pytest.approx(1 / 1.6) and expected_gain(0.5, 0.1, 0) == 1.0
+    assert expected_gain(1.0, 0.1, 4) == pytest.approx(5 / 1.4)
+    policy = AcceptanceBackoff(GrowingDraftLength(1, 6, 4), cost_ratio=0.1)
+    for _ in range(20):
+        policy.update(drafted=6, accepted=6)
+    assert [policy.propose(t) for t in (0, 4, 8, 100)] == [1, 2, 3, 6]  # capped by the growing schedule
+    cheap, dear = AcceptanceBackoff(8, cost_ratio=0.05), AcceptanceBackoff(8, cost_ratio=0.7)
+    for policy in (cheap, dear):
+        for _ in range(20):
+            policy.update(drafted=4, accepted=1)  # α ≈ 0.5 (one accepted of two tested per round)
+    assert cheap.propose(0) > dear.propose(0) == 0  # a dear draft at α 0.5 is not worth drafting
+
+
+def test_backed_off_decoding_stays_lossless_and_drafts_nothing_for_a_useless_head():
+    from pipeline.decoding import AcceptanceBackoff
+    from tests.decoding.draft_heads import RandomHead
+
+    model = make_causal_lm("llama")
+    ids = make_text_prompt(8)
+    with torch.no_grad():
+        expected = model.generate(ids, max_new_tokens=40, do_sample=False, eos_token_id=[])
+    head = RandomHead(model.config.hidden_size)
+    out = SelfSpeculativeDecoder(model, 2, head=head, draft_len=AcceptanceBackoff(4, cost_ratio=0.2)).generate(
+        ids, 40, []
+    )
+    assert torch.equal(out.sequences, expected)
+    plain_rounds = sum(1 for drafted, _ in out.stats.rounds if drafted == 0)
+    assert plain_rounds > len(out.stats.rounds) / 2 and out.stats.drafted < 20  # mostly plain decoding steps
