@@ -63,3 +63,16 @@ def test_layer_range_is_checked():
 def test_unsupported_model_is_named():
     with pytest.raises(ModelLoadError, match="Linear"):
         adapter_for(torch.nn.Linear(2, 2))
+
+
+def test_tiny_blip2_queries_start_distinct_so_each_image_token_can_learn_its_own_feature():
+    from tests.conftest import make_tiny_blip2
+
+    for language in ("opt", "t5"):
+        model = make_tiny_blip2(language)
+        queries = model.query_tokens[0]
+        assert torch.cdist(queries, queries).fill_diagonal_(1.0).min() > 0  # no two queries alike
+        _, pixels = make_vlm_inputs(batch=1)
+        with torch.no_grad():
+            features = model.get_image_features(pixel_values=pixels, return_dict=True).pooler_output[0]
+        assert torch.cdist(features, features).fill_diagonal_(1.0).min() > 1e-3  # nor two image tokens

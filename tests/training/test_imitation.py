@@ -35,6 +35,7 @@ def test_losses_against_known_values():
 def _setup(tiny_data, steps: int, preset: str = "tiny-llava", **overrides):
     splits, tokenizer = tiny_data
     backbone = tiny_backbone(tokenizer, preset)
+    backbone.model.eval()  # as load_backbone returns it (BLIP-2's Q-Former has dropout)
     builder = backbone.prompt_builder(PromptConfig())
     settings = {
         "max_steps": steps,
