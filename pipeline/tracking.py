@@ -3,6 +3,9 @@
 Every stage, Lightning logger and Ray trial must write to the *same* store. MLflow's default
 (`sqlite:///mlflow.db`) is relative to the current directory, which differs between DVC stages and
 Ray trial workers, so we resolve one absolute URI here and hand it to everyone.
+
+Runs are written by the global rank zero only: a DDP stage runs once per device, and the other processes get
+`None` for every run, so a stage logs one run however many processes train it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.distributed import is_rank_zero as _is_rank_zero
 from pipeline.errors import TrackingError
 
 ENV_URI = "MLFLOW_TRACKING_URI"
@@ -103,7 +107,7 @@ def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def is_rank_zero() -> bool:
     """True except in the non-zero ranks of a distributed launch (which re-run the stage script)."""
-    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+    return _is_rank_zero()
 
 
 def ensure_experiment(name: str) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 from pipeline import tracking
 from pipeline.config import Params
 from pipeline.data.prepared import SplitData
+from pipeline.distributed import is_rank_zero
 from pipeline.evaluation.greedy_captions import caption_cider
 from pipeline.evaluation.prompts import validation_prompts
 from pipeline.models.loading import Backbone, load_backbone
@@ -24,9 +25,10 @@ from pipeline.training.layerskip import fit_layerskip
 
 def train_layerskip_baseline(
     params: Params, finetuned: Backbone, finetuned_dir: Path, splits: dict[str, SplitData], draft_layers: int
-) -> tuple[Backbone, dict[str, Any]]:
+) -> tuple[Backbone, dict[str, Any]] | None:
     """LayerSkip's backbone (trained from a fresh copy of `finetuned_dir`) and its metrics: validation agreement,
-    acceptance and τ before and after, and the full model's test CIDEr against the fine-tuned model's."""
+    acceptance and τ before and after, and the full model's test CIDEr against the fine-tuned model's. Under DDP
+    every process trains; the others return None after training."""
     cfg = params.baselines.layerskip
     builder = finetuned.prompt_builder(params.data.prompts)
     print(
@@ -35,7 +37,7 @@ def train_layerskip_baseline(
     )
     with tracking.nested_run("layerskip", {"draft_layers": draft_layers}) as child:
         prompts = validation_prompts(splits["val"], builder, finetuned.image_processor, cfg.val_decode_prompts)
-        before = decode_acceptance(finetuned.model, None, draft_layers, prompts) if prompts else None
+        before = decode_acceptance(finetuned.model, None, draft_layers, prompts) if prompts and is_rank_zero() else None
         layerskip = load_backbone(finetuned_dir)  # a fresh copy: the fine-tuned model stays as it was for D&V
         result = fit_layerskip(
             layerskip.model,
@@ -47,6 +49,8 @@ def train_layerskip_baseline(
             seed=params.seed,
             tracking_run=tracking.run_ref(child.info.run_id) if child is not None else None,
         )
+        if not is_rank_zero():
+            return None
         metrics: dict[str, Any] = {"draft_layers": draft_layers, **result.metrics}
         if before is not None:
             metrics["finetuned_val_acceptance_rate"] = before.acceptance_rate
