@@ -2,9 +2,11 @@
 each wrote.
 
 `evaluate_methods` times every method (`pipeline.evaluation.speed.Method`: prompt → new tokens, stats) on the
-same prompts in one process, then scores each: speed-up = the reference's per-token latency ÷ the method's
-(DESIGN.md), tokens/s, acceptance counts, the share of outputs identical to its identity reference's, and
-caption metrics (pycocoevalcap) or VQA accuracy of what it wrote.
+same prompts in one process, then scores each (`score_methods`): speed-up = the reference's per-token latency ÷
+the method's (DESIGN.md), tokens/s, acceptance counts, the share of outputs identical to its identity reference's,
+and caption metrics (pycocoevalcap) or VQA accuracy of what it wrote. When the prompts were decoded by several
+processes (`pipeline.evaluation.sharded`), `score_methods` takes the outputs of all prompts and the timings of the
+share one process timed.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 
 from pipeline.evaluation.caption_metrics import caption_scores
 from pipeline.evaluation.prompts import Prompt
-from pipeline.evaluation.speed import Method, identical_share, time_methods
+from pipeline.evaluation.speed import Method, MethodTiming, identical_share, time_methods
 
 
 def task_scores(
@@ -63,13 +65,47 @@ def evaluate_methods(
     """
     if reference not in methods:
         raise ValueError(f"reference method {reference!r} is not among {sorted(methods)}")
-    identity_references = identity_references or {}
     timings = time_methods(methods, prompts, repeats=repeats, warmup_prompts=warmup_prompts)
-    base = timings[reference]
-    tasks = {t: [i for i, p in enumerate(prompts) if p["task"] == t] for t in sorted({p["task"] for p in prompts})}
+    return score_methods(
+        timings,
+        prompts,
+        tokenizer,
+        reference=reference,
+        identity_references=identity_references,
+        caption_metrics=caption_metrics,
+        meteor=meteor,
+        spice=spice,
+    )
+
+
+def score_methods(
+    timings: dict[str, MethodTiming],
+    prompts: Sequence[Prompt],
+    tokenizer: Any,
+    *,
+    reference: str,
+    identity_references: dict[str, str] | None = None,
+    speed: dict[str, MethodTiming] | None = None,
+    speed_prompts: Sequence[Prompt] | None = None,
+    caption_metrics: bool = True,
+    meteor: Any = False,
+    spice: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """Rows of `evaluate_methods` from decoded `timings` (outputs and counts of every prompt of `prompts`). Speed comes
+    from `speed` (timings of `speed_prompts`, measured in one process), by default from `timings` themselves."""
+    if reference not in timings:
+        raise ValueError(f"reference method {reference!r} is not among {sorted(timings)}")
+    identity_references = identity_references or {}
+    speed, speed_prompts = (timings, prompts) if speed is None else (speed, speed_prompts or [])
+    base = speed[reference]
+    tasks = {
+        t: [i for i, p in enumerate(speed_prompts) if p["task"] == t]
+        for t in sorted({p["task"] for p in speed_prompts})
+    }
     results: dict[str, dict[str, Any]] = {}
     for name, timing in timings.items():
-        latency = timing.latency()
+        timed = speed[name]
+        latency = timed.latency()
         identity = timings[identity_references.get(name, reference)]
         row: dict[str, Any] = {
             "speedup": base.latency() / latency,
@@ -77,7 +113,7 @@ def evaluate_methods(
             "ms_per_token": 1e3 * latency,
             "new_tokens": float(timing.new_tokens()),
             "identical_share": identical_share(timing.outputs, identity.outputs),
-            "speedup_by_task": {t: base.latency(ix) / timing.latency(ix) for t, ix in tasks.items()},
+            "speedup_by_task": {t: base.latency(ix) / timed.latency(ix) for t, ix in tasks.items()},
         }
         if timing.has_stats and timing.stats.verify_calls:
             stats = timing.stats

@@ -7,6 +7,9 @@ LayerSkip (its backbone, early-exit self-speculation); ours with each loss varia
 schedule; the mixed-schedule model; ours (ce+cs+kd) and its draft alone with each other fusion of
 `imitation.fusion_comparison` (the fusion table); and ours (ce+cs+kd) at every d of `evaluate.draft_lens`
 (speed-up by d, paper Fig. 9).
+
+With `evaluate.trainer` naming several processes the prompts are shared out (`pipeline.evaluation.sharded`): the
+quality metrics cover every prompt, the speed-ups rank zero's share, timed in that one process.
 """
 
 from __future__ import annotations
@@ -25,9 +28,10 @@ from pipeline.data.prepared import load_prepared
 from pipeline.errors import ModelLoadError
 from pipeline.evaluation import methods
 from pipeline.evaluation.caption_metrics import meteor_session
-from pipeline.evaluation.comparison import evaluate_methods
+from pipeline.evaluation.comparison import score_methods
 from pipeline.evaluation.method_runner import DecodingResources, runnables
 from pipeline.evaluation.prompts import caption_prompts, vqa_prompts
+from pipeline.evaluation.sharded import time_sharded
 from pipeline.models.imitation import as_draft_head, load_imitation
 from pipeline.models.loading import load_backbone
 from pipeline.report import series
@@ -82,7 +86,8 @@ def load_heads(folder: Path) -> tuple[dict[str, torch.nn.Module], dict[str, int]
     return heads, depth
 
 
-def run_evaluation(params: Params, inputs: EvaluationInputs) -> Evaluation:
+def run_evaluation(params: Params, inputs: EvaluationInputs) -> Evaluation | None:
+    """Every method of the plan on the test prompts; None in the processes other than rank zero."""
     cfg = params.evaluate
     torch.manual_seed(params.seed)
     backbone = load_backbone(inputs.finetuned)
@@ -103,14 +108,20 @@ def run_evaluation(params: Params, inputs: EvaluationInputs) -> Evaluation:
         f"evaluate: {len(plan.methods)} methods × {len(prompts)} test prompts × {cfg.repeats} repeat(s), "
         f"n = {plan.draft_layers}"
     )
-    with torch.no_grad(), meteor_session() if cfg.meteor else contextlib.nullcontext() as meteor:
-        results = evaluate_methods(
-            runnables(plan.methods, resources),
+    decoded = time_sharded(
+        runnables(plan.methods, resources), prompts, cfg.trainer, repeats=cfg.repeats, warmup_prompts=1
+    )
+    if decoded is None:
+        return None
+    with meteor_session() if cfg.meteor else contextlib.nullcontext() as meteor:
+        results = score_methods(
+            decoded.decoded,
             prompts,
             backbone.tokenizer,
             reference=plan.reference.key,
             identity_references={s.key: s.identity_reference.key for s in plan.methods},
-            repeats=cfg.repeats,
+            speed=decoded.speed,
+            speed_prompts=decoded.speed_prompts,
             meteor=meteor or False,
             spice=cfg.spice,
         )
@@ -123,6 +134,8 @@ def run_evaluation(params: Params, inputs: EvaluationInputs) -> Evaluation:
         "draft_verify": {k: found[k] for k in ("skip_layers", "threshold")},
         "prompts": {t: sum(p["task"] == t for p in prompts) for t in ("caption", "description", "vqa")},
         "threads": torch.get_num_threads(),
+        "processes": decoded.processes,  # > 1: speed timed by rank zero on its share of the prompts
+        "timed_prompts": len(decoded.speed_prompts),
         "plan": plan.to_dict(),
         "methods": rows,
     }

@@ -3,7 +3,9 @@
 - fine-tuning trains on the same examples step for step with the same global-batch loss, and a run killed after its
   step-50 checkpoint resumes under DDP where it stopped, continuing the data order (no "not resumable" warning);
 - the frozen imitation schedule leaves the backbone bit-identical, the mixed schedule (its backbone frozen part-way)
-  and LayerSkip's layer dropout (parameters without gradient in a step) train.
+  and LayerSkip's layer dropout (parameters without gradient in a step) train;
+- select_layer's confidences and evaluate's outputs, counts and quality metrics shared out over two processes are
+  the same numbers as in one.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import FinetuneConfig, PromptConfig
+from pipeline.config import FinetuneConfig, LayerChoiceConfig, PromptConfig, TrainerConfig
 from tests.conftest import ROOT, tiny_backbone, write_tiny_dataset
 from tests.training.ddp_script import StepRecorder
+from tests.training.sharded_evaluation import layer_choice, method_rows
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 DDP = {"accelerator": "cpu", "devices": 2, "strategy": "ddp", "num_threads": 1}
@@ -173,3 +176,23 @@ def test_imitation_schedules_and_layerskip_train_under_ddp(data, tmp_path):
     assert frozen["head"] != mixed["head"]
     assert layerskip["backbone_changed"] is True and layerskip["metrics"]["steps"] == 4
     assert layerskip["metrics"]["layers_dropped"] > 0
+
+
+def test_select_layer_and_evaluate_shared_out_give_the_numbers_of_one_process(data, tmp_path):
+    from pipeline.data.prepared import load_prepared
+    from pipeline.data.tokenizer import load_word_tokenizer
+
+    splits, tokenizer = load_prepared(data), load_word_tokenizer(data / "tok")
+    one = TrainerConfig()
+    expected_choice = layer_choice(splits, tokenizer, LayerChoiceConfig(val_examples=12, batch_size=4, trainer=one))
+    expected_rows = method_rows(splits, tokenizer, one)
+    code, output, _ = run_script({"scenario": "shards", "data": str(data), "trainer": DDP}, tmp_path)
+    assert code == 0, output[-3000:]
+    found = json.loads((tmp_path / "result.json").read_text())
+    assert found["world_size"] == 2
+    assert found["layer_choice"] == expected_choice  # bit for bit: the batches' sums added in the same order
+    assert found["methods"] == json.loads(json.dumps(expected_rows))
+    # the check has teeth: the methods decode different tokens and verification accepts some drafts
+    rows = found["methods"]
+    assert len({row["identical_share"] for row in rows.values()}) > 1
+    assert any(0 < row.get("acceptance_rate", 0) < 1 for row in rows.values())
