@@ -4,9 +4,9 @@ of skipped layers and a confidence threshold).
 
 Outputs: `models/layerskip/` (HF format), `models/draft_verify.json` (skip_layers, threshold, max_draft_len,
 search trace), `metrics/baselines.json` (LayerSkip: validation agreement/acceptance/τ before and after,
-full-model test CIDEr vs the fine-tuned model's; D&V: the chosen set, acceptance, τ, objective). With
-`baselines.layerskip.trainer` naming several processes LayerSkip trains with DDP, and the other processes stop after
-training.
+full-model test CIDEr vs the fine-tuned model's; D&V: the chosen set, acceptance, τ, objective). LayerSkip's backbone
+is logged as an MLflow model and registered (`<experiment>-layerskip-backbone`); with `baselines.layerskip.trainer`
+naming several processes it trains with DDP, and the other processes stop after training.
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@ per other fusion of the cosine target (the fusion table), and the mixed schedule
 Outputs: `models/imitation/<variant>/` and `models/imitation/fusion-<fusion>/` (config + weights, loadable
 without training code), `models/mixed_backbone/` (the mixed schedule's backbone), `metrics/imitation.json`
 (validation agreement with the full model's greedy tokens and end-to-end acceptance per head, the early-exit
-draft without imitation as the reference, and the full-model CIDEr the mixed schedule costs). With `imitation.trainer`
-naming several processes every head trains with DDP; rank zero alone writes.
+draft without imitation as the reference, and the full-model CIDEr the mixed schedule costs). Each head is logged as
+an MLflow model in its child run and registered (`<experiment>-imitation-<head>`). With `imitation.trainer` naming
+several processes every head trains with DDP; rank zero alone writes.
 """
 
 from __future__ import annotations

@@ -142,12 +142,22 @@ def run_evaluation(params: Params, inputs: EvaluationInputs) -> Evaluation | Non
     return Evaluation(plan, summary)
 
 
+# The metrics a user compares methods by in the MLflow UI's run list and compare view, under the same names in every
+# evaluate run: speed-up over the full model, acceptance rate, τ (draft tokens accepted per verification), CIDEr and
+# BLEU-4 of the captions, and the share of outputs identical to the backbone's greedy decoding
+COMPARED = ("speedup", "acceptance_rate", "tau", "cider", "bleu4", "identical_share")
+
+
 def log_method_runs(evaluation: Evaluation) -> None:
-    """One MLflow run per method, nested under the stage's run (tag `method` = its key), for the UI's compare view."""
+    """One MLflow run per method, nested under the stage's run and tagged by method (`method` = its key, `method_kind`,
+    `backbone`, `head`), with the `COMPARED` metrics side by side, for the UI's run list and compare view."""
     for spec in evaluation.plan.methods:
         row = evaluation.results[spec.key]
-        with tracking.nested_run(spec.label, {"method": spec.key, **spec.to_dict()}, tags={"method": spec.key}):
+        tags = {"method": spec.key, "method_kind": spec.kind, "backbone": spec.backbone, "head": spec.head or "none"}
+        with tracking.nested_run(spec.label, {"method": spec.key, **spec.to_dict()}, tags=tags):
             flat = {k: v for k, v in row.items() if isinstance(v, float)}
+            if "mean_accepted_length" in row:
+                flat["tau"] = row["mean_accepted_length"]
             for task, scores in row.get("tasks", {}).items():
                 flat.update({f"{task}_{k}": v for k, v in scores.items() if isinstance(v, float)})
             flat.update({f"speedup_{task}": v for task, v in row["speedup_by_task"].items()})

@@ -8,7 +8,8 @@ own backbone copy (a frozen-schedule worker checks its copy is bit-identical aft
 (two single-threaded ones measured 560 s vs 586 s for the six default heads: no gain), several on a many-core one.
 
 Under DDP (`imitation.trainer.devices` × `num_nodes` > 1) the heads train one after another, each over every
-process (the processes run this code in lockstep); rank zero alone saves them and returns the stage's metrics.
+process (the processes run this code in lockstep); rank zero alone saves them, logs them as MLflow models and
+returns the stage's metrics.
 """
 
 from __future__ import annotations
@@ -31,7 +32,13 @@ from pipeline.evaluation.greedy_captions import caption_cider
 from pipeline.evaluation.layer_choice import resolve_draft_layers
 from pipeline.evaluation.prompts import validation_prompts
 from pipeline.models.deep_layer_fusion import build_fusion, fused_layer_count
-from pipeline.models.imitation import ImitationNetwork, save_imitation, searched_architecture
+from pipeline.models.imitation import (
+    CONFIG_FILE,
+    ImitationNetwork,
+    load_imitation,
+    save_imitation,
+    searched_architecture,
+)
 from pipeline.models.loading import load_backbone, save_backbone
 from pipeline.training.imitation import decode_acceptance, fit_imitation
 from pipeline.training.imitation_losses import variant_weights
@@ -185,7 +192,8 @@ def train_heads(jobs: list[HeadJob], workers: int) -> dict[str, dict[str, Any]]:
 
 
 def train_imitation_heads(params: Params, paths: ImitationPaths) -> dict[str, Any] | None:
-    """Train every planned head (inside the stage's MLflow run: one child run per head) and return the stage's metrics: per head its validation agreement and acceptance,
+    """Train every planned head (inside the stage's MLflow run: one child run per head, with the head logged as an
+    MLflow model and registered) and return the stage's metrics: per head its validation agreement and acceptance,
     FLOPs, and whether the frozen backbone stayed bit-identical; the early-exit draft without imitation as the
     reference. None in the other processes of a DDP run."""
     cfg = params.imitation
@@ -245,6 +253,10 @@ def train_imitation_heads(params: Params, paths: ImitationPaths) -> dict[str, An
         return None
     for job in jobs:
         run_id = job.tracking_run.run_id if job.tracking_run else None
+        if params.tracking.register_models:
+            trained[job.head.name].update(
+                log_head_model(run_id, paths.heads / job.head.name, params.tracking.experiment)
+            )
         scalars = {k: v for k, v in trained[job.head.name].items() if isinstance(v, float)}
         tracking.close_child_run(run_id, scalars)
     results.update(trained)
@@ -252,6 +264,26 @@ def train_imitation_heads(params: Params, paths: ImitationPaths) -> dict[str, An
     results["workers"] = {"processes": workers, "threads": threads, "ddp_processes": planned_processes(cfg.trainer)}
     return results
 
+
+def log_head_model(run_id: str | None, folder: Path, experiment: str) -> dict[str, str]:
+    """The saved network in `folder` as an MLflow model in its head's run, registered as
+    <experiment>-imitation-<head>: loadable with `mlflow.pytorch.load_model(models:/…)` and, through `as_draft_head`,
+    a `SelfSpeculativeDecoder` head. Its registry URI (empty outside a run)."""
+    network, extra = load_imitation(folder)
+    hidden = network.hidden_size
+    logged = tracking.log_torch_model(
+        run_id,
+        network,
+        name="imitation_network",
+        signature=tracking.TensorSpecs(
+            inputs={"hidden_states": ("float32", (-1, -1, hidden))},  # layer-n states [batch, positions, hidden]
+            outputs={"imitation": ("float32", (-1, -1, hidden))},
+        ),
+        metadata={**extra, "hidden_size": hidden, "architecture": network.architecture.model_dump()},
+        registered_name=tracking.registered_model_name(experiment, "imitation", folder.name),
+        extra_files=[folder / CONFIG_FILE],
+    )
+    return {"registered_model": logged.registry_uri or ""} if logged else {}
 
 
 def summary_line(results: dict[str, Any]) -> str:
