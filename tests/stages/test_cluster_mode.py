@@ -5,7 +5,7 @@ train with 2; select_layer and evaluate share their work out). The test starts a
 (`experiments/cluster_demo.py`, which `make cluster-demo` runs for a person) and reads everything back through the
 server's REST API: one run per stage (no duplicates from the second process), the nested trials and per-method runs
 with their params, metrics and artifacts, and the registered drafts, one of which it loads by its `models:/` URI
-and decodes with. `make test-cluster` (CI runs it after `make test`).
+and decodes with. `make test-scale` (CI runs it after `make test`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def _load_demo():
 
 
 cluster_demo = _load_demo()
-pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+pytestmark = [pytest.mark.slow, pytest.mark.scale]
 STAGES = ("prepare", "finetune", "select_layer", "nas", "train_imitation", "train_baselines", "sweep", "evaluate")
 
 

@@ -24,7 +24,8 @@ from tests.conftest import ROOT, tiny_backbone, write_tiny_dataset
 from tests.training.ddp_script import StepRecorder
 from tests.training.sharded_evaluation import layer_choice, method_rows
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
+# each test starts 2 interpreters (Lightning's launcher) besides pytest's: ~30 s apiece on 2 cores, so `make test-scale`
+pytestmark = [pytest.mark.slow, pytest.mark.scale, pytest.mark.usefixtures("one_thread")]
 DDP = {"accelerator": "cpu", "devices": 2, "strategy": "ddp", "num_threads": 1}
 # 56 steps: a checkpoint at 50 (every 50 steps), mid-epoch (24 images / batch 8: 3 batches an epoch)
 FINETUNE = {
