@@ -1,7 +1,10 @@
 # Two commands on a fresh machine (Python 3.11 + pip + Java):
 #   make repro   set up .venv and run the whole pipeline (`dvc repro` on params.yaml)
-#   make test    set up .venv and run the test suite (slow end-to-end tests included)
-# and for development: make lint (ruff + mypy, what CI runs first), make deps (dvc.yaml's code deps from the imports)
+#   make test    set up .venv and run the test suite (slow end-to-end tests included; scale-out tests apart, below)
+# and for development: make lint (ruff + mypy, what CI runs first), make deps (dvc.yaml's code deps from the imports);
+# for scale-out: make test-scale (tests that start processes: DDP with 2 processes, ~2 min, and cluster mode end to end,
+# a Ray head + an MLflow server + DDP stages, ~5 min; CI runs it after make test), make cluster-demo (cluster mode for
+# a person, printing the MLflow UI's address)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -10,7 +13,7 @@ export DVC_NO_ANALYTICS := 1
 # Stage commands in dvc.yaml call `python`: it must be the venv's, whatever the caller's shell has first
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test test-fast lint format deps mlflow-ui clean
+.PHONY: setup repro test test-fast test-scale lint format deps mlflow-ui cluster-demo clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,10 +29,13 @@ repro: setup
 	$(BIN)/dvc repro
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not scale"
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not scale"
+
+test-scale: setup
+	$(BIN)/python -m pytest -q -m scale
 
 lint: setup
 	$(BIN)/ruff check .
@@ -44,7 +50,10 @@ deps: setup
 	$(BIN)/python -m tests.stages.import_closure --write
 
 mlflow-ui: setup
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --port 5000
+	$(BIN)/python experiments/mlflow_ui.py --port 5000
+
+cluster-demo: setup
+	$(BIN)/python experiments/cluster_demo.py --port 5000
 
 clean:
 	rm -rf $(VENV) checkpoints lightning_logs

@@ -199,14 +199,27 @@ class OptimizerConfig(StrictModel):
 
 
 class TrainerConfig(StrictModel):
-    """Where and how Lightning trains: the same code runs one CPU process or multi-GPU DDP."""
+    """Where and how Lightning runs a stage: the same code runs one CPU process or DDP over devices × num_nodes
+    processes (CPU processes with gloo, GPUs with NCCL). A training stage's `batch_size` is the global batch: each
+    process takes batch_size / (devices × num_nodes) examples of every step's batch, so a configuration means the
+    same optimizer steps, examples per step and learning-rate schedule at any process count."""
 
     accelerator: Accelerator = "cpu"
-    devices: int | Literal["auto"] = 1
-    strategy: str = "auto"  # e.g. ddp; ddp_find_unused_parameters_true when some parameters get no gradient in a step
+    devices: int | Literal["auto"] = 1  # processes per node (GPUs, or CPU processes)
+    # auto | ddp (Lightning re-runs the stage once per device; parameters that may get no gradient in a step, as
+    # LayerSkip's dropped layers, are handled by the stage) | any other Lightning strategy name
+    strategy: str = "auto"
+    num_nodes: int = Field(1, ge=1)  # > 1: processes started on every node by torchrun or srun (README)
     precision: Precision = "32-true"
     num_workers: int = Field(0, ge=0)  # data-loader worker processes
-    num_threads: int = Field(0, ge=0)  # torch CPU threads; 0: leave torch's default
+    num_threads: int = Field(0, ge=0)  # torch CPU threads per process; 0: leave the default
+
+    @field_validator("devices")
+    @classmethod
+    def _positive_devices(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("devices must be auto or ≥ 1")
+        return value
 
 
 class TrainingConfig(StrictModel):
@@ -241,6 +254,7 @@ class LayerChoiceConfig(StrictModel):
     max_layer_fraction: float = Field(0.5, gt=0, lt=1)  # candidates i ≤ fraction · L
     val_examples: int = Field(192, ge=1)  # validation examples (task-balanced) the confidence is averaged over
     batch_size: int = Field(32, ge=1)
+    trainer: TrainerConfig = TrainerConfig()  # devices > 1: the validation batches are shared out over processes
 
 
 class ImitationArchitecture(StrictModel):
@@ -325,10 +339,10 @@ class ImitationConfig(TrainingConfig):
     def _parallel_heads(self) -> ImitationConfig:
         if self.parallel_heads != "auto" and self.parallel_heads < 1:
             raise ValueError("parallel_heads must be auto or ≥ 1")
-        if self.parallel_heads not in ("auto", 1) and self.trainer.devices != 1:
+        if self.parallel_heads not in ("auto", 1) and (self.trainer.devices != 1 or self.trainer.num_nodes != 1):
             raise ValueError(
                 "parallel_heads > 1 trains heads in separate processes; "
-                "with several devices (DDP) use parallel_heads: 1"
+                "with several devices or nodes (DDP) use parallel_heads: 1"
             )
         return self
 
@@ -338,8 +352,8 @@ class LayerSkipConfig(TrainingConfig):
     layer dropout (pipeline/training/layerskip.py), then draft by early exit at `draft_layers`.
 
     Loss = CE(final layer) + early_exit_scale · Σ_{l=1}^{L-1} (l / Σ_j j) · CE(exit after layer l);
-    layer l (0-based) is skipped during training with probability p_max · l / (L − 1).
-    Multi-GPU: `trainer.strategy: ddp_find_unused_parameters_true` (a dropped layer gets no gradient in that step).
+    layer l (0-based) is skipped during training with probability p_max · l / (L − 1). Under DDP a dropped layer gets
+    no gradient in that step: the trainer then lets DDP find unused parameters itself (no strategy setting needed).
     """
 
     draft_layers: int | Literal["auto"] = "auto"  # auto: the select_layer stage's choice (metrics/layer_choice.json)
@@ -472,9 +486,9 @@ class SpeedSampleConfig(StrictModel):
 
 
 class EvaluateConfig(StrictModel):
-    """Stage `evaluate`: every method on the same test prompts, in one process (speed-ups are ratios of one run).
-    Quality (caption metrics, VQA accuracy, identity with the full model, acceptance) over the test split decoded in
-    batches; speed at batch 1 on `speed`'s sample of it."""
+    """Stage `evaluate`: every method on the same test prompts. Quality (caption metrics, VQA accuracy, identity with
+    the full model, acceptance) over the test split decoded in batches, shared out over `trainer`'s processes; speed at
+    batch 1 on `speed`'s sample of it, timed in one process (speed-ups are ratios of one run)."""
 
     batch_size: int = Field(16, ge=1)  # rows decoded together for the quality pass (throughput is reported at it)
     captions: int | None = Field(None, ge=1)  # test images captioned (None: every one)
@@ -484,6 +498,9 @@ class EvaluateConfig(StrictModel):
     draft_lens: list[int] = [1, 2, 5]  # speed-up by d (with decoding.draft_len) (paper Fig. 9), ours (ce+cs+kd)
     meteor: bool = True  # needs Java (one JVM for all methods)
     spice: bool = True  # reported unavailable, with the reason, when Stanford CoreNLP's jars are absent
+    # devices > 1: the split is shared out over processes and the quality metrics computed over all of it on rank
+    # zero; speed is timed by rank zero alone, on the whole `speed` sample
+    trainer: TrainerConfig = TrainerConfig()
 
     @field_validator("draft_lens")
     @classmethod
@@ -503,6 +520,9 @@ class EvaluateConfig(StrictModel):
 
 class TrackingConfig(StrictModel):
     experiment: str = "fastvlm-ssd"
+    # trained drafts (imitation networks, LayerSkip's backbone) logged as MLflow models and registered as
+    # <experiment>-<kind>-<name> (e.g. fastvlm-ssd-imitation-ce-cs-kd), loadable as models:/<name>/<version>
+    register_models: bool = True
 
 
 class Params(StrictModel):

@@ -3,10 +3,16 @@
 Every stage, Lightning logger and Ray trial must write to the *same* store. MLflow's default
 (`sqlite:///mlflow.db`) is relative to the current directory, which differs between DVC stages and
 Ray trial workers, so we resolve one absolute URI here and hand it to everyone.
+
+Runs are written by the global rank zero only: a DDP stage runs once per device, and the other processes get
+`None` for every run, so a stage logs one run however many processes train it. The experiment is declared a
+model-training experiment (MLflow 3's UI otherwise opens it on the GenAI traces overview), and trained drafts are
+logged as MLflow models and registered (`log_torch_model`), so the run a user picks in the UI can be loaded back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
@@ -18,9 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.distributed import is_rank_zero as _is_rank_zero
 from pipeline.errors import TrackingError
 
 ENV_URI = "MLFLOW_TRACKING_URI"
+# MLflow 3's experiment kind: "custom_model_development" is a model-training experiment (runs, metrics, models)
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
 
 
 def repo_root() -> Path:
@@ -103,23 +113,43 @@ def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def is_rank_zero() -> bool:
     """True except in the non-zero ranks of a distributed launch (which re-run the stage script)."""
-    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+    return _is_rank_zero()
 
 
 def ensure_experiment(name: str) -> str:
-    """Create the experiment once; with the local store, artifacts go beside mlflow.db, not under the cwd."""
+    """Create the experiment once, as a model-training experiment; with the local store, artifacts go beside
+    mlflow.db, not under the cwd."""
     import mlflow
 
     found = mlflow.get_experiment_by_name(name)
     if found is not None:
         experiment_id = found.experiment_id
+        if found.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:  # stores created before the kind was declared
+            mlflow.MlflowClient(tracking_uri()).set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
     else:
         location = None
         if tracking_uri().startswith("sqlite:"):
             location = (repo_root() / "mlartifacts").as_uri()
-        experiment_id = mlflow.create_experiment(name, artifact_location=location)
+        experiment_id = mlflow.create_experiment(
+            name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING}
+        )
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def experiment_id(name: str) -> str:
+    """The id of experiment `name` in this process's store, created (as a model-training experiment) if missing."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    return ensure_experiment(name)
+
+
+def runs_page(base_url: str, experiment_id: str) -> str:
+    """The UI address of an experiment's run list. MLflow 3.17's UI picks its layout from the `workflowType` query
+    parameter (or the browser's last choice, GenAI by default), not from the experiment's kind tag: the parameter
+    makes it open on the runs."""
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 @contextmanager
@@ -163,6 +193,13 @@ def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
 
     if is_rank_zero() and mlflow.active_run() is not None:
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+
+def set_tags(tags: Mapping[str, str]) -> None:
+    import mlflow
+
+    if is_rank_zero() and mlflow.active_run() is not None:
+        mlflow.set_tags(dict(tags))
 
 
 def log_artifact(path: str | Path) -> None:
@@ -245,6 +282,99 @@ def log_dict_artifact(data: Mapping[str, Any], name: str) -> None:
 
     if is_rank_zero() and mlflow.active_run() is not None:
         mlflow.log_dict(dict(data), name)
+
+
+def registered_model_name(experiment: str, kind: str, name: str) -> str:
+    """`<experiment>-<kind>-<name>` with characters a `models:/` URI path would have to escape replaced, e.g.
+    fastvlm-ssd-imitation-ce-cs-kd for the ce+cs+kd network."""
+    raw = f"{experiment}-{kind}-{name}"
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in raw)
+
+
+@dataclass(frozen=True)
+class TensorSpecs:
+    """A model's signature, as MLflow records it: name → (numpy dtype name, shape with -1 for free dimensions)."""
+
+    inputs: dict[str, tuple[str, tuple[int, ...]]]
+    outputs: dict[str, tuple[str, tuple[int, ...]]]
+
+
+@dataclass(frozen=True)
+class LoggedModel:
+    model_uri: str  # runs:/… or models:/m-…: loadable with mlflow.pytorch.load_model
+    registered_name: str | None
+    version: str | None  # the registry version this logging created
+
+    @property
+    def registry_uri(self) -> str | None:
+        return f"models:/{self.registered_name}/{self.version}" if self.registered_name and self.version else None
+
+
+def log_torch_model(
+    run_id: str | None,
+    model: Any,
+    *,
+    name: str,
+    signature: TensorSpecs,
+    metadata: Mapping[str, Any],
+    registered_name: str | None = None,
+    extra_files: list[Path] | None = None,
+) -> LoggedModel | None:
+    """Log `model` (a torch module) into run `run_id` as an MLflow model (`mlflow.pytorch`: the pickled module, its
+    signature, `metadata` in its MLmodel file, `extra_files` beside it) and register it under `registered_name`.
+    None on non-zero ranks and outside a run."""
+    if run_id is None or not is_rank_zero():
+        return None
+    import mlflow
+    import mlflow.pytorch
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    def schema(specs: Mapping[str, tuple[str, tuple[int, ...]]]) -> Schema:
+        return Schema([TensorSpec(np.dtype(dtype), shape, key) for key, (dtype, shape) in specs.items()])
+
+    mlflow.set_tracking_uri(tracking_uri())
+    active = mlflow.active_run()
+    with contextlib.nullcontext() if active and active.info.run_id == run_id else _resumed(run_id):
+        info = mlflow.pytorch.log_model(
+            model,
+            name=name,
+            signature=ModelSignature(inputs=schema(signature.inputs), outputs=schema(signature.outputs)),
+            metadata=dict(metadata),
+            registered_model_name=registered_name,
+            extra_files=[str(p) for p in extra_files or []],
+            # named, so MLflow does not infer them by loading the model in a subprocess (seconds per model)
+            pip_requirements=_requirements(),
+            # MLflow ≥ 3.x defaults to "pt2", a torch.export graph traced from an input example: the decoders need the
+            # module itself (a Hugging Face model's API, an attention head's decode cache), so the module is pickled.
+            # Unpickling runs code: load models from stores you trust.
+            serialization_format="pickle",
+        )
+    version = getattr(info, "registered_model_version", None)
+    return LoggedModel(info.model_uri, registered_name, str(version) if version is not None else None)
+
+
+@contextmanager
+def _resumed(run_id: str) -> Iterator[None]:
+    """Run `run_id` active for the block (a child run opened for a worker process, logged into by id); its owner
+    (`close_child_run`) sets its final status afterwards."""
+    import mlflow
+
+    with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+        yield
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for package in ("torch", "transformers", "safetensors"):
+        try:
+            pins.append(f"{package}=={version(package).split('+')[0]}")
+        except PackageNotFoundError:
+            continue
+    return pins
 
 
 def close_stale_children(parent_run_id: str) -> int:

@@ -2,6 +2,9 @@
 
 The "sees" check: greedy captions of the test images score a CIDEr far above the same model
 given blank images, i.e. the captions come from the pixels, not only from the language prior.
+
+`finetune.trainer` with devices × num_nodes > 1 trains with DDP (Lightning re-runs this script once per device);
+rank zero alone checks, saves and writes the outputs and the MLflow run.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pipeline.evaluation.greedy_captions import sees_check
 from pipeline.io import atomic_write_csv, atomic_write_json
 from pipeline.models.loading import initial_backbone, save_backbone
 from pipeline.training.finetune import fit_finetune, run_fingerprint
+from pipeline.training.launch import check_launch
 from stages._common import run_stage
 
 MODEL_DIR = Path("models/finetuned")
@@ -27,6 +31,7 @@ LOSS_CURVE = Path("metrics/finetune_loss.csv")
 
 def main(params: Params) -> None:
     cfg = params.finetune
+    check_launch(cfg.trainer, "finetune.trainer", cfg.batch_size)
     splits = load_prepared(params.data.out_dir)
     backbone = initial_backbone(params.model, params.data.out_dir, params.seed)
     builder = backbone.prompt_builder(params.data.prompts)

@@ -4,7 +4,9 @@ of skipped layers and a confidence threshold).
 
 Outputs: `models/layerskip/` (HF format), `models/draft_verify.json` (skip_layers, threshold, max_draft_len,
 search trace), `metrics/baselines.json` (LayerSkip: validation agreement/acceptance/τ before and after,
-full-model test CIDEr vs the fine-tuned model's; D&V: the chosen set, acceptance, τ, objective).
+full-model test CIDEr vs the fine-tuned model's; D&V: the chosen set, acceptance, τ, objective). LayerSkip's backbone
+is logged as an MLflow model and registered (`<experiment>-layerskip-backbone`); with `baselines.layerskip.trainer`
+naming several processes it trains with DDP, and the other processes stop after training.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pipeline.evaluation.layer_choice import resolve_draft_layers
 from pipeline.io import atomic_write_json
 from pipeline.models.loading import load_backbone, save_backbone
 from pipeline.training.baselines import search_draft_verify_baseline, summary_line, train_layerskip_baseline
+from pipeline.training.launch import check_launch
 from stages._common import run_stage
 
 FINETUNED = Path("models/finetuned")
@@ -28,14 +31,17 @@ METRICS = Path("metrics/baselines.json")
 
 
 def main(params: Params) -> None:
+    layerskip_cfg = params.baselines.layerskip
+    check_launch(layerskip_cfg.trainer, "baselines.layerskip.trainer", layerskip_cfg.batch_size)
     splits = load_prepared(params.data.out_dir)
     finetuned = load_backbone(FINETUNED)
     num_layers = finetuned.adapter.num_layers
-    n = resolve_draft_layers(
-        params.baselines.layerskip.draft_layers, num_layers, LAYER_CHOICE, "baselines.layerskip.draft_layers"
-    )
+    n = resolve_draft_layers(layerskip_cfg.draft_layers, num_layers, LAYER_CHOICE, "baselines.layerskip.draft_layers")
     with tracking.stage_run("train_baselines", params.tracking.experiment, params.model_dump(include={"baselines"})):
-        layerskip, layerskip_metrics = train_layerskip_baseline(params, finetuned, FINETUNED, splits, n)
+        trained = train_layerskip_baseline(params, finetuned, FINETUNED, splits, n)
+        if trained is None:  # another DDP process: rank zero searches Draft & Verify and writes
+            return
+        layerskip, layerskip_metrics = trained
         save_backbone(layerskip, LAYERSKIP)
         found = search_draft_verify_baseline(params, finetuned, splits)
         atomic_write_json(DRAFT_VERIFY, found.to_dict())

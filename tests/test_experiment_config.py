@@ -14,11 +14,20 @@ from pipeline.errors import ConfigError
 from pipeline.experiment_config import apply_config
 from tests.conftest import ROOT
 
-CONFIGS = sorted((ROOT / "experiments/configs").glob("*.yaml"))
+CONFIGS = [ROOT / f"experiments/configs/{name}.yaml" for name in ("blip2-flan-t5-xl", "blip2-opt-2.7b", "llava-1.5-7b")]
 
 
 def test_the_three_paper_checkpoints_have_configs():
-    assert [c.stem for c in CONFIGS] == ["blip2-flan-t5-xl", "blip2-opt-2.7b", "llava-1.5-7b"]
+    assert all(config.is_file() for config in CONFIGS)
+
+
+def test_the_tiny_and_cluster_configs_merge_into_valid_params(tmp_path):
+    params = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", params)
+    apply_config(ROOT / "experiments/configs/tiny.yaml", params)
+    apply_config(ROOT / "experiments/configs/cluster.yaml", params)
+    merged = load_params(params)
+    assert merged.model.tiny.num_layers == 2 and merged.evaluate.trainer.devices == 2
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.stem)

@@ -110,3 +110,63 @@ def test_nested_run_is_an_active_child_of_the_stage_run(monkeypatch, tmp_path):
     assert run.data.params == {"method": "full model"} and run.data.metrics == {"speedup": 1.0}
     assert run.info.status == "FINISHED" and run.info.run_name == "full model"
     assert client.get_run(parent.info.run_id).data.metrics == {}
+
+
+def test_the_experiment_is_a_model_training_experiment(monkeypatch, tmp_path):
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = mlflow.MlflowClient(tracking.tracking_uri())
+    older = client.create_experiment("older", artifact_location=(tmp_path / "art").as_uri())  # before the kind tag
+    with tracking.stage_run("demo", "fresh", {}):
+        pass
+    with tracking.stage_run("demo", "older", {}):
+        pass
+    for name in ("fresh", "older"):
+        tags = client.get_experiment_by_name(name).tags
+        assert tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development", name
+    assert tracking.runs_page("http://127.0.0.1:5000/", older) == (
+        f"http://127.0.0.1:5000/#/experiments/{older}/runs?workflowType=machine_learning"
+    )
+
+
+def test_a_registered_draft_loads_back_by_its_models_uri_and_decodes_identically(monkeypatch, tmp_path):
+    import mlflow
+    import mlflow.pytorch
+    import torch
+
+    from pipeline.decoding import SelfSpeculativeDecoder
+    from pipeline.models.imitation import ImitationNetwork, as_draft_head, save_imitation
+    from pipeline.training.imitation_heads import log_head_model
+    from tests.conftest import TINY, make_tiny_llava, make_vlm_inputs
+
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    torch.manual_seed(0)
+    network = ImitationNetwork(TINY.hidden_size).eval()
+    for parameter in network.parameters():  # trained-looking weights: the zero-initialised layer would hide a mix-up
+        torch.nn.init.normal_(parameter, std=0.3)
+    save_imitation(network, tmp_path / "models/imitation/ce+cs+kd", {"draft_layers": 2, "variant": "ce+cs+kd"})
+    with tracking.stage_run("train_imitation", "exp", {}):
+        run_id = tracking.open_child_run("ce+cs+kd")
+        logged = log_head_model(run_id, tmp_path / "models/imitation/ce+cs+kd", "exp")
+        tracking.close_child_run(run_id, {"val_agreement": 0.5})
+    assert logged == {"registered_model": "models:/exp-imitation-ce-cs-kd/1"}
+    client = mlflow.MlflowClient(tracking.tracking_uri())
+    assert client.get_run(run_id).info.status == "FINISHED"
+    version = client.get_model_version("exp-imitation-ce-cs-kd", "1")
+    assert version.run_id == run_id
+    info = mlflow.models.get_model_info(logged["registered_model"])
+    assert info.metadata["draft_layers"] == 2 and info.metadata["architecture"]["num_linear"] == 2
+    assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, -1, TINY.hidden_size]
+    loaded = mlflow.pytorch.load_model(logged["registered_model"])
+    model = make_tiny_llava()
+    ids, pixels = make_vlm_inputs(batch=1, text_len=4)
+    outputs = []
+    for head in (network, loaded):
+        decoder = SelfSpeculativeDecoder(model, draft_layers=2, head=as_draft_head(head.eval()), draft_len=3)
+        out = decoder.generate(ids, max_new_tokens=12, pixel_values=pixels)
+        outputs.append((out.sequences.tolist(), out.stats.drafted, out.stats.accepted))
+    assert outputs[0] == outputs[1]
+    assert outputs[0][1] > outputs[0][2]  # the draft is rejected somewhere: the head shapes what is decoded

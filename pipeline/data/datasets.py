@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
 from pipeline.data.pixels import PixelStore
 from pipeline.data.prepared import Example, SplitData
@@ -93,50 +92,6 @@ def collate_prompts(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         "attention_mask": attention_mask,
         "pixel_values": torch.stack([item["pixel_values"] for item in items]),
     }
-
-
-class TaskBatchSampler(Sampler[list[int]]):
-    """Batches that each hold one task, the task drawn by weight.
-
-    Grouping by task keeps short captions out of batches padded to a 100-token description,
-    which on CPU roughly halves the cost of a step. Each rank of a distributed run draws its own
-    disjoint stream (seeded by rank), so DDP needs no DistributedSampler.
-    """
-
-    def __init__(
-        self,
-        task_of_example: Sequence[str],
-        weights: dict[str, float],
-        batch_size: int,
-        num_batches: int,
-        seed: int = 0,
-        rank: int = 0,
-    ) -> None:
-        self.by_task: dict[str, list[int]] = {}
-        for index, task in enumerate(task_of_example):
-            self.by_task.setdefault(task, []).append(index)
-        self.tasks = [t for t in self.by_task if weights.get(t, 0) > 0]
-        if not self.tasks:
-            raise ValueError(f"no examples for any task with weight > 0 (weights {weights})")
-        self.weights = [weights[t] for t in self.tasks]
-        self.batch_size = batch_size
-        self.num_batches = num_batches
-        self.seed = seed
-        self.rank = rank
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.num_batches
-
-    def __iter__(self) -> Iterator[list[int]]:
-        rng = random.Random(f"{self.seed}-{self.rank}-{self.epoch}")
-        for _ in range(self.num_batches):
-            task = rng.choices(self.tasks, self.weights)[0]
-            pool = self.by_task[task]
-            yield rng.sample(pool, min(self.batch_size, len(pool)))
 
 
 def balanced_batches(

@@ -4,7 +4,9 @@
 `evaluate_methods` decodes the split with every method's batched form (`pipeline.evaluation.speed.BatchMethod`) and
 times every method's single-prompt form (`Method`) on the sample in one process: speed-up = the reference's per-token
 latency ÷ the method's (DESIGN.md), tokens/s at batch 1 and at the batch size, acceptance counts, the share of
-outputs identical to its identity reference's, and caption metrics (pycocoevalcap) or VQA accuracy.
+outputs identical to its identity reference's, and caption metrics (pycocoevalcap) or VQA accuracy. When the split
+was decoded by several processes (`pipeline.evaluation.sharded`), `score_methods` takes the merged decoding and the
+timings rank zero measured.
 """
 
 from __future__ import annotations
@@ -16,7 +18,15 @@ import torch
 
 from pipeline.evaluation.caption_metrics import caption_scores
 from pipeline.evaluation.prompts import Prompt
-from pipeline.evaluation.speed import BatchMethod, Method, decode_split, identical_share, time_methods
+from pipeline.evaluation.speed import (
+    BatchMethod,
+    Method,
+    MethodTiming,
+    SplitRun,
+    decode_split,
+    identical_share,
+    time_methods,
+)
 
 
 def task_scores(
@@ -62,43 +72,72 @@ def evaluate_methods(
     device: torch.device | None = None,
     progress: bool = False,
 ) -> dict[str, dict[str, Any]]:
-    """Score every method on the whole `split`, decoded in batches of `batch_size`, and time it on the `sample`.
-
-    Quality, losslessness and acceptance come from the split: caption metrics (pycocoevalcap) or VQA accuracy of
-    what each method wrote, the share of its outputs identical to its identity reference's (`identity_references`:
-    a method on another backbone (LayerSkip, the mixed schedule) against that backbone's own greedy output; the
-    others against `reference`), and the throughput at that batch size. Speed is the paper's per-token latency at
-    batch 1 on the `sample`, every method interleaved per prompt: speed-up = the `reference`'s latency ÷ the
-    method's.
-    """
+    """Score every method on the whole `split`, decoded in batches of `batch_size`, and time it on the `sample`, in
+    this one process (`score_methods` says what each row holds)."""
     if reference not in methods:
         raise ValueError(f"reference method {reference!r} is not among {sorted(methods)}")
-    identity_references = identity_references or {}
     device = device or torch.device("cpu")
     runs = decode_split(batched, split, batch_size, device=device, progress=progress)
     timings = time_methods(
         methods, sample, repeats=repeats, warmup_prompts=warmup_prompts, device=device, progress=progress
     )
+    return score_methods(
+        runs,
+        split,
+        timings,
+        sample,
+        tokenizer,
+        reference=reference,
+        identity_references=identity_references,
+        caption_metrics=caption_metrics,
+        meteor=meteor,
+        spice=spice,
+    )
+
+
+def score_methods(
+    runs: dict[str, SplitRun],
+    split: Sequence[Prompt],
+    timings: dict[str, MethodTiming],
+    sample: Sequence[Prompt],
+    tokenizer: Any,
+    *,
+    reference: str,
+    identity_references: dict[str, str] | None = None,
+    caption_metrics: bool = True,
+    meteor: Any = False,
+    spice: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """Each method's row from its decoding of the whole split (`runs`, possibly decoded by several processes) and its
+    batch-1 timings on the sample (`timings`, measured in one process).
+
+    Quality, losslessness and acceptance come from the split: caption metrics (pycocoevalcap) or VQA accuracy of what
+    each method wrote, the share of its outputs identical to its identity reference's (`identity_references`: a
+    method on another backbone (LayerSkip, the mixed schedule) against that backbone's own greedy output; the others
+    against `reference`), and the throughput at the split's batch size. Speed is the paper's per-token latency at
+    batch 1 on the sample, every method interleaved per prompt: speed-up = the `reference`'s latency ÷ the method's.
+    """
+    if reference not in runs or reference not in timings:
+        raise ValueError(f"reference method {reference!r} is not among {sorted(runs)}")
+    identity_references = identity_references or {}
     base = timings[reference]
     tasks = {t: [i for i, p in enumerate(sample) if p["task"] == t] for t in sorted({p["task"] for p in sample})}
     results: dict[str, dict[str, Any]] = {}
     for name, timing in timings.items():
         latency, run = timing.latency(), runs[name]
-        identity = runs[identity_references.get(name, reference)]
+        identity = identity_references.get(name, reference)
         row: dict[str, Any] = {
             "speedup": base.latency() / latency,
             "tokens_per_second": 1.0 / latency,
             "ms_per_token": 1e3 * latency,
             "new_tokens": float(timing.new_tokens()),
             "speedup_by_task": {t: base.latency(ix) / timing.latency(ix) for t, ix in tasks.items()},
-            "batch_size": float(batch_size),
+            "batch_size": float(run.batch_size),
             "throughput_tokens_per_second": run.throughput,
             "split_prompts": float(len(split)),
             "split_new_tokens": float(run.new_tokens),
-            "identical_share": identical_share(run.outputs, identity.outputs),
-            "identical_share_batch_1": identical_share(
-                timing.outputs, timings[identity_references.get(name, reference)].outputs
-            ),
+            "identical_share": identical_share(run.outputs, runs[identity].outputs),
+            "identical_share_batch_1": identical_share(timing.outputs, timings[identity].outputs),
         }
         stats = run.merged_stats()
         if stats is not None and stats.verify_calls:

@@ -7,6 +7,10 @@ LayerSkip (its backbone, early-exit self-speculation); ours with each loss varia
 schedule; the mixed-schedule model; ours (ce+cs+kd) and its draft alone with each other fusion of
 `imitation.fusion_comparison` (the fusion table); and ours (ce+cs+kd) at every d of `evaluate.draft_lens`
 (speed-up by d, paper Fig. 9).
+
+Quality over the whole test split, decoded in batches; with `evaluate.trainer` naming several processes the split is
+shared out (`pipeline.evaluation.sharded`) and rank zero gathers it. Speed at batch 1 on a sample of the split, timed
+by rank zero alone, every method interleaved per prompt.
 """
 
 from __future__ import annotations
@@ -22,15 +26,19 @@ import torch
 from pipeline import tracking
 from pipeline.config import Params
 from pipeline.data.prepared import load_prepared
+from pipeline.distributed import is_rank_zero
 from pipeline.errors import ModelLoadError
 from pipeline.evaluation import methods
 from pipeline.evaluation.caption_metrics import meteor_session
-from pipeline.evaluation.comparison import evaluate_methods
+from pipeline.evaluation.comparison import score_methods
 from pipeline.evaluation.method_runner import DecodingResources, batch_runnables, runnables
 from pipeline.evaluation.prompts import caption_prompts, first_of_each_task, on_device, vqa_prompts
+from pipeline.evaluation.sharded import decode_sharded
+from pipeline.evaluation.speed import time_methods
 from pipeline.models.imitation import load_draft_head
 from pipeline.models.loading import load_backbone
 from pipeline.report import series
+from pipeline.training.launch import planned_processes
 
 
 @dataclass(frozen=True)
@@ -82,7 +90,8 @@ def load_heads(folder: Path, model: torch.nn.Module) -> tuple[dict[str, torch.nn
     return heads, depth
 
 
-def run_evaluation(params: Params, inputs: EvaluationInputs) -> Evaluation:
+def run_evaluation(params: Params, inputs: EvaluationInputs) -> Evaluation | None:
+    """Every method of the plan on the test prompts; None in the processes other than rank zero."""
     cfg = params.evaluate
     torch.manual_seed(params.seed)
     placement = {"dtype": params.model.dtype, "device": params.model.device}
@@ -114,21 +123,31 @@ def run_evaluation(params: Params, inputs: EvaluationInputs) -> Evaluation:
         f"evaluate: {len(plan.methods)} methods × {len(prompts)} test prompts in batches of {cfg.batch_size}, "
         f"timed at batch 1 on {len(sample)} of them × {speed.repeats} repeat(s), n = {plan.draft_layers}"
     )
-    with torch.no_grad(), meteor_session() if cfg.meteor else contextlib.nullcontext() as meteor:
-        results = evaluate_methods(
-            runnables(plan.methods, resources),
-            batch_runnables(plan.methods, resources),
+    runs = decode_sharded(
+        batch_runnables(plan.methods, resources),
+        prompts,
+        cfg.batch_size,
+        cfg.trainer,
+        device=hidden.device,
+        progress=is_rank_zero(),
+    )
+    if runs is None:  # another process of a shared-out run: rank zero times and scores
+        return None
+    with torch.no_grad():
+        timings = time_methods(
+            runnables(plan.methods, resources), sample, repeats=speed.repeats, device=hidden.device, progress=True
+        )
+    with meteor_session() if cfg.meteor else contextlib.nullcontext() as meteor:
+        results = score_methods(
+            runs,
             prompts,
+            timings,
             sample,
             tokenizer,
             reference=plan.reference.key,
             identity_references={s.key: s.identity_reference.key for s in plan.methods},
-            batch_size=cfg.batch_size,
-            repeats=speed.repeats,
             meteor=meteor or False,
             spice=cfg.spice,
-            device=hidden.device,
-            progress=True,
         )
     rows = {spec.key: {"label": spec.label, **results[spec.key]} for spec in plan.methods}
     summary = {
@@ -141,6 +160,7 @@ def run_evaluation(params: Params, inputs: EvaluationInputs) -> Evaluation:
         "timed_prompts": {t: sum(p["task"] == t for p in sample) for t in ("caption", "description", "vqa")},
         "batch_size": cfg.batch_size,
         "threads": torch.get_num_threads(),
+        "processes": planned_processes(cfg.trainer),  # > 1: the split was shared out; speed timed by rank zero
         "dtype": params.model.dtype,
         "device": params.model.device,
         "plan": plan.to_dict(),
@@ -149,12 +169,22 @@ def run_evaluation(params: Params, inputs: EvaluationInputs) -> Evaluation:
     return Evaluation(plan, summary)
 
 
+# The metrics a user compares methods by in the MLflow UI's run list and compare view, under the same names in every
+# evaluate run: speed-up over the full model, acceptance rate, τ (draft tokens accepted per verification), CIDEr and
+# BLEU-4 of the captions, and the share of outputs identical to the backbone's greedy decoding
+COMPARED = ("speedup", "acceptance_rate", "tau", "cider", "bleu4", "identical_share")
+
+
 def log_method_runs(evaluation: Evaluation) -> None:
-    """One MLflow run per method, nested under the stage's run (tag `method` = its key), for the UI's compare view."""
+    """One MLflow run per method, nested under the stage's run and tagged by method (`method` = its key, `method_kind`,
+    `backbone`, `head`), with the `COMPARED` metrics side by side, for the UI's run list and compare view."""
     for spec in evaluation.plan.methods:
         row = evaluation.results[spec.key]
-        with tracking.nested_run(spec.label, {"method": spec.key, **spec.to_dict()}, tags={"method": spec.key}):
+        tags = {"method": spec.key, "method_kind": spec.kind, "backbone": spec.backbone, "head": spec.head or "none"}
+        with tracking.nested_run(spec.label, {"method": spec.key, **spec.to_dict()}, tags=tags):
             flat = {k: v for k, v in row.items() if isinstance(v, float)}
+            if "mean_accepted_length" in row:
+                flat["tau"] = row["mean_accepted_length"]
             for task, scores in row.get("tasks", {}).items():
                 flat.update({f"{task}_{k}": v for k, v in scores.items() if isinstance(v, float)})
             flat.update({f"speedup_{task}": v for task, v in row["speedup_by_task"].items()})

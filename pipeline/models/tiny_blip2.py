@@ -107,7 +107,8 @@ def build_tiny_blip2(config: Blip2Config, seed: int) -> Blip2ForConditionalGener
         # queries get identical gradients and stay identical — every image token the same pooled feature, and the
         # model learned to caption without looking (test CIDEr = blank-image CIDEr). BLIP-2's own code (LAVIS) draws
         # them from N(0, 0.02), as here.
-        model.query_tokens.normal_(0.0, config.qformer_config.initializer_range)
+        qformer: Any = config.qformer_config
+        model.query_tokens.normal_(0.0, qformer.initializer_range)
     text: Any = config.text_config
     if not config.use_decoder_only_language_model:
         # transformers ties T5's LM head to its unit-variance input embeddings; without T5 v1.0's output scaling

@@ -37,6 +37,7 @@ def run_stage_search(
         with tracking.stage_run(stage, params.tracking.experiment, section, resume_run_id=plan.parent_run_id) as run:
             if plan.resume and run is not None:
                 tracking.close_stale_children(run.info.run_id)
+            tracking.set_tags({"ray_cluster": runtime.address or "local"})  # where the trials ran
             results = run_search(
                 tune.with_parameters(trial, context=context),
                 space,

@@ -69,12 +69,14 @@ def train_trial_head(
     callbacks: list[Any] | None = None,  # Lightning callbacks (Lightning itself stays in training/)
 ) -> ImitationResult:
     """Train `head` at draft depth n on the trial's frozen backbone with params' imitation settings changed by
-    `updates`, the cosine target fused as params say, on the accelerator Ray gave the trial (a GPU on a cluster)."""
+    `updates`, the cosine target fused as params say, on the accelerator Ray gave the trial (a GPU on a cluster).
+
+    One process per trial whatever `imitation.trainer` says: Ray gave the trial its resources, and DDP there would
+    make Lightning re-launch the Ray worker's own command."""
     imitation = params.imitation
     accelerator = "auto" if torch.cuda.is_available() else "cpu"
-    cfg = imitation.model_copy(
-        update={**updates, "trainer": imitation.trainer.model_copy(update={"accelerator": accelerator})}
-    )
+    single = {"accelerator": accelerator, "devices": 1, "num_nodes": 1, "strategy": "auto"}
+    cfg = imitation.model_copy(update={**updates, "trainer": imitation.trainer.model_copy(update=single)})
     adapter = loaded.backbone.adapter
     fusion = build_fusion(
         imitation.fusion,

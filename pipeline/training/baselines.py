@@ -8,15 +8,17 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from pipeline import tracking
 from pipeline.config import Params
 from pipeline.data.prepared import SplitData
+from pipeline.distributed import is_rank_zero
 from pipeline.evaluation.greedy_captions import caption_cider
 from pipeline.evaluation.prompts import validation_prompts
-from pipeline.models.loading import Backbone, load_backbone
+from pipeline.models.loading import Backbone, load_backbone, save_backbone
 from pipeline.search.skip_layers import SkipSearchResult, search_skip_layers
 from pipeline.training.imitation import decode_acceptance
 from pipeline.training.layerskip import fit_layerskip
@@ -24,9 +26,10 @@ from pipeline.training.layerskip import fit_layerskip
 
 def train_layerskip_baseline(
     params: Params, finetuned: Backbone, finetuned_dir: Path, splits: dict[str, SplitData], draft_layers: int
-) -> tuple[Backbone, dict[str, Any]]:
-    """LayerSkip's backbone (trained from a fresh copy of `finetuned_dir`) and its metrics: validation agreement,
-    acceptance and τ before and after, and the full model's test CIDEr against the fine-tuned model's."""
+) -> tuple[Backbone, dict[str, Any]] | None:
+    """LayerSkip's backbone (trained from a fresh copy of `finetuned_dir`, logged as an MLflow model and registered)
+    and its metrics: validation agreement, acceptance and τ before and after, and the full model's test CIDEr against
+    the fine-tuned model's. Under DDP every process trains; the others return None after training."""
     cfg = params.baselines.layerskip
     builder = finetuned.prompt_builder(params.data.prompts)
     print(
@@ -35,7 +38,7 @@ def train_layerskip_baseline(
     )
     with tracking.nested_run("layerskip", {"draft_layers": draft_layers}) as child:
         prompts = validation_prompts(splits["val"], builder, finetuned.image_processor, cfg.val_decode_prompts)
-        before = decode_acceptance(finetuned.model, None, draft_layers, prompts) if prompts else None
+        before = decode_acceptance(finetuned.model, None, draft_layers, prompts) if prompts and is_rank_zero() else None
         layerskip = load_backbone(finetuned_dir)  # a fresh copy: the fine-tuned model stays as it was for D&V
         result = fit_layerskip(
             layerskip.model,
@@ -47,6 +50,8 @@ def train_layerskip_baseline(
             seed=params.seed,
             tracking_run=tracking.run_ref(child.info.run_id) if child is not None else None,
         )
+        if not is_rank_zero():
+            return None
         metrics: dict[str, Any] = {"draft_layers": draft_layers, **result.metrics}
         if before is not None:
             metrics["finetuned_val_acceptance_rate"] = before.acceptance_rate
@@ -54,7 +59,35 @@ def train_layerskip_baseline(
         metrics["full_model_test_cider"] = caption_cider(layerskip, builder, splits["test"], cfg.eval_samples)
         metrics["finetuned_test_cider"] = caption_cider(finetuned, builder, splits["test"], cfg.eval_samples)
         tracking.log_metrics({k: v for k, v in metrics.items() if isinstance(v, float)})
+        if params.tracking.register_models and child is not None:
+            metrics["registered_model"] = log_layerskip_model(child.info.run_id, layerskip, params, draft_layers)
     return layerskip, metrics
+
+
+def log_layerskip_model(run_id: str, layerskip: Backbone, params: Params, draft_layers: int) -> str:
+    """LayerSkip's backbone as an MLflow model in its run (its tokenizer and image processor beside it), registered as
+    <experiment>-layerskip-backbone; `SelfSpeculativeDecoder(model, draft_layers, None, d)` drafts with it. Its
+    registry URI.
+
+    The logged module is a fresh load of the saved backbone: a model that has run carries the forward hooks
+    transformers installs to capture hidden states (closures over context variables), which do not pickle."""
+    with tempfile.TemporaryDirectory() as tmp:
+        save_backbone(layerskip, tmp)
+        fresh = load_backbone(tmp)
+        logged = tracking.log_torch_model(
+            run_id,
+            fresh.model,
+            name="layerskip_backbone",
+            signature=tracking.TensorSpecs(
+                inputs={"input_ids": ("int64", (-1, -1))},
+                outputs={"logits": ("float32", (-1, -1, int(fresh.model.get_output_embeddings().weight.shape[0])))},
+            ),
+            metadata={"draft_layers": draft_layers, "p_max": params.baselines.layerskip.p_max},
+            registered_name=tracking.registered_model_name(params.tracking.experiment, "layerskip", "backbone"),
+            # the tokenizer and image processor: what turns an image and a prompt into the model's inputs
+            extra_files=sorted(p for p in Path(tmp).iterdir() if p.suffix != ".safetensors"),
+        )
+    return (logged.registry_uri or "") if logged else ""
 
 
 def search_draft_verify_baseline(params: Params, finetuned: Backbone, splits: dict[str, SplitData]) -> SkipSearchResult:

@@ -1,4 +1,10 @@
-"""LightningDataModule over a prepared data set (synthetic or real, same code)."""
+"""LightningDataModule over a prepared data set (synthetic or real, same code).
+
+Training batches come from one stream of global batches that every process slices (`pipeline.training.samplers`):
+`cfg.batch_size` examples per optimizer step at any process count, and a resumed run continues the order.
+Validation is the same fixed, task-balanced slice in every process, so its (synced) metrics are the same numbers at
+any process count.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +16,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from pipeline.config import TrainingConfig
-from pipeline.data.datasets import ExampleDataset, TaskBatchSampler, collate_for_training
+from pipeline.data.datasets import ExampleDataset, collate_for_training
 from pipeline.data.pixels import PixelStore
 from pipeline.data.prepared import Example, SplitData
 from pipeline.data.prompts import TASKS, PromptBuilder
+from pipeline.training.samplers import GlobalTaskBatchSampler, ResumableLoader
 
 
 def split_examples(split: SplitData, weights: dict[str, float]) -> list[Example]:
@@ -49,23 +56,35 @@ class VLMDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         examples = split_examples(self.splits["train"], self.weights)
         dataset = ExampleDataset(examples, self.pixels["train"], self.builder)
-        # An "epoch" is one pass over the images' worth of batches; steps, not epochs, bound training.
+        # An "epoch" is one pass over the images' worth of (global) batches; steps, not epochs, bound training.
         num_batches = max(1, math.ceil(len(self.splits["train"].images) / self.cfg.batch_size))
-        sampler = TaskBatchSampler(
+        trainer = self.trainer
+        sampler = GlobalTaskBatchSampler(
             [e.task for e in examples],
             self.weights,
             self.cfg.batch_size,
             num_batches,
             seed=self.seed,
-            rank=self.trainer.global_rank if self.trainer is not None else 0,
+            rank=trainer.global_rank if trainer is not None else 0,
+            world_size=trainer.world_size if trainer is not None else 1,
         )
-        return DataLoader(
+        return ResumableLoader(
             dataset,
             batch_sampler=sampler,
             collate_fn=self._collate,
             num_workers=self.cfg.trainer.num_workers,
             persistent_workers=self.cfg.trainer.num_workers > 0,
+            batches_done=self._batches_done,
         )
+
+    def _batches_done(self) -> int:
+        """Batches of the current epoch the training loop has finished (optimizer step taken): asked when a checkpoint
+        is written, from inside the step's `on_train_batch_end` or later, when the step is counted."""
+        if self.trainer is None:
+            return 0
+        # typed as the ready/completed tracker; the training loop's is the one that also counts processed batches
+        current: Any = self.trainer.fit_loop.epoch_loop.batch_progress.current
+        return int(current.processed)
 
     def val_dataloader(self) -> DataLoader:
         # A fixed, task-balanced slice of the validation split, so curves are comparable across steps.

@@ -17,9 +17,12 @@ from pipeline.config import FinetuneConfig
 from pipeline.data.datasets import IGNORE_INDEX
 from pipeline.data.prepared import SplitData
 from pipeline.data.prompts import PromptBuilder
+from pipeline.distributed import is_rank_zero
+from pipeline.io import atomic_write_text
 from pipeline.models.adapters import adapter_for
 from pipeline.tracking import RunRef
 from pipeline.training.datamodule import VLMDataModule
+from pipeline.training.global_batch import token_share
 from pipeline.training.optimizer import adamw_cosine, decay_groups
 from pipeline.training.trainer import fit_module
 
@@ -31,9 +34,16 @@ class FinetuneModule(L.LightningModule):
         self.cfg = cfg
         self.adapter = adapter_for(model)
 
+    @property
+    def unused_parameters(self) -> bool:
+        """A trainable vision tower may have layers past the one whose features the model reads (LLaVA-1.5:
+        vision_feature_layer -2): they get no gradient, which DDP must be told to expect."""
+        return self.cfg.train_vision_tower
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self.model(**self.adapter.forward_inputs(batch)).loss
-        self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        loss = self.model(**self.adapter.forward_inputs(batch)).loss * token_share(self, batch["labels"])
+        size = batch["input_ids"].shape[0]
+        self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=size, sync_dist=True)
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -78,30 +88,36 @@ def fit_finetune(
     tracking_run: RunRef | None = None,
     callbacks: list[L.Callback] | None = None,
 ) -> FinetuneResult:
-    """Train with Lightning; resume from `checkpoint_dir/last.ckpt` when it was written by this configuration."""
+    """Train with Lightning; resume from `checkpoint_dir/last.ckpt` when it was written by this configuration.
+
+    Under DDP every process reads the same decision from the files; only rank zero changes them (drops another
+    configuration's checkpoints, then stamps the directory: in that order, a process reading meanwhile also sees
+    nothing to resume). The checkpoint must be on storage every node reads."""
     L.seed_everything(seed, workers=True, verbose=False)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     stamp = checkpoint_dir / "fingerprint.txt"
     last = checkpoint_dir / "last.ckpt"
     resume = last if last.exists() and stamp.exists() and stamp.read_text() == fingerprint else None
-    if resume is None:
+    if resume is None and is_rank_zero():
         for stale in checkpoint_dir.glob("*.ckpt"):
             stale.unlink()
-        stamp.write_text(fingerprint)
+        atomic_write_text(stamp, fingerprint)
     if cfg.max_steps == 0:  # a pretrained checkpoint used as it is
         model.eval()
         return FinetuneResult({"steps": 0.0, "train_seconds": 0.0, "resumed": 0.0}, [])
     vision = adapter_for(model).vision_encoder
     if vision is not None:
         vision.requires_grad_(cfg.train_vision_tower)
+    module = FinetuneModule(model, cfg)
     run = fit_module(
-        FinetuneModule(model, cfg),
+        module,
         cfg,
         VLMDataModule(splits, builder, image_processor, cfg, seed),
         callbacks=callbacks,
         checkpoint_dir=checkpoint_dir,
         resume_from=resume,
         tracking_run=tracking_run,
+        unused_parameters=module.unused_parameters,
     )
     model.eval()
     train_losses = [r["train_loss"] for r in run.train_curve]
@@ -112,5 +128,6 @@ def fit_finetune(
         "val_loss": run.final_metrics["val_loss"],
         "val_token_accuracy": run.final_metrics["val_token_accuracy"],
         "resumed": float(resume is not None),
+        "processes": float(run.processes),
     }
     return FinetuneResult(metrics, run.train_curve)

@@ -32,6 +32,7 @@ from pipeline.models.imitation import ImitationNetwork, as_draft_head
 from pipeline.tracking import RunRef
 from pipeline.training import imitation_losses as losses
 from pipeline.training.datamodule import VLMDataModule
+from pipeline.training.global_batch import token_share
 from pipeline.training.optimizer import adamw_cosine
 from pipeline.training.trainer import fit_module
 
@@ -98,6 +99,16 @@ class ImitationModule(L.LightningModule):
         self.val_prompts = val_prompts or []
         self.adapter = adapter_for(model)
         self._set_backbone_trainable(joint_steps > 0)
+        if self.loss_weights.get("cs", 0) <= 0:
+            # without the cosine term the fusion's output reaches no loss: left trainable, DDP would wait for its
+            # gradients forever ("Expected to have finished reduction"); frozen, it is simply not trained (as before)
+            fusion.requires_grad_(False)
+
+    @property
+    def unused_parameters(self) -> bool:
+        """Whether some trainable parameters may get no gradient in a step: the mixed schedule's backbone, once
+        frozen mid-run, stays registered with DDP."""
+        return self.joint_steps > 0
 
     def _set_backbone_trainable(self, trainable: bool) -> None:
         self.model.requires_grad_(trainable)
@@ -136,11 +147,13 @@ class ImitationModule(L.LightningModule):
         if self.backbone_trainable:
             terms["backbone_ce"] = losses.cross_entropy(out.full_logits, batch["labels"])
             loss = loss + terms["backbone_ce"]
+        # every term is a mean over the same scored tokens: one factor makes each the global batch's (synced values)
+        share = token_share(self, batch["labels"])
         size = batch["input_ids"].shape[0]
-        self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=size)
+        self.log("train/loss", loss * share, on_step=True, prog_bar=True, batch_size=size, sync_dist=True)
         for name, value in terms.items():
-            self.log(f"train/{name}", value, on_step=True, batch_size=size)
-        return loss
+            self.log(f"train/{name}", value * share, on_step=True, batch_size=size, sync_dist=True)
+        return loss * share
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         out = draft_pass(self.adapter, self.head, self.fusion, batch, self.draft_layers, self.cfg.fusion_layers, False)
@@ -262,8 +275,15 @@ def fit_imitation(
         callbacks=callbacks,
         tracking_run=tracking_run,
         progress_bar=progress_bar,
+        unused_parameters=module.unused_parameters,
     )
     model.eval()
     head.eval()
-    metrics = {**run.final_metrics, "steps": run.steps, "train_seconds": run.seconds, "joint_steps": float(joint_steps)}
+    metrics = {
+        **run.final_metrics,
+        "steps": run.steps,
+        "train_seconds": run.seconds,
+        "joint_steps": float(joint_steps),
+        "processes": float(run.processes),
+    }
     return ImitationResult(metrics, run.curve)

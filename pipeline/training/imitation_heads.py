@@ -6,13 +6,16 @@ The heads are independent, so `imitation.parallel_heads` worker processes can tr
 own backbone copy (a frozen-schedule worker checks its copy is bit-identical afterwards). On CPU a head trains
 1.7× faster on two threads than on one, so `auto` gives each process two cores: one process on a 2-core machine
 (two single-threaded ones measured 560 s vs 586 s for the six default heads: no gain), several on a many-core one.
+
+Under DDP (`imitation.trainer.devices` × `num_nodes` > 1) the heads train one after another, each over every
+process (the processes run this code in lockstep); rank zero alone saves them, logs them as MLflow models and
+returns the stage's metrics.
 """
 
 from __future__ import annotations
 
 import hashlib
 import multiprocessing
-import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,17 +24,25 @@ from typing import Any, NamedTuple
 import torch
 
 from pipeline import tracking
-from pipeline.config import ImitationArchitecture, ImitationConfig, Params
+from pipeline.config import ImitationArchitecture, ImitationConfig, Params, TrainerConfig
 from pipeline.data.prepared import load_prepared
+from pipeline.distributed import is_rank_zero
 from pipeline.evaluation.flops import per_token_flops
 from pipeline.evaluation.greedy_captions import caption_cider
 from pipeline.evaluation.layer_choice import resolve_draft_layers
 from pipeline.evaluation.prompts import validation_prompts
 from pipeline.models.deep_layer_fusion import build_fusion, fused_layer_count
-from pipeline.models.imitation import ImitationNetwork, save_imitation, searched_architecture
+from pipeline.models.imitation import (
+    CONFIG_FILE,
+    ImitationNetwork,
+    load_imitation,
+    save_imitation,
+    searched_architecture,
+)
 from pipeline.models.loading import load_backbone, save_backbone
 from pipeline.training.imitation import decode_acceptance, fit_imitation
 from pipeline.training.imitation_losses import variant_weights
+from pipeline.training.launch import available_cpus, planned_processes
 
 MIXED_CIDER_IMAGES = 200  # test images captioned to measure what the mixed schedule costs the full model
 
@@ -64,14 +75,13 @@ def training_plan(cfg: ImitationConfig) -> list[PlannedHead]:
     return [*plan, PlannedHead("mixed", "ce+cs+kd", cfg.fusion, True)]
 
 
-def available_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def worker_layout(setting: int | str, heads: int, accelerator: str) -> tuple[int, int]:
+def worker_layout(setting: int | str, heads: int, trainer: TrainerConfig) -> tuple[int, int]:
     """(processes, torch threads each): `auto` is a process per two cores on CPU (a second thread still speeds a
-    head up 1.7×), one process on an accelerator (one model copy per device)."""
-    cpus = available_cpus()
+    head up 1.7×), one process on an accelerator (one model copy per device) and under DDP (a worker process would
+    make Lightning re-launch the stage from inside it)."""
+    cpus, accelerator = available_cpus(), trainer.accelerator
+    if planned_processes(trainer) > 1:
+        return 1, max(1, cpus)
     if setting != "auto":
         workers = min(int(setting), heads)
     elif accelerator == "cpu":
@@ -143,14 +153,16 @@ def train_head(job: HeadJob) -> dict[str, Any]:
     metrics: dict[str, Any] = dict(result.metrics)
     metrics["parameters"] = float(sum(p.numel() for p in head.parameters()))
     metrics.update({f"flops_{k}": v for k, v in per_token_flops(adapter, n, head).items()})
+    if not planned.mixed:
+        metrics["backbone_unchanged"] = weights_fingerprint(backbone.model) == before
+    if not is_rank_zero():  # under DDP the other processes trained the same head: rank zero measures and saves it
+        return {**metrics, "variant": planned.variant, "fusion": planned.fusion}
     if planned.mixed:
         metrics["full_model_test_cider"] = caption_cider(backbone, builder, splits["test"], MIXED_CIDER_IMAGES)
         metrics["finetuned_test_cider"] = caption_cider(
             load_backbone(job.paths.finetuned), builder, splits["test"], MIXED_CIDER_IMAGES
         )
         save_backbone(backbone, job.paths.mixed_backbone)
-    else:
-        metrics["backbone_unchanged"] = weights_fingerprint(backbone.model) == before
     save_imitation(
         head,
         job.paths.heads / planned.name,
@@ -179,10 +191,11 @@ def train_heads(jobs: list[HeadJob], workers: int) -> dict[str, dict[str, Any]]:
             raise
 
 
-def train_imitation_heads(params: Params, paths: ImitationPaths) -> dict[str, Any]:
-    """Train every planned head (inside the stage's MLflow run: one child run per head) and return the stage's
-    metrics: per head its validation agreement and acceptance, FLOPs, and whether the frozen backbone stayed
-    bit-identical; the early-exit draft without imitation as the reference."""
+def train_imitation_heads(params: Params, paths: ImitationPaths) -> dict[str, Any] | None:
+    """Train every planned head (inside the stage's MLflow run: one child run per head, with the head logged as an
+    MLflow model and registered) and return the stage's metrics: per head its validation agreement and acceptance,
+    FLOPs, and whether the frozen backbone stayed bit-identical; the early-exit draft without imitation as the
+    reference. None in the other processes of a DDP run."""
     cfg = params.imitation
     splits = load_prepared(params.data.out_dir)
     backbone = load_backbone(paths.finetuned)
@@ -193,11 +206,12 @@ def train_imitation_heads(params: Params, paths: ImitationPaths) -> dict[str, An
         splits["val"], backbone.prompt_builder(params.data.prompts), backbone.image_processor, cfg.val_decode_prompts
     )
     plan = training_plan(cfg)
-    workers, threads = worker_layout(cfg.parallel_heads, len(plan), cfg.trainer.accelerator)
+    workers, threads = worker_layout(cfg.parallel_heads, len(plan), cfg.trainer)
     if workers == 1:
         threads = torch.get_num_threads()
     results: dict[str, Any] = {"draft_layers": n, "num_layers": adapter.num_layers}
-    if prompts:  # imitation.val_decode_prompts: 0 decodes nothing, so there is no early-exit reference either
+    # imitation.val_decode_prompts: 0 decodes nothing, so there is no early-exit reference either
+    if prompts and is_rank_zero():
         early = decode_acceptance(backbone.model, None, n, prompts)
         results["no_imitation"] = {
             "val_acceptance_rate": early.acceptance_rate,
@@ -230,16 +244,46 @@ def train_imitation_heads(params: Params, paths: ImitationPaths) -> dict[str, An
         for job in jobs:
             tracking.close_child_run(job.tracking_run.run_id if job.tracking_run else None, failed=True)
         raise
-    for job in jobs:
-        scalars = {k: v for k, v in trained[job.head.name].items() if isinstance(v, float)}
-        tracking.close_child_run(job.tracking_run.run_id if job.tracking_run else None, scalars)
-    results.update(trained)
     changed = [name for name, row in trained.items() if row.get("backbone_unchanged") is False]
-    results["frozen_backbone_unchanged"] = not changed
     if changed:
+        for job in jobs:
+            tracking.close_child_run(job.tracking_run.run_id if job.tracking_run else None, failed=True)
         raise RuntimeError(f"the frozen backbone changed while training {changed}: a bug, results discarded")
-    results["workers"] = {"processes": workers, "threads": threads}
+    if not is_rank_zero():
+        return None
+    for job in jobs:
+        run_id = job.tracking_run.run_id if job.tracking_run else None
+        if params.tracking.register_models:
+            trained[job.head.name].update(
+                log_head_model(run_id, paths.heads / job.head.name, params.tracking.experiment)
+            )
+        scalars = {k: v for k, v in trained[job.head.name].items() if isinstance(v, float)}
+        tracking.close_child_run(run_id, scalars)
+    results.update(trained)
+    results["frozen_backbone_unchanged"] = True
+    results["workers"] = {"processes": workers, "threads": threads, "ddp_processes": planned_processes(cfg.trainer)}
     return results
+
+
+def log_head_model(run_id: str | None, folder: Path, experiment: str) -> dict[str, str]:
+    """The saved network in `folder` as an MLflow model in its head's run, registered as
+    <experiment>-imitation-<head>: loadable with `mlflow.pytorch.load_model(models:/…)` and, through `as_draft_head`,
+    a `SelfSpeculativeDecoder` head. Its registry URI (empty outside a run)."""
+    network, extra = load_imitation(folder)
+    hidden = network.hidden_size
+    logged = tracking.log_torch_model(
+        run_id,
+        network,
+        name="imitation_network",
+        signature=tracking.TensorSpecs(
+            inputs={"hidden_states": ("float32", (-1, -1, hidden))},  # layer-n states [batch, positions, hidden]
+            outputs={"imitation": ("float32", (-1, -1, hidden))},
+        ),
+        metadata={**extra, "hidden_size": hidden, "architecture": network.architecture.model_dump()},
+        registered_name=tracking.registered_model_name(experiment, "imitation", folder.name),
+        extra_files=[folder / CONFIG_FILE],
+    )
+    return {"registered_model": logged.registry_uri or ""} if logged else {}
 
 
 def summary_line(results: dict[str, Any]) -> str:

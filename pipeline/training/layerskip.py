@@ -42,6 +42,7 @@ from pipeline.models.adapters import BackboneAdapter, adapter_for
 from pipeline.tracking import RunRef
 from pipeline.training import imitation_losses as losses
 from pipeline.training.datamodule import VLMDataModule
+from pipeline.training.global_batch import token_share
 from pipeline.training.imitation import decode_acceptance
 from pipeline.training.optimizer import adamw_cosine, decay_groups
 from pipeline.training.trainer import fit_module
@@ -155,15 +156,22 @@ class LayerSkipModule(L.LightningModule):
     def on_train_batch_end(self, outputs: STEP_OUTPUT, batch: Any, batch_idx: int) -> None:
         self.step_seconds.append(time.perf_counter() - self._step_started)
 
+    @property
+    def unused_parameters(self) -> bool:
+        """A dropped layer gets no gradient in its step (the same layers on every process: the draw is seeded by
+        the step), so DDP must look for unused parameters."""
+        return self.cfg.p_max > 0
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         kept = self.kept_layers()
         self.layers_dropped += kept.count(False)
         loss, terms, _ = self.compute_losses(batch, exit_states(self.adapter, batch, kept))
+        share = token_share(self, batch["labels"])  # each term a mean over the global batch's scored tokens
         size = batch["input_ids"].shape[0]
-        self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=size)
-        self.log("train/ce_final", terms["ce_final"], on_step=True, batch_size=size)
+        self.log("train/loss", loss * share, on_step=True, prog_bar=True, batch_size=size, sync_dist=True)
+        self.log("train/ce_final", terms["ce_final"] * share, on_step=True, batch_size=size, sync_dist=True)
         self.log("train/layers_dropped", float(kept.count(False)), on_step=True, batch_size=size)
-        return loss
+        return loss * share
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         _, terms, logits = self.compute_losses(batch, exit_states(self.adapter, batch))
@@ -221,6 +229,7 @@ def fit_layerskip(
         VLMDataModule(splits, builder, image_processor, cfg, seed),
         callbacks=callbacks,
         tracking_run=tracking_run,
+        unused_parameters=module.unused_parameters,
     )
     model.eval()
     metrics = dict(run.final_metrics)
@@ -232,6 +241,7 @@ def fit_layerskip(
             "train_seconds": run.seconds,
             "seconds_per_step": per_step,
             "layers_dropped": float(module.layers_dropped),
+            "processes": float(run.processes),
         }
     )
     return LayerSkipResult(metrics, run.curve)

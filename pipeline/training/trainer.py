@@ -1,11 +1,14 @@
 """The one `L.Trainer` configuration and fit loop every training stage uses (fine-tune, imitation, LayerSkip).
 
 Steps, not epochs, bound training; validation every `val_every_steps` global steps; the task-grouped
-`TaskBatchSampler` is rank-aware itself, so Lightning must not wrap it in a distributed sampler.
+`GlobalTaskBatchSampler` slices each global batch per process itself, so Lightning must not wrap it in a
+distributed sampler. Under DDP (`trainer.devices` × `num_nodes` > 1) every process runs this same code: the curves
+are kept on every process (their values are synced), printed and written by rank zero only.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +21,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 
 from pipeline.config import TrainingConfig
 from pipeline.tracking import RunRef
+from pipeline.training.launch import ddp_strategy
 
 
 def build_trainer(
@@ -27,9 +31,11 @@ def build_trainer(
     checkpoint_dir: Path | None = None,
     tracking_run: RunRef | None = None,
     progress_bar: bool = True,
+    unused_parameters: bool = False,
 ) -> L.Trainer:
-    """A checkpoint every 50 steps goes to `checkpoint_dir` when given; metrics go to the MLflow run `tracking_run`
-    when given (Lightning's own logger, pointed at the run `pipeline.tracking` opened)."""
+    """A checkpoint every 50 steps goes to `checkpoint_dir` when given (written by rank zero); metrics go to the MLflow
+    run `tracking_run` when given (Lightning's own logger, pointed at the run `pipeline.tracking` opened: rank zero
+    holds it, the other processes get None). `unused_parameters`: some parameters may get no gradient in a step."""
     logger = (
         MLFlowLogger(tracking_uri=tracking_run.uri, run_id=tracking_run.run_id, log_model=False)
         if tracking_run
@@ -46,7 +52,8 @@ def build_trainer(
         max_epochs=-1,
         accelerator=hardware.accelerator,
         devices=hardware.devices,
-        strategy=hardware.strategy,
+        num_nodes=hardware.num_nodes,
+        strategy=ddp_strategy(hardware, unused_parameters),
         precision=hardware.precision,
         gradient_clip_val=cfg.optimizer.grad_clip,
         # at least one validation, at the end, when the cadence is longer than the run
@@ -80,10 +87,10 @@ class TrainingCurve(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         loss = trainer.callback_metrics.get("train/loss")
-        if loss is None or not trainer.is_global_zero:
+        if loss is None:
             return
         self.train_rows.append({"step": trainer.global_step, "train_loss": float(loss)})
-        if trainer.global_step % self.print_every == 0:
+        if trainer.is_global_zero and trainer.global_step % self.print_every == 0:
             now = time.perf_counter()
             rate = (now - self._clock) / self.print_every
             self._clock = now
@@ -95,7 +102,6 @@ class TrainingCurve(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
             self.validated_at = trainer.global_step
-        if trainer.is_global_zero and not trainer.sanity_checking:
             row: dict[str, float] = {"step": trainer.global_step}
             row.update(
                 {k.removeprefix("val/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
@@ -107,9 +113,10 @@ class TrainingCurve(L.Callback):
 class FitRun:
     final_metrics: dict[str, float]  # the validation at the last step, as val_<name>
     curve: list[dict[str, float]]  # every validation's metrics
-    train_curve: list[dict[str, float]]  # every step's training loss
+    train_curve: list[dict[str, float]]  # every step's training loss (of the global batch)
     steps: float
     seconds: float
+    processes: int  # devices × num_nodes: 1, or the DDP world size
 
 
 def fit_module(
@@ -122,11 +129,12 @@ def fit_module(
     resume_from: Path | None = None,
     tracking_run: RunRef | None = None,
     progress_bar: bool = True,
+    unused_parameters: bool = False,
 ) -> FitRun:
     """Train `module` with the shared trainer (resuming from the checkpoint `resume_from` when given) and collect the
-    curves; the final metrics are those of a validation at the last step (run once more if the cadence missed it)."""
-    if cfg.trainer.num_threads:
-        torch.set_num_threads(cfg.trainer.num_threads)
+    curves; the final metrics are those of a validation at the last step (run once more if the cadence missed it).
+    Under DDP every process returns the same curves and metrics."""
+    set_threads(cfg.trainer.num_threads)
     curve = TrainingCurve()
     trainer = build_trainer(
         cfg,
@@ -134,6 +142,7 @@ def fit_module(
         checkpoint_dir=checkpoint_dir,
         tracking_run=tracking_run,
         progress_bar=progress_bar,
+        unused_parameters=unused_parameters,
     )
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
@@ -147,4 +156,13 @@ def fit_module(
         curve.train_rows,
         float(trainer.global_step),
         seconds,
+        trainer.world_size,
     )
+
+
+def set_threads(num_threads: int) -> None:
+    """torch's CPU threads per process (0: leave them). OMP_NUM_THREADS too: Lightning's DDP launcher otherwise sets
+    every process to cores / processes threads, overriding the configured number."""
+    if num_threads:
+        torch.set_num_threads(num_threads)
+        os.environ["OMP_NUM_THREADS"] = str(num_threads)

@@ -1,7 +1,7 @@
 import torch
 
 from pipeline.config import PromptConfig
-from pipeline.data.datasets import IGNORE_INDEX, TaskBatchSampler, collate_for_training, collate_prompts
+from pipeline.data.datasets import IGNORE_INDEX, collate_for_training, collate_prompts
 from pipeline.data.prompts import TokenLayoutBuilder
 
 
@@ -73,20 +73,3 @@ def test_generation_prompts_are_left_padded():
     batch = collate_prompts(items, pad_id=0)
     assert batch["input_ids"].tolist() == [[0, 1, 4], [1, 4, 9]]
     assert batch["attention_mask"].tolist() == [[0, 1, 1], [1, 1, 1]]
-
-
-def test_task_batches_are_single_task_weighted_and_rank_disjoint():
-    tasks = ["caption"] * 600 + ["vqa"] * 300 + ["description"] * 100
-    weights = {"caption": 0.5, "vqa": 0.5, "description": 0.0}
-    sampler = TaskBatchSampler(tasks, weights, batch_size=8, num_batches=400, seed=1)
-    batches = list(sampler)
-    assert len(batches) == 400 and all(len(b) == 8 for b in batches)
-    kinds = [{tasks[i] for i in b} for b in batches]
-    assert all(len(k) == 1 for k in kinds)  # one task per batch
-    share_vqa = sum(k == {"vqa"} for k in kinds) / len(kinds)
-    assert 0.4 < share_vqa < 0.6 and not any(k == {"description"} for k in kinds)
-    assert batches == list(TaskBatchSampler(tasks, weights, 8, 400, seed=1))  # deterministic
-    other_rank = list(TaskBatchSampler(tasks, weights, 8, 400, seed=1, rank=1))
-    assert other_rank != batches
-    sampler.set_epoch(1)
-    assert list(sampler) != batches

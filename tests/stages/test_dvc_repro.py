@@ -80,6 +80,8 @@ SMALL = {
         "speed": {"captions": 3, "descriptions": 1, "vqa": 3},
         "draft_lens": [1, 2],
     },
+    # three repros here would log and register six models each: the cluster-mode test checks registration end to end
+    "tracking": {"register_models": False},
 }
 # The 2-layer e2e model drafts only from layer 1
 SWEEP_SPACE = "space:\n  draft_layers: {grid: [1]}\n  loss: {grid: [ce, ce+cs+kd]}\n  draft_len: {grid: [2]}\n"

@@ -32,3 +32,28 @@ def test_pipeline_errors_from_the_stage_body_exit_cleanly(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         run_stage(stage, str(params))
     assert info.value.code == 2 and "data/x.png" in capsys.readouterr().err
+
+
+def test_a_launch_that_cannot_work_stops_the_stage_in_one_line(tmp_path, capsys):
+    from stages import finetune
+
+    params = tmp_path / "params.yaml"
+    params.write_text("finetune:\n  trainer: {devices: 4096, strategy: ddp}\n")
+    with pytest.raises(SystemExit) as info:
+        run_stage(finetune.main, str(params))
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and "\n" not in err
+    assert err.startswith("error: finetune.trainer.devices is 4096 but this node shows") and "at most" in err
+
+
+def test_an_unreachable_tracking_server_stops_the_stage_in_one_line(tmp_path, capsys, monkeypatch):
+    from stages import prepare
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    params = tmp_path / "params.yaml"
+    params.write_text("seed: 0\n")
+    with pytest.raises(SystemExit) as info:
+        run_stage(prepare.main, str(params))
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and "\n" not in err
+    assert "MLflow tracking server http://127.0.0.1:9" in err and "unset MLFLOW_TRACKING_URI" in err

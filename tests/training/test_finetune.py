@@ -1,5 +1,6 @@
 """fit_finetune on a tiny model and data set: it learns, and it resumes only its own checkpoints."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,7 @@ import torch
 from pipeline.config import FinetuneConfig, PromptConfig
 from pipeline.training.finetune import fit_finetune
 from tests.conftest import TINY_PRESETS, tiny_backbone
+from tests.training.ddp_script import StepRecorder, example_fingerprints
 
 
 @pytest.fixture
@@ -15,7 +17,7 @@ def setup(tiny_data):
     return tiny_data
 
 
-def _fit(setup, tmp: Path, steps: int, fingerprint: str, preset: str = "tiny-llava", **overrides):
+def _fit(setup, tmp: Path, steps: int, fingerprint: str, preset: str = "tiny-llava", callbacks=None, **overrides):
     splits, tokenizer = setup
     backbone = tiny_backbone(tokenizer, preset, num_layers=2)
     builder = backbone.prompt_builder(PromptConfig())
@@ -37,6 +39,7 @@ def _fit(setup, tmp: Path, steps: int, fingerprint: str, preset: str = "tiny-lla
         seed=0,
         checkpoint_dir=tmp / "ckpt",
         fingerprint=fingerprint,
+        callbacks=callbacks,
     )
     return result, backbone
 
@@ -49,13 +52,37 @@ def test_training_lowers_the_loss(setup, tmp_path, preset):
     assert result.metrics["steps"] == 12 and result.metrics["resumed"] == 0
 
 
-def test_resumes_its_own_checkpoint_and_ignores_a_foreign_one(setup, tmp_path):
+def test_resumes_its_own_checkpoint_and_ignores_a_foreign_one(setup, tmp_path, recwarn):
     _fit(setup, tmp_path, steps=50, fingerprint="a")  # checkpoints at step 50
-    resumed, _ = _fit(setup, tmp_path, steps=52, fingerprint="a")
+    resumed, _ = _fit(setup, tmp_path, steps=52, fingerprint="a", callbacks=[StepRecorder(tmp_path)])
     assert resumed.metrics["resumed"] == 1 and resumed.metrics["steps"] == 52
     assert len([r for r in resumed.loss_curve if "train_loss" in r]) == 2  # only the two new steps ran
+    # and they trained on the batches an uninterrupted run trains on at steps 51 and 52 (24 images / batch 8: three
+    # batches an epoch, so step 50 ends mid-epoch): the data order is part of the checkpoint
+    rows = [json.loads(line) for line in (tmp_path / "steps-rank0.jsonl").read_text().splitlines()]
+    assert {row["step"]: row["examples"] for row in rows} == _stream_examples(setup, [51, 52])
+    assert not [w for w in recwarn if "not resumable" in str(w.message)]
     fresh, _ = _fit(setup, tmp_path, steps=3, fingerprint="b")
     assert fresh.metrics["resumed"] == 0 and fresh.metrics["steps"] == 3
+
+
+def _stream_examples(setup, steps: list[int]) -> dict[int, list[str]]:
+    """The examples (fingerprints) of the given steps of an uninterrupted one-process run, from its data stream."""
+    from pipeline.training.datamodule import VLMDataModule
+
+    splits, tokenizer = setup
+    backbone = tiny_backbone(tokenizer, num_layers=2)
+    cfg = FinetuneConfig(batch_size=8, task_weights={"caption": 1.0, "description": 0.0, "vqa": 0.0})
+    data = VLMDataModule(splits, backbone.prompt_builder(PromptConfig()), backbone.image_processor, cfg, seed=0)
+    data.setup()
+    loader = data.train_dataloader()
+    stream = loader.task_sampler
+    found = {}
+    for step in steps:
+        epoch, index = divmod(step - 1, len(stream))
+        indices = list(stream.global_batches(epoch))[index]
+        found[step] = example_fingerprints(loader.collate_fn([loader.dataset[i] for i in indices]))
+    return found
 
 
 def _vision_state(backbone) -> dict[str, torch.Tensor]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.config import parse_params
+from pipeline.config import TrainerConfig, parse_params
 from pipeline.errors import ConfigError
 from pipeline.training import imitation_heads
 from pipeline.training.imitation_heads import training_plan, worker_layout
@@ -40,7 +40,13 @@ def test_training_plan_adds_one_full_loss_head_per_other_fusion():
 )
 def test_worker_layout(monkeypatch, setting, heads, accelerator, cpus, expected):
     monkeypatch.setattr(imitation_heads, "available_cpus", lambda: cpus)
-    assert worker_layout(setting, heads, accelerator) == expected
+    assert worker_layout(setting, heads, TrainerConfig(accelerator=accelerator)) == expected
+
+
+def test_heads_train_one_after_another_under_ddp(monkeypatch):
+    # a worker process would make Lightning re-launch the stage from inside it
+    monkeypatch.setattr(imitation_heads, "available_cpus", lambda: 16)
+    assert worker_layout("auto", 6, TrainerConfig(accelerator="cpu", devices=2, strategy="ddp")) == (1, 16)
 
 
 def test_parallel_heads_is_validated():
