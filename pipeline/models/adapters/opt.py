@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from transformers import Cache, PreTrainedConfig, PreTrainedModel
 from transformers.masking_utils import create_causal_mask
 
-from pipeline.models.adapters.base import BackboneAdapter, EncoderStates, Prefix, splice_image_features
+from pipeline.models.adapters.base import BackboneAdapter, EncoderStates, Prefix
+from pipeline.models.adapters.blip2 import Blip2Images
 
 if TYPE_CHECKING:
     from transformers.models.opt.modeling_opt import OPTDecoder
@@ -92,14 +93,9 @@ class OPTAdapter(BackboneAdapter):
         return self.language_model.lm_head(hidden)
 
 
-class Blip2OPTAdapter(OPTAdapter):
-    """`Blip2ForConditionalGeneration` whose language model is OPT (`blip2-opt-2.7b`).
-
-    The image goes through the (frozen) ViT and the Q-Former; the projected query outputs replace the prompt's
-    `image_token_id` placeholders, as `Blip2ForConditionalGeneration.forward` does (transformers 5.x puts them into
-    the prompt, not before it): the embeddings of the prompt's tokens, the query outputs written over the image
-    tokens, then OPT's input projection.
-    """
+class Blip2OPTAdapter(Blip2Images, OPTAdapter):
+    """`Blip2ForConditionalGeneration` whose language model is OPT (`blip2-opt-2.7b`): the embeddings of the prompt's
+    tokens, the query outputs written over its image tokens, then OPT's input projection."""
 
     prefix_inputs = frozenset({"pixel_values"})
     prompt_layout = "blip2-opt"
@@ -110,34 +106,6 @@ class Blip2OPTAdapter(OPTAdapter):
         self.language_model = blip2.language_model
         self.decoder = blip2.language_model.model.decoder
 
-    @property
-    def vision_encoder(self) -> nn.Module | None:
-        """The ViT; the Q-Former and the language projection are the trainable bridge, as in BLIP-2."""
-        return cast(nn.Module, self.model.vision_model)
-
-    @property
-    def image_token_id(self) -> int | None:
-        return int(self.model.config.image_token_id)
-
-    @property
-    def num_image_tokens(self) -> int:
-        return int(self.model.config.num_query_tokens)
-
     def _prefix(self, input_ids: torch.Tensor, **model_inputs: torch.Tensor) -> Prefix:
-        embeds = self.decoder.embed_tokens(input_ids)
-        pixel_values = model_inputs.get("pixel_values")
-        if pixel_values is not None:
-            features = blip2_query_features(self.model, pixel_values)
-            embeds = splice_image_features(embeds, input_ids, self.model.config.image_token_id, features)
+        embeds = self.with_images(self.decoder.embed_tokens(input_ids), input_ids, model_inputs.get("pixel_values"))
         return Prefix(self._project_in(embeds))
-
-
-def blip2_query_features(model: PreTrainedModel, pixel_values: torch.Tensor) -> torch.Tensor:
-    """The BLIP-2 query outputs projected into the language model's embedding space: [N, num_query_tokens, H].
-
-    `get_image_features` runs the vision model in its dtype and the Q-Former in float32 (BLIP-2 keeps it there) and
-    casts back."""
-    blip2: Any = model  # a Blip2ForConditionalGeneration
-    vision_dtype = next(blip2.vision_model.parameters()).dtype
-    features = blip2.get_image_features(pixel_values=pixel_values.to(vision_dtype), return_dict=True).pooler_output
-    return cast(torch.Tensor, features)

@@ -17,21 +17,21 @@ Two T5 details the model's own stack handles and a block range must reproduce:
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from transformers import Cache, DynamicCache, EncoderDecoderCache, PreTrainedConfig, PreTrainedModel
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 
-from pipeline.models.adapters.base import BackboneAdapter, EncoderStates, Prefix, splice_image_features
-from pipeline.models.adapters.opt import blip2_query_features
+from pipeline.models.adapters.base import BackboneAdapter, EncoderStates, Prefix
+from pipeline.models.adapters.blip2 import Blip2Images
 
 if TYPE_CHECKING:
     from transformers.models.t5.modeling_t5 import T5Attention, T5ForConditionalGeneration, T5Stack
 
 
-class Blip2T5Adapter(BackboneAdapter):
+class Blip2T5Adapter(Blip2Images, BackboneAdapter):
     is_encoder_decoder = True
     prompt_layout = "blip2-t5"
     prefix_inputs = frozenset({"pixel_values", "encoder_input_ids", "encoder_attention_mask"})
@@ -62,18 +62,6 @@ class Blip2T5Adapter(BackboneAdapter):
         return int(self.decoder.config.d_model)
 
     @property
-    def vision_encoder(self) -> nn.Module | None:
-        return cast(nn.Module, self.model.vision_model)
-
-    @property
-    def image_token_id(self) -> int | None:
-        return int(self.model.config.image_token_id)
-
-    @property
-    def num_image_tokens(self) -> int:
-        return int(self.model.config.num_query_tokens)
-
-    @property
     def decoder_start_token_id(self) -> int:
         return int(self.language_model.config.decoder_start_token_id)
 
@@ -91,11 +79,7 @@ class Blip2T5Adapter(BackboneAdapter):
                 "besides the decoder's input_ids"
             )
         mask = model_inputs.get("encoder_attention_mask")
-        embeds = self.encoder.embed_tokens(encoder_ids)
-        pixel_values = model_inputs.get("pixel_values")
-        if pixel_values is not None:
-            features = blip2_query_features(self.model, pixel_values)
-            embeds = splice_image_features(embeds, encoder_ids, self.model.config.image_token_id, features)
+        embeds = self.with_images(self.encoder.embed_tokens(encoder_ids), encoder_ids, model_inputs.get("pixel_values"))
         states = self.encoder(inputs_embeds=embeds, attention_mask=mask, return_dict=True).last_hidden_state
         return Prefix(self.embed(input_ids), EncoderStates(states, mask))
 
