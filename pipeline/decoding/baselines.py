@@ -19,9 +19,9 @@ from pipeline.decoding.engine import (
     Decoder,
     Rows,
     check_draft_layers,
+    drop_finished,
     pick,
     prefill,
-    select_rows,
     speculative_generate,
 )
 from pipeline.decoding.inputs import GenerationRequest
@@ -56,9 +56,8 @@ def _token_by_token(adapter: BackboneAdapter, request: GenerationRequest, drafte
     # The hot loop: no per-step allocation beyond the layers' own
     while not all(done):
         if any(done):
-            keep = [slot for slot, finished in enumerate(done) if not finished]
-            encoder = select_rows(keep, cache, slots, encoder, drafter)
-            token, rows.active = token[keep], [rows.active[slot] for slot in keep]
+            keep, encoder = drop_finished(done, rows, cache, slots, encoder, drafter)
+            token = token[keep]
         size = len(rows.active)
         where, mask = slots.positions(1), slots.mask(1)
         hidden = adapter.run_layers(adapter.embed(token.view(size, 1)), 0, split, cache, where, mask, encoder=encoder)

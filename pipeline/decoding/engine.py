@@ -101,18 +101,27 @@ class Rows:
         return GenerationOutput.of_rows(self.request.sequences(self.committed), self.stats)
 
 
-def select_rows(
-    keep: list[int], cache: Cache, slots: SlotTable, encoder: EncoderStates | None, drafter: Drafter | None
-) -> EncoderStates | None:
-    """Drop finished rows from everything that holds one entry per row; returns the encoder states of those kept."""
+def drop_finished(
+    done: list[bool],
+    rows: Rows,
+    cache: Cache,
+    slots: SlotTable,
+    encoder: EncoderStates | None,
+    drafter: Drafter | None,
+) -> tuple[list[int], EncoderStates | None]:
+    """Drop the finished rows from everything that holds one entry per active row (the rows, the cache, the slot
+    table, the drafter's state); returns the kept rows' positions among the active ones (for the caller's own per-row
+    state) and their encoder states."""
+    keep = [slot for slot, finished in enumerate(done) if not finished]
     index = torch.tensor(keep, device=slots.valid.device)
     cache.batch_select_indices(index)
     slots.select(index)
     if drafter is not None:
         drafter.select(index)
-    if encoder is None:
-        return None
-    return EncoderStates(encoder.hidden[index], None if encoder.mask is None else encoder.mask[index])
+    rows.active = [rows.active[slot] for slot in keep]
+    if encoder is not None:
+        encoder = EncoderStates(encoder.hidden[index], None if encoder.mask is None else encoder.mask[index])
+    return keep, encoder
 
 
 def speculative_generate(
@@ -144,10 +153,8 @@ def speculative_generate(
 
     while not all(done):
         if any(done):
-            keep = [slot for slot, finished in enumerate(done) if not finished]
-            encoder = select_rows(keep, cache, slots, encoder, drafter)
+            keep, encoder = drop_finished(done, rows, cache, slots, encoder, drafter)
             pending, policies = pending[keep], [policies[slot] for slot in keep]
-            rows.active = [rows.active[slot] for slot in keep]
         size, base = len(rows.active), slots.length
         counts = [rows.count(slot) for slot in range(size)]
         # A round commits up to k + 1 tokens: drafting more than remaining - 1 could only be thrown away
