@@ -94,7 +94,9 @@ def test_every_stage_ran_on_the_cluster_and_wrote_its_outputs_once(cluster):
     assert {imitation[h]["processes"] for h in ("ce", "ce+cs+kd", "mixed")} == {2.0}
     assert json.loads((repo / "metrics/baselines.json").read_text())["layerskip"]["processes"] == 2
     evaluation = json.loads((repo / "metrics/evaluate.json").read_text())
-    assert evaluation["processes"] == 2 and evaluation["timed_prompts"] < sum(evaluation["prompts"].values())
+    assert evaluation["processes"] == 2
+    # rank zero alone times a sample; every process shares out the whole split
+    assert sum(evaluation["timed_prompts"].values()) < sum(evaluation["prompts"].values())
     assert json.loads((repo / "metrics/nas.json").read_text())["trials"] == 2
     assert json.loads((repo / "metrics/sweep.json").read_text())["trials"] == 2
 
