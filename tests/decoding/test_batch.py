@@ -9,6 +9,7 @@ import torch
 
 from pipeline.config import ImitationArchitecture
 from pipeline.decoding import (
+    AcceptanceBackoff,
     AutoregressiveDecoder,
     ConfidenceStop,
     DraftAndVerifyDecoder,
@@ -165,7 +166,15 @@ def test_self_speculative_rows_are_lossless(batch, head_kind):
 
 
 @pytest.mark.parametrize(
-    "policy", [GrowingDraftLength(1, 5, 3), HeuristicDraftLength(2), ConfidenceStop(0.3, 5)], ids=repr
+    "policy",
+    [
+        GrowingDraftLength(1, 5, 3),
+        HeuristicDraftLength(2),
+        ConfidenceStop(0.3, 5),
+        # dear drafts: rows back off to plain decoding steps (d = 0) at their own times, and probe again
+        AcceptanceBackoff(3, cost_ratio=0.5, probe_every=2),
+    ],
+    ids=repr,
 )
 def test_every_policy_drafts_per_row_and_stays_lossless(batch, policy):
     decoder = SelfSpeculativeDecoder(batch.model, batch.adapter.num_layers // 2, draft_len=policy)
