@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pipeline.evaluation.methods import LAYERSKIP, EvaluationPlan
-from pipeline.report.tables import Results, lookup
+from pipeline.report.tables import Results, identical_percent, lookup
 
 
 def claims(plan: EvaluationPlan, results: Results) -> list[tuple[str, bool, str]]:
@@ -35,7 +35,7 @@ def claims(plan: EvaluationPlan, results: Results) -> list[tuple[str, bool, str]
         (
             "lossless methods identical to their full model's greedy output",
             all(v == 1.0 for v in identical.values()),
-            ", ".join(f"{m} {100 * v:.0f} %" for m, v in identical.items() if v < 1.0)
+            ", ".join(f"{m} {identical_percent(v)}" for m, v in identical.items() if v < 1.0)
             or f"all {len(identical)} at 100 %",
         )
     )

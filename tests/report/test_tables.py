@@ -78,6 +78,13 @@ def test_claims_are_checked_not_assumed():
     assert checked["ours faster than Draft & Verify"] == (True, "1.40× vs 1.10×")
     held, evidence = checked["lossless methods identical to their full model's greedy output"]
     assert held is False and evidence == "ours, growing d 95 %"
+    # one differing prompt in 1300 is not rounded up to a "100 %" beside a failed claim
+    almost = {**results, next(s.key for s in plan.methods if s.label == "ours, growing d"): _row(1.2, 0.5, 1299 / 1300)}
+    held, evidence = {c: (h, e) for c, h, e in claims(plan, almost)}[
+        "lossless methods identical to their full model's greedy output"
+    ]
+    assert held is False and evidence == "ours, growing d 99.92 %"
+    assert "| 99.92 % |" in next(line for line in table1(plan, almost).splitlines() if "| ours, growing d |" in line)
     slower = {**results, next(s.key for s in plan.methods if s.label == "LayerSkip"): _row(2.0, 0.6, acceptance=0.3)}
     assert {c: h for c, h, _ in claims(plan, slower)}["ours faster than LayerSkip"] is False
 
