@@ -2,9 +2,10 @@
 #   make repro   set up .venv and run the whole pipeline (`dvc repro` on params.yaml)
 #   make test    set up .venv and run the test suite (slow end-to-end tests included; scale-out tests apart, below)
 # and for development: make lint (ruff + mypy, what CI runs first), make deps (dvc.yaml's code deps from the imports);
-# for scale-out: make test-scale (tests that start processes: DDP with 2 processes, ~2 min, and cluster mode end to end,
-# a Ray head + an MLflow server + DDP stages, ~5 min; CI runs it after make test), make cluster-demo (cluster mode for
-# a person, printing the MLflow UI's address)
+# for scale-out: make test-scale (tests that start and stop process groups: DDP with 2 processes, ~2 min; a Ray head and
+# Ray's fault tolerance (killed trials, an interrupted search), ~2 min; cluster mode end to end, a Ray head + an MLflow
+# server + DDP stages, ~5 min; CI runs it after make test), make cluster-demo (cluster mode for a person, printing the
+# MLflow UI's address)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin

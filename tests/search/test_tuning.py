@@ -20,7 +20,8 @@ from pipeline.search.ray_runtime import start_ray, stop_ray
 from pipeline.search.space import SearchSpace
 from pipeline.search.tuning import SearchSpec, plan_search, read_state, run_search
 
-pytestmark = pytest.mark.slow
+# Ray fault tolerance: kills trial workers and interrupts a driver process (minutes): `make test-scale`
+pytestmark = [pytest.mark.slow, pytest.mark.scale]
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -64,6 +64,7 @@ def _runs(root: Path):
     return mlflow.search_runs(experiment_names=["fastvlm-ssd"])
 
 
+@pytest.mark.scale  # a Ray head node, as cluster mode starts one: `make test-scale`
 def test_nas_runs_on_a_ray_cluster_by_address(tiny_repo, ray_head, monkeypatch):
     from stages import nas
 
@@ -104,6 +105,7 @@ def test_nas_runs_on_a_ray_cluster_by_address(tiny_repo, ray_head, monkeypatch):
     assert children["metrics.score"].notna().all() and children["params.num_linear"].notna().all()
 
 
+@pytest.mark.scale
 def test_a_cluster_without_the_gpus_trials_ask_for_fails_at_once(ray_head, monkeypatch, tmp_path):
     from pipeline.config import RayConfig
     from pipeline.search.ray_runtime import RayClusterError, start_ray
