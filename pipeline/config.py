@@ -490,7 +490,7 @@ class EvaluateConfig(StrictModel):
     the full model, acceptance) over the test split decoded in batches, shared out over `trainer`'s processes; speed at
     batch 1 on `speed`'s sample of it, timed in one process (speed-ups are ratios of one run)."""
 
-    batch_size: int = Field(16, ge=1)  # rows decoded together for the quality pass (throughput is reported at it)
+    batch_size: int = Field(64, ge=1)  # rows decoded together for the quality pass (throughput is reported at it)
     captions: int | None = Field(None, ge=1)  # test images captioned (None: every one)
     descriptions: int | None = Field(None, ge=0)  # described test images (None: every one)
     vqa: int | None = Field(300, ge=0)  # test questions (None: every one)
