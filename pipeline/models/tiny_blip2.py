@@ -40,6 +40,11 @@ def tiny_blip2_config(
         num_attention_heads=cfg.vision_heads,
         image_size=cfg.image_size,
         patch_size=cfg.patch_size,
+        # transformers' default is 1e-10 (BLIP-2 always loads a pretrained ViT): from scratch that ViT's output is
+        # constant, and frozen (finetune.train_vision_tower: false) it stays so — the default-size tiny-blip2-opt and
+        # -t5 runs captioned every image as its blank one (test CIDEr 0.218 / 0.445 both). A random ViT of the usual
+        # scale, frozen, is the random-feature tower tiny-llava's CLIP is.
+        initializer_range=0.02,
     )
     qformer = Blip2QFormerConfig(
         hidden_size=cfg.qformer_hidden_size,
