@@ -4,6 +4,7 @@ plan's selectors (`pipeline.evaluation.methods.EvaluationPlan`), never by parsin
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -27,7 +28,8 @@ def identical_percent(share: float) -> str:
     differing prompt in 1300 is 99.92 %, not a rounded "100 %"."""
     if share == 1.0:
         return "100 %"
-    return f"{100 * share:.2f} %" if share >= 0.99 else f"{100 * share:.0f} %"
+    # rounded down: 0.99996 must not print as "100.00 %" either
+    return f"{math.floor(10000 * share) / 100:.2f} %" if share >= 0.99 else f"{100 * share:.0f} %"
 
 
 def table1(plan: EvaluationPlan, results: Results) -> str:
