@@ -37,6 +37,7 @@ def write(outcome: SweepOutcome) -> None:
         xlabel="speed-up over the full model",
         ylabel="CIDEr (validation captions)",
         title=f"sweep: {len(outcome.groups['SSD + imitation (lossless)'])} settings of n, λ, d",
+        ranked="SSD + imitation (lossless)",
     )
     atomic_write_json(METRICS, outcome.summary)
     best = outcome.summary["best"]
