@@ -31,6 +31,7 @@ from pipeline.data.prepared import load_prepared
 from pipeline.decoding.stats import DecodingStats
 from pipeline.evaluation import methods
 from pipeline.evaluation.batching import task_batches
+from pipeline.evaluation.draft_choice import resolve_draft_len
 from pipeline.evaluation.method_runner import DecodingResources, batch_runnables
 from pipeline.evaluation.prompts import caption_prompts, on_device
 from pipeline.evaluation.speed import identical_share, synchronize
@@ -48,7 +49,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 8, 16])
     parser.add_argument("--captions", type=int, default=48)
     parser.add_argument("--descriptions", type=int, default=16)
-    parser.add_argument("--draft-len", type=int, default=None, help="d of ours (default: params' decoding.draft_len)")
+    parser.add_argument(
+        "--draft-len", type=int, default=None, help="d of ours (default: params' decoding.draft_len; auto: the sweep's)"
+    )
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
@@ -83,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     prompts = caption_prompts(test, builder, backbone.image_processor, args.captions, args.descriptions)
     prompts = on_device(prompts, hidden.device, hidden.dtype)
     head, extra = load_draft_head(args.imitation, backbone.model)
-    d = args.draft_len or params.decoding.draft_len
+    d = args.draft_len or resolve_draft_len(params.decoding.draft_len, int(extra["draft_layers"]))
     specs = [
         methods.hf_generate(label="model.generate (batched, greedy)"),
         methods.autoregressive(label="ours, autoregressive"),

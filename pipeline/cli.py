@@ -57,7 +57,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--layerskip", type=Path, default=Path("models/layerskip"))
     parser.add_argument("--draft-verify", type=Path, default=Path("models/draft_verify.json"))
     parser.add_argument(
-        "--draft-len", default=None, help="draft length d or 'growing' (default: params.yaml decoding.draft_len)"
+        "--draft-len",
+        default=None,
+        help="draft length d, 'growing' or 'auto' (the sweep's; default: params.yaml decoding.draft_len)",
     )
     parser.add_argument("--max-new-tokens", type=int, default=None)
     parser.add_argument(
@@ -83,10 +85,17 @@ def _params(path: Path) -> Params:
     return load_params(path) if path.exists() else Params()
 
 
-def _draft_len(args: argparse.Namespace, params: Params) -> DraftLength:
+def _draft_len(args: argparse.Namespace, params: Params, draft_layers: int) -> DraftLength:
+    from pipeline.evaluation.draft_choice import resolve_draft_len
+
     value = args.draft_len if args.draft_len is not None else params.decoding.draft_len
     if str(value) == "growing":
         return "growing"
+    if value == "auto":
+        try:
+            return resolve_draft_len("auto", draft_layers)
+        except PipelineError as error:
+            raise PipelineError(f"{error} (or pass --draft-len)") from None
     try:
         return int(value)
     except ValueError:
@@ -129,14 +138,15 @@ def _method(args: argparse.Namespace, backbone: Backbone, params: Params) -> tup
             raise PipelineError(f"{args.layerskip} not found: run `dvc repro train_baselines` (or pass --layerskip)")
         resources.models = {methods.LAYERSKIP: load_backbone(args.layerskip, args.dtype, args.device).model}
         return (
-            methods.ssd(None, n, _draft_len(args, params), backbone=methods.LAYERSKIP),
+            methods.ssd(None, n, _draft_len(args, params, n), backbone=methods.LAYERSKIP),
             resources,
             f"LayerSkip backbone, early exit at layer {n}",
         )
+    d = _draft_len(args, params, n)
     return (
-        methods.ssd(head, n, _draft_len(args, params)),
+        methods.ssd(head, n, d),
         resources,
-        f"self-speculative: layers 0..{n - 1} + {what}, verified by all {num_layers}",
+        f"self-speculative: layers 0..{n - 1} + {what}, verified by all {num_layers}, d = {d}",
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -470,7 +470,9 @@ class BackoffConfig(StrictModel):
 
 
 class DecodingConfig(StrictModel):
-    draft_len: int = Field(3, ge=1)  # fixed d where a method does not name its own
+    # fixed d where a method does not name its own; auto: the sweep's fastest fixed d at the evaluated n
+    # (metrics/sweep.json `draft_len_by_layers`)
+    draft_len: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
     growing: GrowingScheduleConfig = GrowingScheduleConfig()
     backoff: BackoffConfig = BackoffConfig()
 

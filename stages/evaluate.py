@@ -2,8 +2,9 @@
 process, so every speed-up is a ratio measured in one run on one machine (methods: `pipeline.evaluation.evaluate`).
 
 Outputs: `metrics/evaluate.json` (the evaluation plan; per method: speed-up, tokens/s, acceptance, τ, verification
-calls, share identical to its backbone's greedy output, per-task metrics), `plots/acceptance_by_position.csv`
-(Fig. 5), `plots/speedup_by_d.csv` (Fig. 9); one nested MLflow run per method. With `evaluate.trainer` naming
+calls, share identical to its backbone's greedy output, per-task metrics), `plots/acceptance_by_context.csv` (Fig. 5:
+acceptance against tokens generated so far), `plots/acceptance_by_position.csv` (acceptance by position inside a
+draft round), `plots/speedup_by_d.csv` (Fig. 9); one nested MLflow run per method. With `evaluate.trainer` naming
 several processes the prompts are shared out and rank zero, which times its share, writes.
 """
 
@@ -26,6 +27,7 @@ INPUTS = EvaluationInputs(
     draft_verify=Path("models/draft_verify.json"),
 )
 METRICS = Path("metrics/evaluate.json")
+CONTEXT_PLOT = Path("plots/acceptance_by_context.csv")
 ACCEPTANCE_PLOT = Path("plots/acceptance_by_position.csv")
 SPEEDUP_PLOT = Path("plots/speedup_by_d.csv")
 
@@ -40,6 +42,7 @@ def main(params: Params) -> None:
             return
         log_method_runs(evaluation)
         atomic_write_json(METRICS, evaluation.summary)
+        atomic_write_csv(CONTEXT_PLOT, evaluation.acceptance_by_context())
         atomic_write_csv(ACCEPTANCE_PLOT, evaluation.acceptance_by_position())
         atomic_write_csv(SPEEDUP_PLOT, evaluation.speedup_by_draft_len())
     print("\n".join(evaluation.lines()))

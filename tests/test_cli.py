@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,8 @@ def repo(tiny_repo, monkeypatch):
         tiny_repo / "models/imitation/ce+cs+kd",
         {"draft_layers": 1, "variant": "ce+cs+kd"},
     )
+    (tiny_repo / "metrics").mkdir(exist_ok=True)
+    (tiny_repo / "metrics/sweep.json").write_text(json.dumps({"draft_len_by_layers": {"1": 2}}))
     return tiny_repo
 
 
@@ -58,6 +61,15 @@ def test_missing_and_corrupt_images_are_clean_errors(repo, capsys):
     assert "cannot decode image" in capsys.readouterr().err
     assert main(["caption", str(_image(repo)), "--method", "layerskip", "--layerskip", "none"]) == 2
     assert "run `dvc repro train_baselines`" in capsys.readouterr().err
+
+
+def test_d_defaults_to_the_sweeps_choice_and_its_absence_is_a_clean_error(repo, capsys):
+    assert main(["caption", str(_image(repo)), "--no-compare"]) == 0
+    assert ", d = 2" in " ".join(capsys.readouterr().out.split())  # rich wraps lines
+    (repo / "metrics/sweep.json").unlink()
+    assert main(["caption", str(_image(repo)), "--no-compare"]) == 2
+    err = capsys.readouterr().err
+    assert "metrics/sweep.json is missing: run `dvc repro sweep`" in err and "--draft-len" in err
 
 
 def test_module_entry_point(repo):

@@ -212,7 +212,7 @@ def speculative_generate(
         accepted = num_accepted.tolist()  # the round's one synchronisation
 
         for slot in range(size):
-            rows.stats[rows.active[slot]].record_round(drafted[slot], accepted[slot])
+            rows.stats[rows.active[slot]].record_round(drafted[slot], accepted[slot], counts[slot])
             policies[slot].update(drafted[slot], accepted[slot])
         kept = slots.settle(base, k + 1, accepted)
         if kept < base + k + 1 or sliding:

@@ -14,7 +14,9 @@ class DecodingStats:
     `drafted`/`accepted` count draft tokens proposed and accepted by verification (before any truncation at
     EOS or `max_new_tokens`); `verify_calls` counts deep-layer verification passes. Position `i` of
     `drafted_by_position`/`accepted_by_position` counts the `(i+1)`-th token of a draft round, so
-    `accepted_by_position[i] / drafted_by_position[i]` is the acceptance rate at draft depth `i+1`.
+    `accepted_by_position[i] / drafted_by_position[i]` is the acceptance rate at draft depth `i+1`. `contexts[j]`
+    is the number of tokens generated before round `j` (`rounds[j]`): acceptance against context length is the
+    paper's Fig. 5, the reason for a draft length that grows with the context.
     """
 
     drafted: int = 0
@@ -24,6 +26,7 @@ class DecodingStats:
     drafted_by_position: list[int] = field(default_factory=list)
     accepted_by_position: list[int] = field(default_factory=list)
     rounds: list[tuple[int, int]] = field(default_factory=list)  # (drafted, accepted) per verification, in order
+    contexts: list[int] = field(default_factory=list)  # tokens generated before each round of `rounds`
 
     @property
     def acceptance_rate(self) -> float:
@@ -40,12 +43,14 @@ class DecodingStats:
         """Tokens committed per verification call: τ + 1 when no round was cut short by EOS or the budget."""
         return self.new_tokens / self.verify_calls if self.verify_calls else 0.0
 
-    def record_round(self, drafted: int, accepted: int) -> None:
-        """One verification of `drafted` draft tokens of which the first `accepted` matched."""
+    def record_round(self, drafted: int, accepted: int, context: int) -> None:
+        """One verification of `drafted` draft tokens of which the first `accepted` matched, after `context` tokens
+        had been generated."""
         self.drafted += drafted
         self.accepted += accepted
         self.verify_calls += 1
         self.rounds.append((drafted, accepted))
+        self.contexts.append(context)
         if len(self.drafted_by_position) < drafted:
             grow = drafted - len(self.drafted_by_position)
             self.drafted_by_position += [0] * grow
@@ -72,7 +77,18 @@ class DecodingStats:
             a + b for a, b in zip(pad(self.accepted_by_position), pad(other.accepted_by_position), strict=True)
         ]
         merged.rounds = self.rounds + other.rounds
+        merged.contexts = self.contexts + other.contexts
         return merged
+
+    def by_context(self) -> list[tuple[int, int, int]]:
+        """(context length, drafted, accepted) summed over the rounds that started after that many generated tokens,
+        for every context length seen, in order."""
+        sums: dict[int, list[int]] = {}
+        for context, (drafted, accepted) in zip(self.contexts, self.rounds, strict=True):
+            total = sums.setdefault(context, [0, 0])
+            total[0] += drafted
+            total[1] += accepted
+        return [(context, drafted, accepted) for context, (drafted, accepted) in sorted(sums.items())]
 
     def token_sources(self) -> list[str]:
         """Who produced each new token of one generation: "draft" (a draft token the full model accepted) or

@@ -150,6 +150,8 @@ def score_methods(
                         a / d if d else 0.0
                         for a, d in zip(stats.accepted_by_position, stats.drafted_by_position, strict=True)
                     ],
+                    # [context length, drafted, accepted]: counts, so any binning of Fig. 5 weights rounds right
+                    "acceptance_by_context": [list(entry) for entry in stats.by_context()],
                 }
             )
         if caption_metrics:

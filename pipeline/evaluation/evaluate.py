@@ -31,6 +31,7 @@ from pipeline.errors import ModelLoadError
 from pipeline.evaluation import methods
 from pipeline.evaluation.caption_metrics import meteor_session
 from pipeline.evaluation.comparison import score_methods
+from pipeline.evaluation.draft_choice import SWEEP_METRICS, resolve_draft_len
 from pipeline.evaluation.method_runner import DecodingResources, batch_runnables, runnables
 from pipeline.evaluation.prompts import caption_prompts, first_of_each_task, on_device, vqa_prompts
 from pipeline.evaluation.sharded import decode_sharded
@@ -50,6 +51,7 @@ class EvaluationInputs:
     layerskip: Path
     mixed_backbone: Path
     draft_verify: Path  # train_baselines' search result
+    sweep: Path = SWEEP_METRICS  # the sweep's metrics: d when decoding.draft_len is auto
 
 
 @dataclass
@@ -61,8 +63,12 @@ class Evaluation:
     def results(self) -> dict[str, dict[str, Any]]:
         return self.summary["methods"]
 
+    def acceptance_by_context(self) -> list[dict[str, Any]]:
+        """Fig. 5's data (acceptance against tokens generated so far), for `dvc plots`."""
+        return series.acceptance_by_context(self.plan, self.results)
+
     def acceptance_by_position(self) -> list[dict[str, Any]]:
-        """Fig. 5's data, for `dvc plots`."""
+        """Acceptance by position inside a draft round, for `dvc plots`."""
         return series.acceptance_by_position(self.plan, self.results)
 
     def speedup_by_draft_len(self) -> list[dict[str, Any]]:
@@ -116,7 +122,9 @@ def run_evaluation(params: Params, inputs: EvaluationInputs) -> Evaluation | Non
         models[methods.MIXED] = load_backbone(inputs.mixed_backbone, **placement).model
     else:
         depth.pop(methods.MIXED, None)
-    plan = methods.evaluation_plan(params, depth, found)
+    main = methods.main_head_name(h for h in depth if h != methods.MIXED)
+    d = resolve_draft_len(params.decoding.draft_len, depth[main], inputs.sweep)
+    plan = methods.evaluation_plan(params, depth, found, draft_len=d)
     tokenizer = backbone.tokenizer
     resources = DecodingResources.of(models, heads, tokenizer, params.decoding)
     print(
@@ -153,6 +161,7 @@ def run_evaluation(params: Params, inputs: EvaluationInputs) -> Evaluation | Non
     summary = {
         "draft_layers": plan.draft_layers,
         "draft_len": plan.draft_len,
+        "draft_len_source": "sweep" if params.decoding.draft_len == "auto" else "decoding.draft_len",
         "fusion": params.imitation.fusion,
         "growing": params.decoding.growing.model_dump(),
         "draft_verify": {k: found[k] for k in ("skip_layers", "threshold")},

@@ -235,12 +235,21 @@ def main_head_name(heads: Iterable[str]) -> str:
 
 
 def evaluation_plan(
-    params: Params, heads: Mapping[str, int], draft_verify_found: Mapping[str, Any], *, layerskip: bool = True
+    params: Params,
+    heads: Mapping[str, int],
+    draft_verify_found: Mapping[str, Any],
+    *,
+    layerskip: bool = True,
+    draft_len: int | None = None,
 ) -> EvaluationPlan:
     """Every method `evaluate` compares. `heads`: the trained imitation networks (name → draft layers n), `mixed`
     for the mixed schedule's; `draft_verify_found`: train_baselines' search result (skip_layers, threshold,
-    max_draft_len); `layerskip`: whether LayerSkip's backbone exists."""
-    imitation, d = params.imitation, params.decoding.draft_len
+    max_draft_len); `layerskip`: whether LayerSkip's backbone exists; `draft_len`: the default d, resolved when
+    decoding.draft_len is auto (`pipeline.evaluation.draft_choice`)."""
+    imitation = params.imitation
+    d = params.decoding.draft_len if draft_len is None else draft_len
+    if isinstance(d, str):
+        raise ValueError("decoding.draft_len is auto: pass the resolved d (pipeline.evaluation.draft_choice)")
     main = main_head_name(h for h in heads if h != MIXED)
     n = heads[main]
     fusion_heads = imitation.fusion_table_heads()

@@ -34,9 +34,26 @@ class ReportInputs:
 
 
 def draw_figures(inputs: ReportInputs, figures_dir: Path) -> list[Path]:
-    """Fig. 5 and Fig. 9 from the same series evaluate wrote for `dvc plots`. Both are DVC outs: written even when a
-    (tiny) run decoded no draft rounds, saying so."""
+    """Fig. 5 (acceptance by context length), acceptance by position in a draft round and Fig. 9, from the same
+    series evaluate wrote for `dvc plots`. All are DVC outs: written even when a (tiny) run decoded no draft rounds,
+    saying so."""
     plan, results = inputs.plan, inputs.results
+    by_context = [row for row in series.acceptance_by_context(plan, results) if row["drafted"] >= series.MIN_DRAFTED]
+    starts = sorted({row["context"] for row in by_context})
+    context_curves: dict[str, list[float]] = {}
+    for row in by_context:
+        context_curves.setdefault(row["method"], [float("nan")] * len(starts))[starts.index(row["context"])] = row[
+            "acceptance"
+        ]
+    context = figures_dir / "acceptance_by_context.png"
+    line_plot(
+        context,
+        [start + (series.CONTEXT_BIN - 1) / 2 for start in starts],
+        context_curves,
+        xlabel=f"tokens generated before the round (bins of {series.CONTEXT_BIN})",
+        ylabel="acceptance rate",
+        title="acceptance by context length (Fig. 5)" + ("" if context_curves else ": no draft rounds in this run"),
+    )
     curves: dict[str, list[float]] = {}
     for row in series.acceptance_by_position(plan, results):
         curves.setdefault(row["method"], []).append(row["acceptance"])
@@ -48,7 +65,7 @@ def draw_figures(inputs: ReportInputs, figures_dir: Path) -> list[Path]:
         {k: v + [float("nan")] * (depth - len(v)) for k, v in curves.items()},
         xlabel="position in the draft round",
         ylabel="acceptance rate",
-        title="acceptance by draft position (Fig. 5)" + ("" if curves else ": no draft rounds in this run"),
+        title="acceptance by position in a draft round" + ("" if curves else ": no draft rounds in this run"),
     )
     by_d = series.speedup_by_draft_len(plan, results)
     speedup = figures_dir / "speedup_by_d.png"
@@ -60,7 +77,7 @@ def draw_figures(inputs: ReportInputs, figures_dir: Path) -> list[Path]:
         ylabel="speed-up over the full model",
         title="speed-up by draft length (Fig. 9)",
     )
-    return [acceptance, speedup]
+    return [context, acceptance, speedup]
 
 
 def render(
@@ -79,7 +96,8 @@ def render(
         f"{prompts['vqa']} VQA questions, every method decoding all of them in batches of {batch} (quality, identity, "
         f"acceptance, throughput at batch {batch}); speed at batch 1 on the first {timed['caption']} captions, "
         f"{timed['description']} descriptions and {timed['vqa']} questions; "
-        f"draft layers n = {plan.draft_layers}, d = {plan.draft_len} "
+        f"draft layers n = {plan.draft_layers}, d = {plan.draft_len}"
+        f"{' (the sweep’s fastest fixed d at this n)' if evaluation.get('draft_len_source') == 'sweep' else ''} "
         f"(growing d: d = clip({growing['d_min']} + ⌊t / {growing['step']}⌋, "
         f"{growing['d_min']}, {growing['d_max']}) after t tokens — "
         "our stand-in for the paper's context-dependent d, eq. 5); "

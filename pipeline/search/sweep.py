@@ -171,6 +171,17 @@ class SweepOutcome:
         )
 
 
+def fastest_draft_len(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """For each n, the fixed d whose lossless trials (over every λ) have the highest mean speed-up: what evaluate
+    uses when decoding.draft_len is auto."""
+    speedups: dict[int, dict[int, list[float]]] = {}
+    for row in rows:
+        d = row["config.draft_len"]
+        if isinstance(d, int) and not isinstance(d, bool) and row["identical_share"] == 1.0:
+            speedups.setdefault(int(row["config.draft_layers"]), {}).setdefault(d, []).append(row["speedup"])
+    return {str(n): max(by_d, key=lambda d: sum(by_d[d]) / len(by_d[d])) for n, by_d in sorted(speedups.items())}
+
+
 def summarise(results: Any) -> SweepOutcome:
     """The trial table, the speed/quality Pareto front of SSD settings and drafts alone, the best setting."""
     rows = result_rows(results, [*REPORTED, "head_source", "loss_label"])
@@ -194,6 +205,7 @@ def summarise(results: Any) -> SweepOutcome:
     ]
     best = max(done, key=lambda r: r["speedup"])
     summary = {
+        "draft_len_by_layers": fastest_draft_len(done),
         "trials": len(rows),
         "failed_trials": sum(bool(r["error"]) for r in rows),
         "all_lossless": all(r["identical_share"] == 1.0 for r in done),

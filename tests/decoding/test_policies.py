@@ -139,8 +139,13 @@ def test_token_sources_say_which_tokens_the_draft_wrote():
         .stats
     )
     assert never.token_sources() == ["verify"] * 5 and all(accepted == 0 for _, accepted in never.rounds)
+    # rounds start after 1 token (prefill's), then after 1 + 4; a useless draft commits one token per round
+    assert perfect.contexts == [1, 5] and never.contexts == [1, 2, 3, 4]
     merged = perfect.merge(never)
     assert merged.rounds == perfect.rounds + never.rounds and isinstance(merged.rounds[0], tuple)
+    # near the budget of 5 a round drafts only what it could commit: 2, then 1, then nothing
+    assert never.rounds == [(3, 0), (2, 0), (1, 0), (0, 0)]
+    assert merged.by_context() == [(1, 6, 3), (2, 2, 0), (3, 1, 0), (4, 0, 0), (5, 3, 3)]
     assert torch.is_tensor(prompt)
 
 

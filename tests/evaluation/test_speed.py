@@ -39,7 +39,7 @@ def test_time_methods_times_every_method_on_every_prompt_and_keeps_first_outputs
     def fast(prompt):
         calls["fast"] += 1
         stats = DecodingStats()
-        stats.record_round(3, 2)
+        stats.record_round(3, 2, context=1)
         return torch.arange(prompt["n"]), stats
 
     prompts = [{"n": 2}, {"n": 3}, {"n": 5}]

@@ -157,3 +157,21 @@ def test_figures_and_plots_files_share_their_series(tmp_path: Path, monkeypatch)
         == {s.label for s in plan.ours()}
     )
     assert "ours (ce+cs+kd), concat fusion" not in drawn["acceptance_by_position.png"]
+
+
+def test_fig5_bins_acceptance_by_tokens_generated_before_each_round(tmp_path: Path, monkeypatch):
+    plan = _plan()
+    main = plan.main.key
+    # [context, drafted, accepted]: contexts 1 and 4 share the bin 0–7; 9 and 12 the bin 8–15; 17 has too few drafts
+    results = _results(plan)
+    results[main]["acceptance_by_context"] = [[1, 30, 24], [4, 30, 12], [9, 40, 10], [12, 20, 20], [17, 3, 3]]
+    rows = [r for r in series.acceptance_by_context(plan, results) if r["key"] == main]
+    assert [(r["context"], r["drafted"], r["acceptance"]) for r in rows] == [(0, 60, 0.6), (8, 60, 0.5), (16, 3, 1.0)]
+    drawn: dict[str, dict] = {}
+    monkeypatch.setattr(
+        "pipeline.report.results.line_plot",
+        lambda path, x, curves, **_: drawn.update({Path(path).name: {"x": list(x), **curves}}),
+    )
+    draw_figures(ReportInputs({"plan": plan.to_dict(), "methods": results}), tmp_path)
+    # bin centres on x; a bin resting on fewer than MIN_DRAFTED tokens is left out of the figure
+    assert drawn["acceptance_by_context.png"] == {"x": [3.5, 11.5], plan.main.label: [0.6, 0.5]}

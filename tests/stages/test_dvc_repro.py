@@ -78,7 +78,7 @@ SMALL = {
         "descriptions": 2,
         "vqa": 6,
         "speed": {"captions": 3, "descriptions": 1, "vqa": 3},
-        "draft_lens": [1, 2],
+        "draft_lens": [1, 3],
     },
     # three repros here would log and register six models each: the cluster-mode test checks registration end to end
     "tracking": {"register_models": False},
@@ -233,9 +233,16 @@ def test_evaluate_and_report_agree_with_each_other(workspace):
     # the plots files hold exactly the series the report draws
     by_d = [{k: float(v) for k, v in r.items()} for r in csv.DictReader((work / "plots/speedup_by_d.csv").open())]
     assert by_d == [{k: float(v) for k, v in r.items()} for r in series.speedup_by_draft_len(plan, results)]
+    # evaluate's d is the sweep's fastest (decoding.draft_len: auto; the sweep's only d is 2), beside draft_lens'
+    sweep = json.loads((work / "metrics/sweep.json").read_text())
+    assert plan.draft_len == sweep["draft_len_by_layers"][str(plan.draft_layers)] == 2
     assert [r["d"] for r in by_d] == [1.0, 2.0, 3.0]
     acceptance = list(csv.DictReader((work / "plots/acceptance_by_position.csv").open()))
     assert {r["key"] for r in acceptance} == {s.key for s in plan.ours()}
+    by_context = list(csv.DictReader((work / "plots/acceptance_by_context.csv").open()))
+    assert by_context == [{k: str(v) for k, v in r.items()} for r in series.acceptance_by_context(plan, results)] and {
+        r["key"] for r in by_context
+    } == {s.key for s in plan.ours()}
     report = (work / "reports/results.md").read_text()
     table1 = report.split("## Table 1")[1].split("##")[0]
     assert [line.split(" | ")[0].removeprefix("| ") for line in table1.splitlines() if line.startswith("| ")][1:] == [
@@ -249,7 +256,8 @@ def test_evaluate_and_report_agree_with_each_other(workspace):
     assert "## VQA" in report and "## Draft layers n" in report
     fusion_table = report.split("## Fusion strategies")[1]
     assert all(f"| {kind} |" in fusion_table for kind in ("average", "concat", "attention"))
-    for figure in ("acceptance_by_position.png", "speedup_by_d.png", "sweep_pareto.png", "layer_reward.png"):
+    figures = ("acceptance_by_context.png", "acceptance_by_position.png", "speedup_by_d.png", "sweep_pareto.png")
+    for figure in (*figures, "layer_reward.png"):
         assert (work / "reports/figures" / figure).stat().st_size > 0 and figure in report, figure
 
 

@@ -143,6 +143,7 @@ def test_sweep_stage_reports_speed_quality_and_losslessness(tiny_repo, monkeypat
     ) == 2
     summary = json.loads((tiny_repo / "metrics/sweep.json").read_text())
     assert summary["all_lossless"] is True and summary["trials"] == 4 and summary["pareto"]
+    assert summary["draft_len_by_layers"] == {"1": 2, "2": 2}  # the only fixed d, at each n: evaluate's when auto
     assert (tiny_repo / "reports/figures/sweep_pareto.png").stat().st_size > 0
     pareto = list(csv.DictReader((tiny_repo / "plots/sweep_pareto.csv").open()))
     assert {r["method"] for r in pareto} == {"ssd", "draft_only"}
