@@ -385,9 +385,34 @@ class DraftVerifyConfig(StrictModel):
         return value
 
 
+class LanguageDraftConfig(TrainingConfig):
+    """The separate language-only draft model (Gagrani et al. 2024): a small LLaMA-architecture LM trained from
+    scratch on the training split's text with the backbone's tokenizer. It reads the prompts' image placeholder
+    tokens but never the pixels. Decoder-only backbones only (skipped, the reason recorded, for encoder–decoders)."""
+
+    enabled: bool = True
+    num_layers: int = Field(2, ge=1)
+    hidden_size: int = Field(128, ge=8)
+    intermediate_size: int = Field(344, ge=8)
+    num_heads: int = Field(4, ge=1)
+    max_positions: int = Field(512, ge=16)
+    max_steps: int = Field(300, ge=1)
+    task_weights: TaskWeights = TaskWeights(caption=0.6, description=0.3, vqa=0.1)
+    val_every_steps: int = Field(100, ge=1)
+    val_batches: int = Field(2, ge=1)
+    optimizer: OptimizerConfig = OptimizerConfig(lr=2e-3, warmup_steps=10)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> LanguageDraftConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
+        return self
+
+
 class BaselinesConfig(StrictModel):
     layerskip: LayerSkipConfig = LayerSkipConfig()
     draft_verify: DraftVerifyConfig = DraftVerifyConfig()
+    language_draft: LanguageDraftConfig = LanguageDraftConfig()
 
 
 class RayConfig(StrictModel):

@@ -25,6 +25,7 @@ INPUTS = EvaluationInputs(
     layerskip=Path("models/layerskip"),
     mixed_backbone=Path("models/mixed_backbone"),
     draft_verify=Path("models/draft_verify.json"),
+    language_draft=Path("models/language_draft"),
 )
 METRICS = Path("metrics/evaluate.json")
 CONTEXT_PLOT = Path("plots/acceptance_by_context.csv")

@@ -1,6 +1,7 @@
-"""DVC stage `train_baselines`: the two trained baselines SSD is compared with (`pipeline.training.baselines`):
-LayerSkip (the backbone trained on with early-exit losses and layer dropout) and Draft & Verify (a searched set
-of skipped layers and a confidence threshold).
+"""DVC stage `train_baselines`: the trained baselines SSD is compared with (`pipeline.training.baselines`):
+LayerSkip (the backbone trained on with early-exit losses and layer dropout), Draft & Verify (a searched set
+of skipped layers and a confidence threshold) and the separate language-only draft model of Gagrani et al.
+(`pipeline.training.language_draft`; `models/language_draft/`, with `status.json` saying why when none is trained).
 
 Outputs: `models/layerskip/` (HF format), `models/draft_verify.json` (skip_layers, threshold, max_draft_len,
 search trace), `metrics/baselines.json` (LayerSkip: validation agreement/acceptance/τ before and after,
@@ -20,6 +21,7 @@ from pipeline.evaluation.layer_choice import resolve_draft_layers
 from pipeline.io import atomic_write_json
 from pipeline.models.loading import load_backbone, save_backbone
 from pipeline.training.baselines import search_draft_verify_baseline, summary_line, train_layerskip_baseline
+from pipeline.training.language_draft import fit_language_draft, save_language_draft
 from pipeline.training.launch import check_launch
 from stages._common import run_stage
 
@@ -27,6 +29,7 @@ FINETUNED = Path("models/finetuned")
 LAYER_CHOICE = Path("metrics/layer_choice.json")
 LAYERSKIP = Path("models/layerskip")
 DRAFT_VERIFY = Path("models/draft_verify.json")
+LANGUAGE_DRAFT = Path("models/language_draft")
 METRICS = Path("metrics/baselines.json")
 
 
@@ -45,10 +48,28 @@ def main(params: Params) -> None:
         save_backbone(layerskip, LAYERSKIP)
         found = search_draft_verify_baseline(params, finetuned, splits)
         atomic_write_json(DRAFT_VERIFY, found.to_dict())
+        shape = params.baselines.language_draft.model_dump(include={"num_layers", "hidden_size", "max_steps"})
+        with tracking.nested_run("language_draft", shape) as child:
+            language = fit_language_draft(
+                finetuned,
+                splits,
+                params.data.prompts,
+                params.baselines.language_draft,
+                seed=params.seed,
+                tracking_run=tracking.run_ref(child.info.run_id) if child is not None else None,
+            )
+        save_language_draft(language, LANGUAGE_DRAFT)
         atomic_write_json(
-            METRICS, {"num_layers": num_layers, "layerskip": layerskip_metrics, "draft_verify": found.summary()}
+            METRICS,
+            {
+                "num_layers": num_layers,
+                "layerskip": layerskip_metrics,
+                "draft_verify": found.summary(),
+                "language_draft": language.metrics,
+            },
         )
     print(summary_line(layerskip_metrics, found.summary()))
+    print(f"language-only draft: {language.metrics}")
 
 
 if __name__ == "__main__":

@@ -87,7 +87,7 @@ def make_tiny_blip2(language: str = "opt", *, num_layers: int = 4, dtype: torch.
         with torch.no_grad():
             for name, parameter in model.language_model.decoder.named_parameters():
                 if "layer_norm" not in name:
-                    parameter.mul_(3.0)
+                    parameter.mul_(5.0)
     return model.to(dtype).eval()
 
 

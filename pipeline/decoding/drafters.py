@@ -22,6 +22,7 @@ from transformers import Cache
 
 from pipeline.decoding.cache import crop_to
 from pipeline.decoding.head_protocol import StatefulHead, is_stateful
+from pipeline.decoding.inputs import GenerationRequest
 from pipeline.models.adapters import BackboneAdapter, EncoderStates
 
 
@@ -33,6 +34,9 @@ class Drafter(ABC):
     # The hooks without @abstractmethod are optional: no-ops unless a drafter keeps state (B027 is intended)
     def reset(self) -> None:  # noqa: B027
         """Forget per-generation state."""
+
+    def start(self, request: GenerationRequest) -> None:  # noqa: B027
+        """A generation begins: the prompts as the decoder was given them (for drafters with a model of their own)."""
 
     def observe_prompt(  # noqa: B027
         self, hidden: torch.Tensor, attention_mask: torch.Tensor | None, position_ids: torch.Tensor
@@ -50,6 +54,25 @@ class Drafter(ABC):
     ) -> torch.Tensor:
         """Layer-n states of new tokens → the states the final norm and LM head turn into draft logits.
         `attention_mask` is the batch's slot mask over every position these tokens attend to (None: all)."""
+
+    def draft_logits(
+        self,
+        tokens: torch.Tensor,
+        hidden: torch.Tensor,
+        cache: Cache,
+        position_ids: torch.Tensor,
+        encoder: EncoderStates | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Draft logits [B, V] for the token after `tokens` [B, 1], whose layer-n states are `hidden`: by default the
+        full model's final norm and LM head over `draft_hidden`."""
+        return self.adapter.logits(self.draft_hidden(hidden, cache, position_ids, encoder, attention_mask)[:, -1])
+
+    def observe_token(  # noqa: B027
+        self, tokens: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> None:
+        """The round's last draft token [B, 1], which goes to verification without being drafted from: drafters with
+        a cache of their own append it, so that their cache holds every slot the full model's does."""
 
     def before_verify(self, cache: Cache, length: int) -> None:  # noqa: B027
         """Drop any KV entries past layer n the draft wrote (the cache held `length` slots before drafting)."""

@@ -147,6 +147,7 @@ def speculative_generate(
     prompt = request.prompt_length
     slots = SlotTable(request.prompt_mask, batch, prompt, prompt + request.max_new_tokens + 1, request.device)
     shallow, logits, encoder = prefill(adapter, request, cache, slots, n)
+    drafter.start(request)
     drafter.observe_prompt(shallow, slots.mask(0), request.prompt_positions())
     pending = pick(logits, sampling, generator)
     done = [rows.commit(slot, [token]) for slot, token in enumerate(pending.tolist())]
@@ -170,10 +171,9 @@ def speculative_generate(
         for i in range(rounds):
             where, mask = positions[:, i : i + 1], slots.mask(1)
             state = adapter.run_layers(adapter.embed(current.view(size, 1)), 0, n, cache, where, mask, encoder=encoder)
-            hidden = drafter.draft_hidden(state, cache, where, encoder, mask)
+            draft_logits = drafter.draft_logits(current.view(size, 1), state, cache, where, encoder, mask)
             slots.append(1, advance=False)
             states.append(state)
-            draft_logits = adapter.logits(hidden[:, -1])
             if sampling.greedy:
                 current = draft_logits.argmax(dim=-1)
                 needs = policies[0].needs_confidence
@@ -197,6 +197,7 @@ def speculative_generate(
         drafter.before_verify(cache, base)
         where, mask = positions[:, k : k + 1], slots.mask(1)
         last = adapter.run_layers(adapter.embed(current.view(size, 1)), 0, n, cache, where, mask, encoder=encoder)
+        drafter.observe_token(current.view(size, 1), where, mask)
         slots.append(1, advance=False)
         verify_in = torch.cat([*states, last], dim=1) if states else last
         deep = adapter.run_layers(verify_in, n, total, cache, positions[:, : k + 1], slots.mask(0), encoder=encoder)

@@ -3,6 +3,8 @@
 - `hf_greedy`: `model.generate(do_sample=False)`, the reference for losslessness and speed.
 - `hf_early_exit`: `model.generate(assistant_early_exit=n)`, HF's LayerSkip-style self-speculation,
   which drafts with the first `n` layers but keeps no shared cache between draft and verification.
+- `hf_assisted`: `model.generate(assistant_model=draft)`, HF's speculative decoding with a separate draft model
+  (the reference for the language-only draft baseline).
 
 HF implements the early exit by temporarily setting `num_hidden_layers` on the config of
 `getattr(model, model.base_model_prefix)`. For `LlavaForConditionalGeneration` that is the composite
@@ -14,6 +16,7 @@ drafts with `n` layers.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, cast
@@ -120,3 +123,29 @@ def hf_early_exit(
             assistant_confidence_threshold=0.0,  # HF's default 0.4 would stop drafts early; equal d means all d
             **model_inputs,
         )
+
+
+@torch.inference_mode()
+def hf_assisted(
+    model: nn.Module,
+    draft_model: nn.Module,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    eos_token_id: int | Iterable[int] | None = None,
+    *,
+    draft_len: int,
+    **model_inputs: Any,
+) -> torch.Tensor:
+    """`model.generate(assistant_model=draft_model)` with a constant `draft_len` tokens per round (one prompt: HF's
+    assisted generation refuses batches)."""
+    # HF reads the round length, its schedule and the confidence stop from the assistant's own generation config
+    assistant = cast(PreTrainedModel, draft_model)
+    original = assistant.generation_config
+    assistant.generation_config = copy.deepcopy(original)
+    assistant.generation_config.num_assistant_tokens = draft_len
+    assistant.generation_config.num_assistant_tokens_schedule = "constant"
+    assistant.generation_config.assistant_confidence_threshold = 0.0  # HF's 0.4 would stop rounds early
+    try:
+        return _generate(model, input_ids, max_new_tokens, eos_token_id, assistant_model=draft_model, **model_inputs)
+    finally:
+        assistant.generation_config = original

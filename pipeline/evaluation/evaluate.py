@@ -5,8 +5,9 @@ Methods (`evaluation_plan`): the full model (decoded token by token by our engin
 `model.generate`; the draft alone without / with the imitation network; Draft & Verify (the searched skip set);
 LayerSkip (its backbone, early-exit self-speculation); ours with each loss variant; ours with the growing d
 schedule; the mixed-schedule model; ours (ce+cs+kd) and its draft alone with each other fusion of
-`imitation.fusion_comparison` (the fusion table); and ours (ce+cs+kd) at every d of `evaluate.draft_lens`
-(speed-up by d, paper Fig. 9).
+`imitation.fusion_comparison` (the fusion table); ours (ce+cs+kd) at every d of `evaluate.draft_lens`
+(speed-up by d, paper Fig. 9); and the separate language-only draft model (Gagrani et al.), decoded by our engine and
+by Hugging Face's `assistant_model`.
 
 Quality over the whole test split, decoded in batches; with `evaluate.trainer` naming several processes the split is
 shared out (`pipeline.evaluation.sharded`) and rank zero gathers it. Speed at batch 1 on a sample of the split, timed
@@ -39,6 +40,7 @@ from pipeline.evaluation.speed import time_methods
 from pipeline.models.imitation import load_draft_head
 from pipeline.models.loading import load_backbone
 from pipeline.report import series
+from pipeline.training.language_draft import load_language_draft
 from pipeline.training.launch import planned_processes
 
 
@@ -51,6 +53,7 @@ class EvaluationInputs:
     layerskip: Path
     mixed_backbone: Path
     draft_verify: Path  # train_baselines' search result
+    language_draft: Path | None = None  # train_baselines' language-only draft model (None: not compared)
     sweep: Path = SWEEP_METRICS  # the sweep's metrics: d when decoding.draft_len is auto
 
 
@@ -124,9 +127,14 @@ def run_evaluation(params: Params, inputs: EvaluationInputs) -> Evaluation | Non
         depth.pop(methods.MIXED, None)
     main = methods.main_head_name(h for h in depth if h != methods.MIXED)
     d = resolve_draft_len(params.decoding.draft_len, depth[main], inputs.sweep)
-    plan = methods.evaluation_plan(params, depth, found, draft_len=d)
+    draft_models = {}
+    if inputs.language_draft is not None:
+        language = load_language_draft(inputs.language_draft, backbone.model)
+        if language is not None:
+            draft_models[methods.LANGUAGE_DRAFT] = language
+    plan = methods.evaluation_plan(params, depth, found, draft_len=d, language_draft=bool(draft_models))
     tokenizer = backbone.tokenizer
-    resources = DecodingResources.of(models, heads, tokenizer, params.decoding)
+    resources = DecodingResources.of(models, heads, tokenizer, params.decoding, draft_models)
     print(
         f"evaluate: {len(plan.methods)} methods × {len(prompts)} test prompts in batches of {cfg.batch_size}, "
         f"timed at batch 1 on {len(sample)} of them × {speed.repeats} repeat(s), n = {plan.draft_layers}"

@@ -22,7 +22,8 @@ from pipeline.decoding import (
     SelfSpeculativeDecoder,
 )
 from pipeline.decoding.engine import Decoder
-from pipeline.decoding.hf_reference import hf_early_exit, hf_greedy
+from pipeline.decoding.hf_reference import hf_assisted, hf_early_exit, hf_greedy
+from pipeline.decoding.separate_draft import SeparateDraftDecoder
 from pipeline.decoding.stats import DecodingStats
 from pipeline.evaluation.batching import collate, new_token_rows
 from pipeline.evaluation.methods import DraftLength, MethodSpec
@@ -41,10 +42,16 @@ class DecodingResources:
     growing: GrowingScheduleConfig = field(default_factory=GrowingScheduleConfig)  # what draft_len "growing" means
     pad_token_id: int | None = None  # fills a batch's finished rows (default: the EOS)
     backoff: BackoffConfig | None = None  # self-speculative methods stop drafting when it does not pay off
+    draft_models: Mapping[str, nn.Module] = field(default_factory=dict)  # separate draft models by name
 
     @classmethod
     def of(
-        cls, models: Mapping[str, nn.Module], heads: Mapping[str, nn.Module], tokenizer: Any, decoding: DecodingConfig
+        cls,
+        models: Mapping[str, nn.Module],
+        heads: Mapping[str, nn.Module],
+        tokenizer: Any,
+        decoding: DecodingConfig,
+        draft_models: Mapping[str, nn.Module] | None = None,
     ) -> DecodingResources:
         """Resources decoding as params' `decoding` section says, stopping at and padding with `tokenizer`'s tokens."""
         return cls(
@@ -54,12 +61,20 @@ class DecodingResources:
             decoding.growing,
             pad_token_id=tokenizer.pad_token_id,
             backoff=decoding.backoff,
+            draft_models=draft_models or {},
         )
 
     def model(self, spec: MethodSpec) -> nn.Module:
         if spec.backbone not in self.models:
             raise KeyError(f"{spec.key}: backbone {spec.backbone!r} is not loaded (have {sorted(self.models)})")
         return self.models[spec.backbone]
+
+    def draft_model(self, spec: MethodSpec) -> nn.Module:
+        if spec.draft_model is None or spec.draft_model not in self.draft_models:
+            raise KeyError(
+                f"{spec.key}: draft model {spec.draft_model!r} is not loaded (have {sorted(self.draft_models)})"
+            )
+        return self.draft_models[spec.draft_model]
 
     def head(self, spec: MethodSpec) -> nn.Module | None:
         if spec.head is None:
@@ -103,6 +118,11 @@ def build_decoder(spec: MethodSpec, resources: DecodingResources) -> Decoder:
             resources.head(spec),
             draft_policy(spec.draft_len, resources.growing, resources.backoff),
         )
+    if spec.kind == "separate_draft":
+        if spec.draft_len is None:
+            raise ValueError(f"{spec.key}: speculative decoding with a draft model needs draft_len")
+        policy = draft_policy(spec.draft_len, resources.growing, resources.backoff)
+        return SeparateDraftDecoder(model, resources.draft_model(spec), policy)
     if spec.kind == "draft_verify":
         if spec.threshold is None or spec.max_draft_len is None:
             raise ValueError(f"{spec.key}: Draft & Verify needs a threshold and max_draft_len")
@@ -125,6 +145,30 @@ def batch_runnable(spec: MethodSpec, resources: DecodingResources) -> BatchMetho
             raise ValueError(f"{spec.key}: a batch shares one token budget, got {sorted(budgets)}")
         return budgets.pop()
 
+    if spec.kind == "hf_assisted":
+        if not isinstance(spec.draft_len, int):
+            raise ValueError(f"{spec.key}: Hugging Face's assisted generation needs a fixed draft_len")
+        assistant, rounds = resources.draft_model(spec), spec.draft_len
+
+        def assisted(prompts: Sequence[Prompt]) -> list[tuple[list[int], DecodingStats | None]]:
+            rows: list[tuple[list[int], DecodingStats | None]] = []
+            for prompt in prompts:  # HF's assisted generation refuses batches
+                batch, new = collate([prompt], pad), budget([prompt])
+                ids = batch["input_ids"]
+                sequences = hf_assisted(
+                    model,
+                    assistant,
+                    ids,
+                    new,
+                    eos,
+                    draft_len=rounds,
+                    pixel_values=batch["pixel_values"],
+                    pad_token_id=pad,
+                )
+                rows += [(row, None) for row in new_token_rows(adapter.new_tokens(sequences, ids), stop)]
+            return rows
+
+        return assisted
     if spec.kind in ("hf_generate", "hf_early_exit"):
         early_exit: dict[str, int] | None = None
         if spec.kind == "hf_early_exit":

@@ -19,14 +19,25 @@ from typing import Any, Literal
 from pipeline.config import Params
 from pipeline.errors import PipelineError
 
-MethodKind = Literal["autoregressive", "hf_generate", "hf_early_exit", "draft_only", "ssd", "draft_verify"]
+MethodKind = Literal[
+    "autoregressive",
+    "hf_generate",
+    "hf_early_exit",
+    "draft_only",
+    "ssd",
+    "draft_verify",
+    "separate_draft",
+    "hf_assisted",
+]
 DraftLength = int | Literal["growing"]
 
 FINETUNED = "finetuned"  # the fine-tuned backbone; the other backbones are LayerSkip's and the mixed schedule's
 LAYERSKIP = "layerskip"
 MIXED = "mixed"
 EARLY_EXIT = "early-exit"  # how a key names the head-less draft
-VERIFIED_KINDS = ("ssd", "draft_verify", "hf_early_exit")  # lossless by construction: checked token for token
+LANGUAGE_DRAFT = "language-draft"  # the separate language-only draft model (Gagrani et al.), models/language_draft
+# lossless by construction: checked token for token
+VERIFIED_KINDS = ("ssd", "draft_verify", "hf_early_exit", "separate_draft", "hf_assisted")
 
 
 @dataclass(frozen=True)
@@ -40,6 +51,7 @@ class MethodSpec:
     skip_layers: tuple[int, ...] = ()  # Draft & Verify: the layers its draft skips
     threshold: float | None = None  # Draft & Verify: the confidence stop's threshold
     max_draft_len: int | None = None  # Draft & Verify: the confidence stop's longest round
+    draft_model: str | None = None  # separate_draft / hf_assisted: the separate draft model that proposes
 
     @property
     def key(self) -> str:
@@ -55,6 +67,10 @@ class MethodSpec:
             name = f"draft:{head}:n{self.draft_layers}"
         elif self.kind == "ssd":
             name = f"ssd:{head}:n{self.draft_layers}:d{self.draft_len}"
+        elif self.kind == "separate_draft":
+            name = f"separate:{self.draft_model}:d{self.draft_len}"
+        elif self.kind == "hf_assisted":
+            name = f"hf-assisted:{self.draft_model}:d{self.draft_len}"
         else:
             name = f"draft-verify:skip{'-'.join(map(str, self.skip_layers))}:t{self.threshold:g}"
         return name if self.backbone == FINETUNED else f"{self.backbone}:{name}"
@@ -99,6 +115,14 @@ def ssd(
     head: str | None, draft_layers: int, draft_len: DraftLength, label: str = "", backbone: str = FINETUNED
 ) -> MethodSpec:
     return MethodSpec("ssd", label, backbone, head=head, draft_layers=draft_layers, draft_len=draft_len)
+
+
+def separate_draft(draft_model: str, draft_len: DraftLength, label: str = "") -> MethodSpec:
+    return MethodSpec("separate_draft", label, draft_model=draft_model, draft_len=draft_len)
+
+
+def hf_assisted(draft_model: str, draft_len: int, label: str = "") -> MethodSpec:
+    return MethodSpec("hf_assisted", label, draft_model=draft_model, draft_len=draft_len)
 
 
 def draft_verify(
@@ -167,6 +191,8 @@ class EvaluationPlan:
                 ("draft_only", FINETUNED, None, None),
                 ("draft_only", FINETUNED, self.main_head, None),
                 ("draft_verify", FINETUNED, None, None),
+                ("separate_draft", FINETUNED, None, d),
+                ("hf_assisted", FINETUNED, None, d),
                 ("ssd", LAYERSKIP, None, d),
                 *[("ssd", FINETUNED, variant, d) for variant in self.variants],
                 ("ssd", FINETUNED, self.main_head, "growing"),
@@ -241,11 +267,13 @@ def evaluation_plan(
     *,
     layerskip: bool = True,
     draft_len: int | None = None,
+    language_draft: bool = False,
 ) -> EvaluationPlan:
     """Every method `evaluate` compares. `heads`: the trained imitation networks (name → draft layers n), `mixed`
     for the mixed schedule's; `draft_verify_found`: train_baselines' search result (skip_layers, threshold,
     max_draft_len); `layerskip`: whether LayerSkip's backbone exists; `draft_len`: the default d, resolved when
-    decoding.draft_len is auto (`pipeline.evaluation.draft_choice`)."""
+    decoding.draft_len is auto (`pipeline.evaluation.draft_choice`); `language_draft`: whether the separate
+    language-only draft model exists (decoded by our engine and by Hugging Face's assistant_model)."""
     imitation = params.imitation
     d = params.decoding.draft_len if draft_len is None else draft_len
     if isinstance(d, str):
@@ -283,6 +311,11 @@ def evaluation_plan(
     methods += [
         ssd(main, n, length, f"{main_label} d={length}") for length in params.evaluate.draft_lens if length != d
     ]
+    if language_draft:
+        methods += [
+            separate_draft(LANGUAGE_DRAFT, d, "language-only draft model"),
+            hf_assisted(LANGUAGE_DRAFT, d, "language-only draft model (HF assistant_model)"),
+        ]
     if layerskip:
         methods += [
             autoregressive(LAYERSKIP, "LayerSkip: its full model"),

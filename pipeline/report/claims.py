@@ -21,6 +21,8 @@ def claims(plan: EvaluationPlan, results: Results) -> list[tuple[str, bool, str]
     rivals = {
         "LayerSkip": [s for s in plan.table1() if s.kind == "ssd" and s.backbone == LAYERSKIP],
         "Draft & Verify": [s for s in plan.table1() if s.kind == "draft_verify"],
+        # Gagrani et al.'s separate language-only draft, decoded by our engine (the same engine as ours)
+        "a language-only draft model": [s for s in plan.table1() if s.kind == "separate_draft"],
     }
     for rival, specs in rivals.items():
         if ours and specs and specs[0].key in results:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 
-from pipeline.config import FinetuneConfig
+from pipeline.config import FinetuneConfig, TrainingConfig
 from pipeline.data.datasets import IGNORE_INDEX
 from pipeline.data.prepared import SplitData
 from pipeline.data.prompts import PromptBuilder
@@ -28,26 +29,34 @@ from pipeline.training.trainer import fit_module
 
 
 class FinetuneModule(L.LightningModule):
-    def __init__(self, model: torch.nn.Module, cfg: FinetuneConfig) -> None:
+    """Cross-entropy on the target tokens of task-mixed batches. `forward_inputs` turns a collated batch into the
+    model's inputs (default: the backbone adapter's)."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        cfg: TrainingConfig,
+        forward_inputs: Callable[[Mapping[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
+    ) -> None:
         super().__init__()
         self.model = model
         self.cfg = cfg
-        self.adapter = adapter_for(model)
+        self.forward_inputs = forward_inputs or adapter_for(model).forward_inputs
 
     @property
     def unused_parameters(self) -> bool:
         """A trainable vision tower may have layers past the one whose features the model reads (LLaVA-1.5:
         vision_feature_layer -2): they get no gradient, which DDP must be told to expect."""
-        return self.cfg.train_vision_tower
+        return isinstance(self.cfg, FinetuneConfig) and self.cfg.train_vision_tower
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self.model(**self.adapter.forward_inputs(batch)).loss * token_share(self, batch["labels"])
+        loss = self.model(**self.forward_inputs(batch)).loss * token_share(self, batch["labels"])
         size = batch["input_ids"].shape[0]
         self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=size, sync_dist=True)
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        out = self.model(**self.adapter.forward_inputs(batch))
+        out = self.model(**self.forward_inputs(batch))
         labels = batch["labels"][:, 1:]
         predicted = out.logits[:, : labels.shape[1]].argmax(-1)
         scored = labels != IGNORE_INDEX

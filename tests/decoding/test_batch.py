@@ -184,6 +184,40 @@ def test_every_policy_drafts_per_row_and_stays_lossless(batch, policy):
     assert sum(row.verify_calls for row in out.row_stats) == out.stats.verify_calls
 
 
+@pytest.mark.parametrize("policy", [1, 4, AcceptanceBackoff(3, cost_ratio=0.5, probe_every=2)], ids=repr)
+def test_a_separate_language_only_draft_model_is_lossless(batch, policy):
+    """Gagrani et al.'s baseline: a small text-only LM drafts (it reads the image placeholders, never the pixels)."""
+    from pipeline.decoding.separate_draft import SeparateDraftDecoder
+
+    draft = make_causal_lm("llama", num_layers=1, seed=5)
+    if batch.adapter.is_encoder_decoder:
+        with pytest.raises(ValueError, match="needs a decoder-only backbone"):
+            SeparateDraftDecoder(batch.model, draft, policy)
+        return
+    decoder = SeparateDraftDecoder(batch.model, draft, policy)
+    for eos, expected in (([], batch.free), (batch.eos, batch.stopped)):
+        out = batch.run(decoder, eos)
+        assert torch.equal(out.sequences, expected), eos
+    assert out.stats.drafted > 0 and len(out.row_stats) == 3
+
+
+def test_a_separate_draft_identical_to_the_model_is_always_accepted():
+    """The draft's cache mirrors the model's slot for slot (rows with different prompt lengths, rejected drafts of
+    other rows as dead slots): a draft model equal to the model itself proposes exactly the model's tokens."""
+    from pipeline.decoding.separate_draft import SeparateDraftDecoder
+
+    model = make_causal_lm("llama")
+    prompts = torch.tensor([[PAD, PAD, 1, 7, 8, 9], [1, 11, 12, 13, 14, 15]])
+    mask = (prompts != PAD).long()
+    expected = model.generate(prompts, attention_mask=mask, max_new_tokens=17, do_sample=False, eos_token_id=[])
+    out = SeparateDraftDecoder(model, model, 4).generate(prompts, 17, [], attention_mask=mask)
+    assert torch.equal(out.sequences, expected)
+    # prefill gives 1 token, three rounds 5 each; the 17th needs no draft: a round of d = 0
+    assert [row.rounds for row in out.row_stats] == [[(4, 4)] * 3 + [(0, 0)]] * 2
+    with pytest.raises(ValueError, match="vocabulary has 32 entries but the backbone's has 64"):
+        SeparateDraftDecoder(model, type(model)(model.config.__class__(**{**model.config.to_dict(), "vocab_size": 32})))
+
+
 @pytest.mark.parametrize("skip", [[1], [1, 2]], ids=str)
 def test_draft_and_verify_rows_are_lossless(batch, skip):
     decoder = DraftAndVerifyDecoder(batch.model, skip_layers=skip, draft_len=ConfidenceStop(0.2, 4))

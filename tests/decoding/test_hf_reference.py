@@ -56,3 +56,26 @@ def test_forwarding_is_undone_after_the_call():
         model.model.config.num_hidden_layers = 1
         assert text_config.num_hidden_layers == 1
     assert type(model.config) is config_class and text_config.num_hidden_layers == 4
+
+
+def test_hf_assisted_generation_with_a_language_only_draft_matches_greedy_and_ours():
+    """HF's `assistant_model` on LLaVA with a text-only draft (the reference for the language-only draft baseline):
+    the greedy tokens, as our engine's separate-draft decoder gives; the draft really proposes d tokens per round."""
+    from pipeline.decoding.hf_reference import hf_assisted
+    from pipeline.decoding.separate_draft import SeparateDraftDecoder
+    from tests.conftest import make_causal_lm
+
+    model, input_ids, pixels = _llava()
+    draft = make_causal_lm("llama", num_layers=1, seed=5)
+    greedy = hf_greedy(model, input_ids, 16, [], pixel_values=pixels)
+    before = draft.generation_config.to_dict()
+    calls: list[int] = []
+    hook = draft.register_forward_pre_hook(lambda m, a, k: calls.append(k["input_ids"].shape[1]), with_kwargs=True)
+    try:
+        assisted = hf_assisted(model, draft, input_ids, 16, [], draft_len=3, pixel_values=pixels)
+    finally:
+        hook.remove()
+    assert torch.equal(assisted, greedy) and len(calls) >= 6  # prefill + 3 per round: the draft ran
+    assert draft.generation_config.to_dict() == before  # the round length was set for the call only
+    ours = SeparateDraftDecoder(model, draft, 3).generate(input_ids, 16, [], pixel_values=pixels).sequences
+    assert torch.equal(ours, greedy)

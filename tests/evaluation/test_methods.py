@@ -93,15 +93,30 @@ def test_plan_round_trips_through_json():
 def test_a_missing_fusion_head_is_named_with_the_fix():
     params = parse_params({"imitation": {"fusion_comparison": ["average", "concat"]}})
     with pytest.raises(PipelineError, match=r"fusion-concat.*dvc repro train_imitation"):
-        evaluation_plan(params, {"ce+cs+kd": 1}, FOUND)
+        evaluation_plan(params, {"ce+cs+kd": 1}, FOUND, draft_len=3)
 
 
 def test_without_the_full_loss_variant_ours_is_the_first_head_and_the_fusions_get_their_own_rows():
     params = parse_params({"imitation": {"variants": ["ce"], "fusion_comparison": ["average", "concat"]}})
-    plan = evaluation_plan(params, {"ce": 2, "fusion-average": 2, "fusion-concat": 2}, FOUND, layerskip=False)
+    plan = evaluation_plan(
+        params, {"ce": 2, "fusion-average": 2, "fusion-concat": 2}, FOUND, layerskip=False, draft_len=3
+    )
     assert plan.main_head == "ce" and plan.draft_layers == 2
     assert [(kind, ssd.label) for kind, ssd, _ in plan.fusion_rows()] == [
         ("average", "ours (ce), average fusion"),
         ("concat", "ours (ce), concat fusion"),
     ]
     assert not any(s.backbone == "layerskip" for s in plan.methods)
+
+
+def test_the_language_only_draft_joins_table1_decoded_by_our_engine_and_by_hf():
+    params = parse_params(
+        {"decoding": {"draft_len": 3}, "evaluate": {"draft_lens": [1]}, "imitation": {"fusion_comparison": []}}
+    )
+    plan = evaluation_plan(params, {"ce+cs+kd": 1}, FOUND, language_draft=True)
+    rows = {spec.kind: spec for spec in plan.table1() if spec.draft_model == methods.LANGUAGE_DRAFT}
+    assert set(rows) == {"separate_draft", "hf_assisted"}
+    assert rows["separate_draft"].key == "separate:language-draft:d3" and rows["hf_assisted"].draft_len == 3
+    assert all(spec.verified for spec in rows.values())  # held to the full model's greedy output, token for token
+    assert not any(s.draft_model for s in evaluation_plan(params, {"ce+cs+kd": 1}, FOUND).methods)
+    assert EvaluationPlan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
