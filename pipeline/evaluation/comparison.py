@@ -139,6 +139,11 @@ def score_methods(
             "identical_share": identical_share(run.outputs, runs[identity].outputs),
             "identical_share_batch_1": identical_share(timing.outputs, timings[identity].outputs),
         }
+        if timing.has_stats and timing.stats.verify_calls:
+            # the rounds behind the speed-up (batch 1, the timed sample): Leviathan's expected speed-up is built on them
+            rounds = timing.stats
+            row["timed_mean_accepted_length"] = rounds.accepted / rounds.verify_calls
+            row["timed_mean_draft_length"] = rounds.drafted / rounds.verify_calls
         stats = run.merged_stats()
         if stats is not None and stats.verify_calls:
             row.update(

@@ -14,7 +14,17 @@ from pipeline.report import series
 from pipeline.report.claims import claims
 from pipeline.report.figures import line_plot
 from pipeline.report.markdown import markdown_table
-from pipeline.report.tables import fusion_rows, lookup, table1, table_fusion, table_n, table_variants, table_vqa
+from pipeline.report.tables import (
+    expected_rows,
+    fusion_rows,
+    lookup,
+    table1,
+    table_expected,
+    table_fusion,
+    table_n,
+    table_variants,
+    table_vqa,
+)
 
 
 @dataclass
@@ -146,6 +156,19 @@ def render(
             "## Draft layers n (Table 6 counterpart, validation, from the sweep)",
             table_n(inputs.sweep_rows),
             "![Pareto](figures/sweep_pareto.png)",
+        ]
+    expected = expected_rows(plan, results)
+    if expected:
+        worst = min(expected, key=lambda r: r["ratio"])
+        parts += [
+            "## Measured vs expected speed-up (Leviathan et al.)",
+            "Expected = (1 + τ) / (1 + d̄ · c) from the timed rounds themselves (τ accepted and d̄ drafted tokens per "
+            "verification, at batch 1 on the timed sample) and the draft's cost c = 1 / the draft alone's speed-up: "
+            "what the rounds would give if a verification cost exactly one full-model step and drafting nothing else. "
+            f"The lowest ratio is {worst['method']}'s ({worst['ratio']:.2f}); what the engine loses beyond that is "
+            "verification over d + 1 positions costing more than one step, per-round bookkeeping (cache crop, slot "
+            "table, the acceptance check's synchronisation) and the prefill, which neither count.",
+            table_expected(expected),
         ]
     parts += ["## VQA (Table 9 counterpart)", table_vqa(plan, results)]
     if inputs.nas:

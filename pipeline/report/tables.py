@@ -8,7 +8,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pipeline.evaluation.methods import EvaluationPlan
+from pipeline.evaluation.methods import FINETUNED, MIXED, EvaluationPlan
 from pipeline.report.markdown import markdown_table
 
 Results = Mapping[str, Mapping[str, Any]]  # method key → its row of metrics/evaluate.json
@@ -182,5 +182,73 @@ def table_variants(imitation: Mapping[str, Any]) -> str:
                 imitation[v].get("val_mean_accepted_length"),
             ]
             for v in variants
+        ],
+    )
+
+
+def expected_speedup(accepted_per_round: float, drafted_per_round: float, cost_ratio: float) -> float:
+    """Leviathan et al. (2023)'s speed-up with the measured rounds: a round commits its accepted drafts plus the
+    verifier's token and costs one full-model step plus its drafts at `cost_ratio` (a draft token's latency over a
+    full-model token's)."""
+    return (1 + accepted_per_round) / (1 + drafted_per_round * cost_ratio)
+
+
+def expected_rows(plan: EvaluationPlan, results: Results) -> list[dict[str, Any]]:
+    """Measured vs expected speed-up of the self-speculative rows whose draft has a draft-alone row to price it: ours
+    (every loss variant and d, growing d) by the main head's draft alone, each fusion's by its own, the early-exit SSD
+    rows (no imitation, LayerSkip) by the draft without imitation. c = 1 / the draft alone's speed-up, both timed at
+    batch 1; the mixed schedule's draft runs on another backbone and has no such row."""
+    drafts = {spec.head: spec for spec in plan.methods if spec.kind == "draft_only" and spec.backbone == FINETUNED}
+    rows = []
+    for spec in plan.methods:
+        r = results.get(spec.key, {})
+        if spec.kind != "ssd" or spec.backbone == MIXED or "timed_mean_accepted_length" not in r:
+            continue
+        # the loss variants share the main head's architecture, hence its cost; a fusion's head has its own row
+        draft = drafts.get(plan.main_head if spec.head in plan.variants else spec.head)
+        if draft is None or draft.key not in results:
+            continue
+        cost = 1 / results[draft.key]["speedup"]
+        tau, depth = r["timed_mean_accepted_length"], r["timed_mean_draft_length"]
+        expected = expected_speedup(tau, depth, cost)
+        rows.append(
+            {
+                "method": spec.label,
+                "d": spec.draft_len,
+                "drafted_per_round": depth,
+                "accepted_per_round": tau,
+                "cost_ratio": cost,
+                "expected": expected,
+                "measured": r["speedup"],
+                "ratio": r["speedup"] / expected,
+            }
+        )
+    return rows
+
+
+def table_expected(rows: Sequence[Mapping[str, Any]]) -> str:
+    return markdown_table(
+        [
+            "method",
+            "d",
+            "drafted / round",
+            "accepted / round (τ)",
+            "draft cost c",
+            "expected",
+            "measured",
+            "measured ÷ expected",
+        ],
+        [
+            [
+                r["method"],
+                r["d"],
+                r["drafted_per_round"],
+                r["accepted_per_round"],
+                r["cost_ratio"],
+                f"{r['expected']:.2f}×",
+                f"{r['measured']:.2f}×",
+                r["ratio"],
+            ]
+            for r in rows
         ],
     )

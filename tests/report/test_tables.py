@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from pipeline.config import parse_params
 from pipeline.evaluation.methods import EvaluationPlan, evaluation_plan
 from pipeline.report import series
@@ -175,3 +177,25 @@ def test_fig5_bins_acceptance_by_tokens_generated_before_each_round(tmp_path: Pa
     draw_figures(ReportInputs({"plan": plan.to_dict(), "methods": results}), tmp_path)
     # bin centres on x; a bin resting on fewer than MIN_DRAFTED tokens is left out of the figure
     assert drawn["acceptance_by_context.png"] == {"x": [3.5, 11.5], plan.main.label: [0.6, 0.5]}
+
+
+def test_expected_speedup_is_leviathans_from_the_timed_rounds_and_prices_each_draft_by_its_own_row():
+    from pipeline.report.tables import expected_rows, expected_speedup
+
+    # a round of 3 drafts at a fifth of a full step, 2 accepted: 3 tokens for 1.6 steps
+    assert expected_speedup(2.0, 3.0, 0.2) == pytest.approx(3 / 1.6)
+    plan = _plan()
+    results = _results(plan)
+    for spec in plan.methods:
+        if spec.kind == "ssd":
+            results[spec.key].update(timed_mean_accepted_length=1.0, timed_mean_draft_length=3.0)
+    results[plan.main.key]["speedup"] = 1.5
+    main_draft = next(s for s in plan.methods if s.kind == "draft_only" and s.head == plan.main_head)
+    results[main_draft.key]["speedup"] = 5.0  # c = 0.2
+    rows = {r["method"]: r for r in expected_rows(plan, results)}
+    main = rows[plan.main.label]
+    assert main["cost_ratio"] == pytest.approx(0.2) and main["expected"] == pytest.approx(2 / 1.6)
+    assert main["ratio"] == pytest.approx(1.5 / (2 / 1.6))
+    assert "ours, mixed schedule" not in rows  # its draft runs on another backbone: no draft-alone row prices it
+    concat = rows["ours (ce+cs+kd), concat fusion"]  # priced by the concat head's own draft-alone row (4.0×)
+    assert concat["cost_ratio"] == pytest.approx(1 / 4.0)
