@@ -523,6 +523,9 @@ class EvaluateConfig(StrictModel):
     vqa: int | None = Field(300, ge=0)  # test questions (None: every one)
     speed: SpeedSampleConfig = SpeedSampleConfig()
     draft_lens: list[int] = [1, 2, 5]  # speed-up by d (with decoding.draft_len) (paper Fig. 9), ours (ce+cs+kd)
+    # Hugging Face's assistant_model with the language-only draft as a Table 1 row: HF refuses batches, so it decodes
+    # the whole split one prompt at a time (~15 min of the default evaluate on 2 cores); the tests check it is greedy
+    hf_assisted: bool = False
     meteor: bool = True  # needs Java (one JVM for all methods)
     spice: bool = True  # reported unavailable, with the reason, when Stanford CoreNLP's jars are absent
     # devices > 1: the split is shared out over processes and the quality metrics computed over all of it on rank

@@ -132,7 +132,9 @@ def run_evaluation(params: Params, inputs: EvaluationInputs) -> Evaluation | Non
         language = load_language_draft(inputs.language_draft, backbone.model)
         if language is not None:
             draft_models[methods.LANGUAGE_DRAFT] = language
-    plan = methods.evaluation_plan(params, depth, found, draft_len=d, language_draft=bool(draft_models))
+    plan = methods.evaluation_plan(
+        params, depth, found, draft_len=d, language_draft=bool(draft_models), hf_assisted=cfg.hf_assisted
+    )
     tokenizer = backbone.tokenizer
     resources = DecodingResources.of(models, heads, tokenizer, params.decoding, draft_models)
     print(

@@ -121,7 +121,8 @@ def separate_draft(draft_model: str, draft_len: DraftLength, label: str = "") ->
     return MethodSpec("separate_draft", label, draft_model=draft_model, draft_len=draft_len)
 
 
-def hf_assisted(draft_model: str, draft_len: int, label: str = "") -> MethodSpec:
+def assisted(draft_model: str, draft_len: int, label: str = "") -> MethodSpec:
+    """Hugging Face's assisted generation (`assistant_model`) with a separate draft model."""
     return MethodSpec("hf_assisted", label, draft_model=draft_model, draft_len=draft_len)
 
 
@@ -268,12 +269,14 @@ def evaluation_plan(
     layerskip: bool = True,
     draft_len: int | None = None,
     language_draft: bool = False,
+    hf_assisted: bool = False,
 ) -> EvaluationPlan:
     """Every method `evaluate` compares. `heads`: the trained imitation networks (name → draft layers n), `mixed`
     for the mixed schedule's; `draft_verify_found`: train_baselines' search result (skip_layers, threshold,
     max_draft_len); `layerskip`: whether LayerSkip's backbone exists; `draft_len`: the default d, resolved when
     decoding.draft_len is auto (`pipeline.evaluation.draft_choice`); `language_draft`: whether the separate
-    language-only draft model exists (decoded by our engine and by Hugging Face's assistant_model)."""
+    language-only draft model exists (decoded by our engine, and with `hf_assisted` by Hugging Face's
+    assistant_model)."""
     imitation = params.imitation
     d = params.decoding.draft_len if draft_len is None else draft_len
     if isinstance(d, str):
@@ -312,10 +315,9 @@ def evaluation_plan(
         ssd(main, n, length, f"{main_label} d={length}") for length in params.evaluate.draft_lens if length != d
     ]
     if language_draft:
-        methods += [
-            separate_draft(LANGUAGE_DRAFT, d, "language-only draft model"),
-            hf_assisted(LANGUAGE_DRAFT, d, "language-only draft model (HF assistant_model)"),
-        ]
+        methods.append(separate_draft(LANGUAGE_DRAFT, d, "language-only draft model"))
+        if hf_assisted:
+            methods.append(assisted(LANGUAGE_DRAFT, d, "language-only draft model (HF assistant_model)"))
     if layerskip:
         methods += [
             autoregressive(LAYERSKIP, "LayerSkip: its full model"),

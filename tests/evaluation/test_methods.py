@@ -113,9 +113,12 @@ def test_the_language_only_draft_joins_table1_decoded_by_our_engine_and_by_hf():
     params = parse_params(
         {"decoding": {"draft_len": 3}, "evaluate": {"draft_lens": [1]}, "imitation": {"fusion_comparison": []}}
     )
-    plan = evaluation_plan(params, {"ce+cs+kd": 1}, FOUND, language_draft=True)
+    plan = evaluation_plan(params, {"ce+cs+kd": 1}, FOUND, language_draft=True, hf_assisted=True)
     rows = {spec.kind: spec for spec in plan.table1() if spec.draft_model == methods.LANGUAGE_DRAFT}
     assert set(rows) == {"separate_draft", "hf_assisted"}
+    # HF's row is opt-in (it decodes the split one prompt at a time); ours is there whenever the draft is
+    cheap = evaluation_plan(params, {"ce+cs+kd": 1}, FOUND, language_draft=True)
+    assert [s.kind for s in cheap.table1() if s.draft_model] == ["separate_draft"]
     assert rows["separate_draft"].key == "separate:language-draft:d3" and rows["hf_assisted"].draft_len == 3
     assert all(spec.verified for spec in rows.values())  # held to the full model's greedy output, token for token
     assert not any(s.draft_model for s in evaluation_plan(params, {"ce+cs+kd": 1}, FOUND).methods)

@@ -89,6 +89,7 @@ SMALL = {
         "vqa": 6,
         "speed": {"captions": 3, "descriptions": 1, "vqa": 3},
         "draft_lens": [1, 3],
+        "hf_assisted": True,
     },
     # three repros here would log and register six models each: the cluster-mode test checks registration end to end
     "tracking": {"register_models": False},
