@@ -121,8 +121,8 @@ def render(
         "the others are checked token for token against "
         "their backbone's greedy output (LayerSkip and the mixed schedule change the backbone, "
         "so their text is their own model's). "
-        "Identity is exact in float32/float64 (the default runs in float32); "
-        "in half precision it is measured, not promised.",
+        "Identity is exact in float64; in float32 (the default) it holds up to ties of the top two logits within "
+        "rounding, and in half precision it is measured, not promised.",
     ]
     spice_note = lookup(results, plan.reference.key, "tasks", "caption", "spice_unavailable")
     if spice_note:
