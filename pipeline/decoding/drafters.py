@@ -154,17 +154,25 @@ class EarlyExitDrafter(Drafter):
         select(rows)
 
 
-def check_head_placement(head: nn.Module, adapter: BackboneAdapter) -> None:
-    """A head must compute in the dtype and on the device of the backbone's hidden states: say so up front, with the
-    fix, instead of failing at the first draft with a bare matmul error."""
+HEAD_PLACEMENT_FIX = (
+    "cast it with head.to(device=..., dtype=...) (pipeline.models.imitation.load_draft_head does this when it loads a "
+    "saved network)"
+)
+
+
+def check_head_placement(
+    head: nn.Module, adapter: BackboneAdapter, what: str = "the draft head", fix: str = HEAD_PLACEMENT_FIX
+) -> None:
+    """A draft (`what`: a head, or a draft model of its own) must compute in the dtype and on the device of the
+    backbone's hidden states: say so up front, with the `fix`, instead of failing at the first draft with a bare matmul
+    error."""
     weight = adapter.embed_weight
     found = {(p.dtype, p.device) for p in head.parameters()}
     if found - {(weight.dtype, weight.device)}:
         have = ", ".join(sorted(f"{dtype} on {device}" for dtype, device in found))
         raise ValueError(
-            f"the draft head's parameters are {have} but the backbone's hidden states are {weight.dtype} on "
-            f"{weight.device}: cast it with head.to(device=..., dtype=...) (pipeline.models.imitation.load_draft_head "
-            "does this when it loads a saved network)"
+            f"{what}'s parameters are {have} but the backbone's hidden states are {weight.dtype} on "
+            f"{weight.device}: {fix}"
         )
 
 

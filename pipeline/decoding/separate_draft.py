@@ -18,7 +18,7 @@ from torch import nn
 from transformers import Cache, DynamicCache, PreTrainedModel
 
 from pipeline.decoding.cache import crop_to
-from pipeline.decoding.drafters import Drafter
+from pipeline.decoding.drafters import Drafter, check_head_placement
 from pipeline.decoding.engine import Decoder, speculative_generate
 from pipeline.decoding.inputs import GenerationRequest, model_device
 from pipeline.decoding.policies import DraftPolicy, as_policy
@@ -110,13 +110,7 @@ def check_draft_model(model: nn.Module, adapter: BackboneAdapter, draft_model: n
             f"the draft model's vocabulary has {draft_vocab} entries but the backbone's has {vocab}: train the draft "
             "on the backbone's tokenizer"
         )
-    weight = adapter.embed_weight
-    placement = {(p.dtype, p.device) for p in draft_model.parameters()}
-    if placement != {(weight.dtype, weight.device)}:
-        raise ValueError(
-            f"the draft model is {sorted(map(str, placement))} but the backbone is {weight.dtype} on {weight.device}: "
-            "load it with the backbone's dtype and device"
-        )
+    check_head_placement(draft_model, adapter, "the draft model", "load it with the backbone's dtype and device")
 
 
 class SeparateDraftDecoder(Decoder):

@@ -214,6 +214,8 @@ def test_a_separate_draft_identical_to_the_model_is_always_accepted():
     assert torch.equal(out.sequences, expected)
     # prefill gives 1 token, three rounds 5 each; the 17th needs no draft: a round of d = 0
     assert [row.rounds for row in out.row_stats] == [[(4, 4)] * 3 + [(0, 0)]] * 2
+    with pytest.raises(ValueError, match=r"draft model's parameters are torch.float32 on cpu .* backbone's dtype"):
+        SeparateDraftDecoder(model, make_causal_lm("llama", num_layers=1, dtype=torch.float32))
     with pytest.raises(ValueError, match="vocabulary has 32 entries but the backbone's has 64"):
         SeparateDraftDecoder(model, type(model)(model.config.__class__(**{**model.config.to_dict(), "vocab_size": 32})))
 
