@@ -195,6 +195,7 @@ def run_nas(params: Params, model_dir: Path, layer_choice: Path, write: Callable
         max_failures=params.ray.max_failures,
         max_concurrent_trials=cfg.max_concurrent_trials,
         scheduler=asha_scheduler(cfg),
+        reports_when_complete=max_reports(cfg),
     )
     return run_stage_search(
         "nas",

@@ -256,5 +256,6 @@ def run_sweep(
         seed=params.seed,
         max_failures=params.ray.max_failures,
         max_concurrent_trials=params.sweep.max_concurrent_trials,
+        reports_when_complete=1,  # a sweep trial reports once, after decoding every prompt
     )
     return run_stage_search("sweep", params, sweep_trial, context, space, spec, {}, summarise, write)

@@ -42,6 +42,10 @@ class SearchSpec:
     max_concurrent_trials: int | None = None
     scheduler: Any = None  # e.g. ASHAScheduler
     reuse_actors: bool = True  # keeps a worker's loaded backbone between its trials
+    # Reports a trial makes when it runs to its end. A trial with that many counts as finished even without Tune's
+    # `done` flag, which is lost when the Ray node dies between a trial's last report and Tune's bookkeeping: Tune
+    # then restores it TERMINATED, never re-runs it, and "unfinished" could never be cleared by resuming
+    reports_when_complete: int | None = None
 
 
 @dataclass(frozen=True)
@@ -176,16 +180,26 @@ def run_search(
     write_state(runtime, spec.name, state)
     results = tuner.fit()
     trials = [results[i] for i in range(len(results))]  # a ResultGrid iterates by index only (no __iter__)
-    # After Ctrl-C Tune stops gracefully, marks the running trials TERMINATED and returns; only their missing
-    # final result (`done`, set for finished and scheduler-stopped trials alike) tells them apart
-    if any(not result.error and not (result.metrics or {}).get("done") for result in trials):
+    unfinished = [r for r in trials if not r.error and not trial_finished(r.metrics or {}, spec.reports_when_complete)]
+    if unfinished:
+        ids = ", ".join(sorted(str((r.metrics or {}).get("trial_id", "?")) for r in unfinished))
         raise PipelineError(
-            f"search {spec.name} was interrupted with trials unfinished; run the stage again to resume it from {path}"
+            f"search {spec.name} was interrupted with trials unfinished ({ids}); run the stage again to resume it "
+            f"from {path} (if these same trials stop it again, delete that folder to start the search over)"
         )
     if len(results.errors) == len(results) and len(results):
         raise PipelineError(f"search {spec.name}: every trial failed; the first error: {results.errors[0]}")
     write_state(runtime, spec.name, {**state, "complete": True})
     return results
+
+
+def trial_finished(metrics: Mapping[str, Any], reports_when_complete: int | None) -> bool:
+    """Whether a trial's last result says it ran to its end. After Ctrl-C Tune stops gracefully and marks running
+    trials TERMINATED too; only the missing `done` of their last result (set for finished and scheduler-stopped
+    trials alike) tells them apart, or, when Tune lost that flag, the count of reports a complete trial makes."""
+    if metrics.get("done"):
+        return True
+    return reports_when_complete is not None and int(metrics.get("training_iteration", 0)) >= reports_when_complete
 
 
 def result_rows(results: Iterable[Any], keys: list[str]) -> list[dict[str, Any]]:
