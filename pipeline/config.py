@@ -279,6 +279,20 @@ class LossWeights(StrictModel):
 class MixedSchedule(StrictModel):
     joint_epochs: float = Field(0.5, ge=0)  # k: epochs backbone + imitation train together, then backbone frozen
     backbone_lr: float = Field(2e-4, gt=0)
+    # optimizer steps of the mixed schedule, which runs the backbone every step (it trains it); null: max_steps. The
+    # frozen heads train from the feature cache, where many more steps cost little
+    max_steps: int | None = Field(150, ge=1)
+
+
+class FeaturesConfig(StrictModel):
+    """The `features` stage: the frozen backbone's states cached once for every draft trainer."""
+
+    enabled: bool = True  # false: frozen heads, NAS trials and sweep heads run the backbone on every step
+    train_examples: int | None = Field(3000, ge=1)  # training examples cached (imitation.task_weights); null: all
+    val_examples: int = Field(192, ge=1)
+    dtype: Literal["float16", "bfloat16", "float32"] = "float16"  # storage of the hidden states
+    top_k: int = Field(0, ge=0)  # teacher log-probabilities kept per scored token for KD; 0: the whole vocabulary
+    batch_size: int = Field(32, ge=1)  # backbone batch while caching
 
 
 class ImitationConfig(TrainingConfig):
@@ -293,9 +307,9 @@ class ImitationConfig(TrainingConfig):
     weights: LossWeights = LossWeights()  # λ of each term where its variant uses it
     temperature: float = Field(2.0, gt=0)
     mixed: MixedSchedule = MixedSchedule()
-    max_steps: int = Field(150, ge=1)
+    max_steps: int = Field(1875, ge=1)  # 20 epochs of the cached examples (the frozen heads)
     task_weights: TaskWeights = TaskWeights(caption=0.6, description=0.3, vqa=0.1)  # drafting is long-form text
-    val_every_steps: int = Field(75, ge=1)
+    val_every_steps: int = Field(625, ge=1)
     val_batches: int = Field(2, ge=1)
     val_decode_prompts: int = Field(8, ge=0)  # validation prompts decoded by SSD to log acceptance
     optimizer: OptimizerConfig = OptimizerConfig(lr=2e-3, weight_decay=0.0, warmup_steps=10)
@@ -438,8 +452,8 @@ class NASConfig(StrictModel):
 
     search_space: str = "experiments/search_spaces/nas.yaml"
     num_samples: int = Field(6, ge=1)  # architectures sampled (random search, seeded)
-    max_steps: int = Field(30, ge=1)  # training steps of a trial that ASHA never stops
-    report_every_steps: int = Field(10, ge=1)  # one ASHA rung unit: validation + report every this many steps
+    max_steps: int = Field(300, ge=1)  # training steps of a trial that ASHA never stops (from the feature cache)
+    report_every_steps: int = Field(100, ge=1)  # one ASHA rung unit: validation + report every this many steps
     grace_reports: int = Field(1, ge=1)  # ASHA stops no trial before this many reports
     reduction_factor: float = Field(2.0, gt=1)
     accuracy: Literal["agreement", "acceptance_rate"] = "agreement"
@@ -460,7 +474,7 @@ class SweepConfig(StrictModel):
     reuses) the imitation network for its n/λ and measures speed and caption quality on validation images."""
 
     search_space: str = "experiments/search_spaces/sweep.yaml"
-    train_steps: int = Field(150, ge=1)  # = imitation.max_steps: the train_imitation heads are reused for its n
+    train_steps: int = Field(1875, ge=1)  # = imitation.max_steps: the train_imitation heads are reused for its n
     captions: int = Field(12, ge=1)  # validation images captioned per trial (CIDEr / BLEU-4)
     descriptions: int = Field(4, ge=0)  # long descriptions per trial (speed on long outputs)
     repeats: int = Field(1, ge=1)  # timing repeats per trial
@@ -562,6 +576,7 @@ class Params(StrictModel):
     finetune: FinetuneConfig = FinetuneConfig()
     layer_choice: LayerChoiceConfig = LayerChoiceConfig()
     imitation: ImitationConfig = ImitationConfig()
+    features: FeaturesConfig = FeaturesConfig()
     baselines: BaselinesConfig = BaselinesConfig()
     decoding: DecodingConfig = DecodingConfig()
     ray: RayConfig = RayConfig()

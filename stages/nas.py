@@ -22,6 +22,7 @@ LAYER_CHOICE = Path("metrics/layer_choice.json")
 BEST = Path("models/nas/best_architecture.json")
 TABLE = Path("reports/nas_trials.csv")
 METRICS = Path("metrics/nas.json")
+FEATURES = Path("data/features")
 
 
 def write(outcome: NASOutcome) -> None:
@@ -36,7 +37,8 @@ def write(outcome: NASOutcome) -> None:
 
 
 def main(params: Params) -> None:
-    print(run_nas(params, FINETUNED, LAYER_CHOICE, write).headline())
+    features = FEATURES if params.features.enabled else None
+    print(run_nas(params, FINETUNED, LAYER_CHOICE, write, features).headline())
 
 
 if __name__ == "__main__":

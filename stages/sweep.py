@@ -23,6 +23,7 @@ IMITATION = Path("models/imitation")
 BEST_ARCHITECTURE = Path("models/nas/best_architecture.json")
 TABLE = Path("reports/sweep.csv")
 METRICS = Path("metrics/sweep.json")
+FEATURES = Path("data/features")
 PARETO_DATA = Path("plots/sweep_pareto.csv")
 PARETO_FIGURE = Path("reports/figures/sweep_pareto.png")
 
@@ -47,7 +48,8 @@ def write(outcome: SweepOutcome) -> None:
 
 
 def main(params: Params) -> None:
-    outcome = run_sweep(params, FINETUNED, IMITATION, BEST_ARCHITECTURE, write)
+    features = FEATURES if params.features.enabled else None
+    outcome = run_sweep(params, FINETUNED, IMITATION, BEST_ARCHITECTURE, write, features)
     print(outcome.headline())
     print(json.dumps(outcome.summary["best"], indent=1, default=str))
 

@@ -11,6 +11,7 @@ several processes every head trains with DDP; rank zero alone writes.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from pipeline import tracking
@@ -26,6 +27,7 @@ PATHS = ImitationPaths(
     best_architecture=Path("models/nas/best_architecture.json"),
     heads=Path("models/imitation"),
     mixed_backbone=Path("models/mixed_backbone"),
+    features=Path("data/features"),
 )
 METRICS = Path("metrics/imitation.json")
 
@@ -33,7 +35,8 @@ METRICS = Path("metrics/imitation.json")
 def main(params: Params) -> None:
     check_launch(params.imitation.trainer, "imitation.trainer", params.imitation.batch_size)
     with tracking.stage_run("train_imitation", params.tracking.experiment, params.model_dump(include={"imitation"})):
-        results = train_imitation_heads(params, PATHS)
+        paths = PATHS if params.features.enabled else dataclasses.replace(PATHS, features=None)
+        results = train_imitation_heads(params, paths)
         if results is None:  # another DDP process: rank zero writes
             return
         atomic_write_json(METRICS, results)

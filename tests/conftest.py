@@ -200,6 +200,7 @@ TINY_PARAMS: dict[str, Any] = {
         "val_decode_prompts": 1,
         "optimizer": {"warmup_steps": 1},
         "variants": ["ce"],
+        "mixed": {"max_steps": 4},
     },
     "ray": {"num_cpus": 2, "max_failures": 1, "cluster_gpus_per_trial": 0},  # the loopback head has no GPU
     "nas": {"num_samples": 2, "max_steps": 4, "report_every_steps": 2, "val_batches": 1, "val_decode_prompts": 1},

@@ -105,7 +105,16 @@ def nas_trial(config: dict[str, Any], context: TrialContext) -> None:
         ),
     }
     weights = variant_weights("ce+cs+kd", imitation.weights)
-    train_trial_head(loaded, params, head, n, weights, updates, callbacks=[ValidationReporter(report)])
+    train_trial_head(
+        loaded,
+        params,
+        head,
+        n,
+        weights,
+        updates,
+        callbacks=[ValidationReporter(report)],
+        features_dir=context.features_dir,
+    )
 
 
 def max_reports(cfg: NASConfig) -> int:
@@ -168,7 +177,13 @@ def summarise(results: Any, cfg: NASConfig, base: ImitationArchitecture, draft_l
     return NASOutcome(draft_layers, rows, summary, chosen)
 
 
-def run_nas(params: Params, model_dir: Path, layer_choice: Path, write: Callable[[NASOutcome], None]) -> NASOutcome:
+def run_nas(
+    params: Params,
+    model_dir: Path,
+    layer_choice: Path,
+    write: Callable[[NASOutcome], None],
+    features_dir: Path | None = None,
+) -> NASOutcome:
     """Search imitation architectures at the chosen n on Ray Tune; `write(outcome)` runs inside the stage's MLflow run
     (the stage's outputs, logged as its artifacts). Paths are relative to the repository root."""
     cfg = params.nas
@@ -177,8 +192,14 @@ def run_nas(params: Params, model_dir: Path, layer_choice: Path, write: Callable
     space = load_search_space(root / params.nas.search_space, allowed_keys=ARCHITECTURE_KEYS)
     num_layers = load_backbone(model_dir).adapter.num_layers
     n = resolve_draft_layers(params.imitation.draft_layers, num_layers, root / layer_choice, "imitation.draft_layers")
+    features = (root / features_dir).resolve() if features_dir else None
     context = TrialContext(
-        str(model_dir), str(data_dir), params.model_dump(), n, threads=max(1, int(params.ray.cpus_per_trial))
+        str(model_dir),
+        str(data_dir),
+        params.model_dump(),
+        n,
+        threads=max(1, int(params.ray.cpus_per_trial)),
+        features_dir=str(features or ""),
     )
     settings = params.model_dump(include={"seed", "nas", "imitation"}) | {
         "space": space.space,
@@ -187,7 +208,7 @@ def run_nas(params: Params, model_dir: Path, layer_choice: Path, write: Callable
     }
     spec = SearchSpec(
         name="nas",
-        fingerprint=inputs_fingerprint(settings, [model_dir, data_dir]),
+        fingerprint=inputs_fingerprint(settings, [model_dir, data_dir, *([features] if features else [])]),
         metric="score",
         mode="max",
         num_samples=cfg.num_samples,

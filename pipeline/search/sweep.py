@@ -220,7 +220,12 @@ def summarise(results: Any) -> SweepOutcome:
 
 
 def run_sweep(
-    params: Params, model_dir: Path, imitation_dir: Path, best_architecture: Path, write: Callable[[SweepOutcome], None]
+    params: Params,
+    model_dir: Path,
+    imitation_dir: Path,
+    best_architecture: Path,
+    write: Callable[[SweepOutcome], None],
+    features_dir: Path | None = None,
 ) -> SweepOutcome:
     """The n/λ/d grid on Ray Tune; `write(outcome)` runs inside the stage's MLflow run. Paths are relative to the
     repository root."""
@@ -239,6 +244,7 @@ def run_sweep(
         params.model_dump(),
         0,
         threads=max(1, int(params.ray.cpus_per_trial)),
+        features_dir=str((root / features_dir).resolve()) if features_dir else "",
         heads_dir=str(heads_dir),
         reusable=reusable_heads(imitation_dir, params, arch),
         architecture=arch,

@@ -70,7 +70,7 @@ def obtain_head(
             "val_every_steps": params.sweep.train_steps,
             "val_decode_prompts": 0,
         }
-        train_trial_head(loaded, params, head, n, weights, updates)
+        train_trial_head(loaded, params, head, n, weights, updates, features_dir=context.features_dir)
         save_imitation(head, folder, {"draft_layers": n, "loss_weights": weights, "steps": params.sweep.train_steps})
         return head, "sweep"
 

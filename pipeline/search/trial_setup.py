@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,6 +32,7 @@ class TrialContext:
     params: dict[str, Any]  # Params.model_dump()
     draft_layers: int  # the select_layer stage's n (NAS); the sweep names its own
     threads: int = 1  # torch threads per trial = CPUs per trial
+    features_dir: str = ""  # absolute: the features stage's cache the heads train from ("" : none, run the backbone)
 
     @property
     def config(self) -> Params:
@@ -67,6 +69,7 @@ def train_trial_head(
     loss_weights: dict[str, float],
     updates: dict[str, Any],
     callbacks: list[Any] | None = None,  # Lightning callbacks (Lightning itself stays in training/)
+    features_dir: str = "",
 ) -> ImitationResult:
     """Train `head` at draft depth n on the trial's frozen backbone with params' imitation settings changed by
     `updates`, the cosine target fused as params say, on the accelerator Ray gave the trial (a GPU on a cluster).
@@ -96,4 +99,5 @@ def train_trial_head(
         seed=params.seed,
         callbacks=callbacks,
         progress_bar=False,
+        features=Path(features_dir) if features_dir else None,
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import lightning as L
@@ -28,11 +29,14 @@ from pipeline.data.prompts import PromptBuilder
 from pipeline.decoding import DecodingStats, SelfSpeculativeDecoder
 from pipeline.evaluation.prompts import validation_prompts
 from pipeline.models.adapters import BackboneAdapter, adapter_for
+from pipeline.models.deep_layer_fusion import fused_layer_count
 from pipeline.models.imitation import ImitationNetwork, as_draft_head
 from pipeline.tracking import RunRef
 from pipeline.training import imitation_losses as losses
 from pipeline.training.datamodule import VLMDataModule
+from pipeline.training.feature_cache import CachedFeatures
 from pipeline.training.global_batch import token_share
+from pipeline.training.imitation_cached import CachedFeatureDataModule, CachedImitationModule
 from pipeline.training.optimizer import adamw_cosine
 from pipeline.training.trainer import fit_module
 
@@ -251,31 +255,53 @@ def fit_imitation(
     tracking_run: RunRef | None = None,
     callbacks: list[L.Callback] | None = None,
     progress_bar: bool = True,
+    features: Path | None = None,
 ) -> ImitationResult:
     """Train `head` (and `fusion`) to draft from layer `draft_layers`; with `mixed`, the backbone trains for
-    `cfg.mixed.joint_epochs` epochs first. Returns the final validation metrics and the validation curve."""
+    `cfg.mixed.joint_epochs` epochs first. On the frozen schedule with `features` (the `features` stage's folder,
+    holding `train/` and `val/`) the network trains from the cached backbone states instead of running the backbone.
+    Returns the final validation metrics and the validation curve."""
     L.seed_everything(seed, workers=True, verbose=False)
     steps_per_epoch = max(1, -(-len(splits["train"].images) // cfg.batch_size))
     joint_steps = round(cfg.mixed.joint_epochs * steps_per_epoch) if mixed else 0
     prompts = validation_prompts(splits["val"], builder, image_processor, cfg.val_decode_prompts)
-    module = ImitationModule(
-        model,
-        head,
-        fusion,
-        cfg,
-        draft_layers=draft_layers,
-        loss_weights=loss_weights,
-        joint_steps=joint_steps,
-        val_prompts=prompts,
-    )
+    module: L.LightningModule
+    if features is not None and not mixed:
+        train = CachedFeatures(features / "train", draft_layers)
+        adapter = adapter_for(model)
+        module = CachedImitationModule(
+            model,
+            head,
+            fusion,
+            cfg,
+            loss_weights=loss_weights,
+            fused_states=fused_layer_count(cfg.fusion_layers, adapter.num_layers, draft_layers),
+            acceptance=(lambda: decode_acceptance(model, head, draft_layers, prompts)) if prompts else None,
+        )
+        data: L.LightningDataModule = CachedFeatureDataModule(
+            train, CachedFeatures(features / "val", draft_layers), cfg, seed
+        )
+        steps_per_epoch = max(1, len(train) // cfg.batch_size)
+    else:
+        module = ImitationModule(
+            model,
+            head,
+            fusion,
+            cfg,
+            draft_layers=draft_layers,
+            loss_weights=loss_weights,
+            joint_steps=joint_steps,
+            val_prompts=prompts,
+        )
+        data = VLMDataModule(splits, builder, image_processor, cfg, seed)
     run = fit_module(
         module,
         cfg,
-        VLMDataModule(splits, builder, image_processor, cfg, seed),
+        data,
         callbacks=callbacks,
         tracking_run=tracking_run,
         progress_bar=progress_bar,
-        unused_parameters=module.unused_parameters,
+        unused_parameters=getattr(module, "unused_parameters", False),
     )
     model.eval()
     head.eval()
@@ -284,6 +310,8 @@ def fit_imitation(
         "steps": run.steps,
         "train_seconds": run.seconds,
         "joint_steps": float(joint_steps),
+        "epochs": run.steps / steps_per_epoch,  # passes over the cached examples, or the split's images
+        "from_feature_cache": float(features is not None and not mixed),
         "processes": float(run.processes),
     }
     return ImitationResult(metrics, run.curve)

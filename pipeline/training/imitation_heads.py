@@ -61,6 +61,7 @@ class ImitationPaths:
     best_architecture: Path  # the nas stage's winner, when it exists
     heads: Path  # one folder per trained head
     mixed_backbone: Path  # the mixed schedule's backbone
+    features: Path | None = None  # the features stage's cache: the frozen heads train from it
 
 
 def training_plan(cfg: ImitationConfig) -> list[PlannedHead]:
@@ -125,6 +126,11 @@ def train_head(job: HeadJob) -> dict[str, Any]:
     adapter = backbone.adapter
     builder = backbone.prompt_builder(params.data.prompts)
     before = None if planned.mixed else weights_fingerprint(backbone.model)
+    if planned.mixed and cfg.mixed.max_steps is not None:  # it runs the backbone every step: its own budget
+        mixed_steps = cfg.mixed.max_steps
+        cfg = cfg.model_copy(
+            update={"max_steps": mixed_steps, "val_every_steps": min(cfg.val_every_steps, mixed_steps)}
+        )
     torch.manual_seed(params.seed)
     head = ImitationNetwork(job.hidden_size, ImitationArchitecture.model_validate(job.architecture))
     fusion = build_fusion(
@@ -149,6 +155,7 @@ def train_head(job: HeadJob) -> dict[str, Any]:
         seed=params.seed,
         tracking_run=job.tracking_run,
         progress_bar=job.progress_bar,
+        features=job.paths.features,
     )
     metrics: dict[str, Any] = dict(result.metrics)
     metrics["parameters"] = float(sum(p.numel() for p in head.parameters()))

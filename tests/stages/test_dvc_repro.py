@@ -56,7 +56,9 @@ SMALL = {
         "optimizer": {"warmup_steps": 1},
         "variants": ["ce", "ce+cs+kd"],
         "parallel_heads": 2,
+        "mixed": {"max_steps": 4},
     },  # the worker-process path (auto is one process on 2 cores)
+    "features": {"train_examples": 24, "val_examples": 8, "batch_size": 8},
     "baselines": {
         "layerskip": {
             "max_steps": 4,
@@ -191,6 +193,17 @@ def test_trained_heads_are_the_ones_measured_and_the_frozen_backbone_stays_froze
     reference = weights_fingerprint(finetuned.model)
     assert weights_fingerprint(load_backbone(work / "models/mixed_backbone").model) != reference
     assert weights_fingerprint(load_backbone(work / "models/layerskip").model) != reference
+    # the frozen heads trained from the features stage's cache (n = 1), the mixed schedule end to end
+    features = json.loads((work / "metrics/features.json").read_text())
+    assert features["draft_layers"] == [1] and 20 <= features["train_examples"] <= 24
+    assert (work / "data/features/train/layer_1.npy").exists()
+    assert {k: imitation[k]["from_feature_cache"] for k in ("ce", "ce+cs+kd", "fusion-concat", "mixed")} == {
+        "ce": 1.0,
+        "ce+cs+kd": 1.0,
+        "fusion-concat": 1.0,
+        "mixed": 0.0,
+    }
+    assert imitation["mixed"]["steps"] == 4 and imitation["ce"]["steps"] == 4
     # nas → train_imitation: the searched architecture is the one trained
     best = json.loads((work / "models/nas/best_architecture.json").read_text())["architecture"]
     assert json.loads((work / "models/imitation/ce/config.json").read_text())["architecture"] == best
