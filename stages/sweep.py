@@ -24,6 +24,7 @@ BEST_ARCHITECTURE = Path("models/nas/best_architecture.json")
 TABLE = Path("reports/sweep.csv")
 METRICS = Path("metrics/sweep.json")
 FEATURES = Path("data/features")
+LAYER_CHOICE = Path("metrics/layer_choice.json")
 PARETO_DATA = Path("plots/sweep_pareto.csv")
 PARETO_FIGURE = Path("reports/figures/sweep_pareto.png")
 
@@ -49,7 +50,7 @@ def write(outcome: SweepOutcome) -> None:
 
 def main(params: Params) -> None:
     features = FEATURES if params.features.enabled else None
-    outcome = run_sweep(params, FINETUNED, IMITATION, BEST_ARCHITECTURE, write, features)
+    outcome = run_sweep(params, FINETUNED, IMITATION, BEST_ARCHITECTURE, LAYER_CHOICE, write, features)
     print(outcome.headline())
     print(json.dumps(outcome.summary["best"], indent=1, default=str))
 

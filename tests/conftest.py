@@ -4,6 +4,7 @@ and tokenizer, and a tiny repository with a saved backbone (what the stages read
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +203,7 @@ TINY_PARAMS: dict[str, Any] = {
         "variants": ["ce"],
         "mixed": {"max_steps": 4},
     },
+    "features": {"train_examples": 48, "val_examples": 8, "batch_size": 8},
     "ray": {"num_cpus": 2, "max_failures": 1, "cluster_gpus_per_trial": 0},  # the loopback head has no GPU
     "nas": {"num_samples": 2, "max_steps": 4, "report_every_steps": 2, "val_batches": 1, "val_decode_prompts": 1},
     "sweep": {"train_steps": 4, "captions": 2, "descriptions": 1},
@@ -233,4 +235,19 @@ def tiny_repo(tmp_path_factory) -> Path:
     spaces.mkdir(parents=True)
     (spaces / "nas.yaml").write_text(NAS_SPACE)
     (spaces / "sweep.yaml").write_text(SWEEP_SPACE)
+    _run_in(root, "stages.features")  # the cache the search trials train their heads from
     return root
+
+
+def _run_in(root: Path, stage: str) -> None:
+    """Run a stage's main with `root` as the working directory (stages use repository-relative paths)."""
+    import importlib
+
+    previous = Path.cwd()
+    os.chdir(root)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+            importlib.import_module(stage).main(tiny_params())
+    finally:
+        os.chdir(previous)

@@ -9,6 +9,7 @@ the draft alone. It reports speed-up, acceptance, mean accepted length, CIDEr/BL
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from pipeline.config import Params
 from pipeline.errors import ConfigError
 from pipeline.evaluation import methods
 from pipeline.evaluation.comparison import evaluate_methods
+from pipeline.evaluation.layer_choice import resolve_draft_layers
 from pipeline.evaluation.method_runner import DecodingResources, batch_runnables, draft_policy, runnables
 from pipeline.evaluation.pareto import pareto_front
 from pipeline.evaluation.prompts import caption_prompts
@@ -129,6 +131,15 @@ def sweep_trial(config: dict[str, Any], context: SweepContext) -> None:
     )
 
 
+def with_evaluated_layers(space: SearchSpace, n: int) -> SearchSpace:
+    """The space with `n` (the draft depth `evaluate` uses) in its draft_layers grid: evaluate takes its d from the
+    sweep's trials at that n, so a model whose select_layer picks an n outside the file's grid still gets one."""
+    values = space.values("draft_layers")
+    if n in values:
+        return space
+    return dataclasses.replace(space, space={**space.space, "draft_layers": {"grid": sorted([*values, n])}})
+
+
 def check_space(space: SearchSpace, params: Params, num_layers: int) -> None:
     """Every value the grid can take must be usable, before any trial starts."""
     problems = []
@@ -224,6 +235,7 @@ def run_sweep(
     model_dir: Path,
     imitation_dir: Path,
     best_architecture: Path,
+    layer_choice: Path,
     write: Callable[[SweepOutcome], None],
     features_dir: Path | None = None,
 ) -> SweepOutcome:
@@ -234,7 +246,12 @@ def run_sweep(
         (root / p).resolve() for p in (model_dir, imitation_dir, Path(params.data.out_dir))
     )
     space = load_search_space(root / params.sweep.search_space, allowed_keys=SPACE_KEYS)
-    check_space(space, params, load_backbone(model_dir).adapter.num_layers)
+    num_layers = load_backbone(model_dir).adapter.num_layers
+    check_space(space, params, num_layers)
+    evaluated = resolve_draft_layers(
+        params.imitation.draft_layers, num_layers, root / layer_choice, "imitation.draft_layers"
+    )
+    space = with_evaluated_layers(space, evaluated)
     arch = searched_architecture(params.imitation.architecture, root / best_architecture).model_dump()
     model_fingerprint = inputs_fingerprint({}, [model_dir])
     heads_dir = root / "ray_results" / "sweep_heads" / heads_fingerprint(params, arch, model_fingerprint)
