@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from torch import nn
 
 from pipeline.decoding.cache import new_cache
-from pipeline.decoding.drafters import Drafter, EarlyExitDrafter, SkipLayerDrafter
+from pipeline.decoding.drafters import EarlyExitDrafter, LayerStateDrafter, SkipLayerDrafter
 from pipeline.decoding.engine import (
     Decoder,
     Rows,
@@ -31,7 +31,9 @@ from pipeline.decoding.stats import GenerationOutput
 from pipeline.models.adapters import BackboneAdapter
 
 
-def _token_by_token(adapter: BackboneAdapter, request: GenerationRequest, drafter: Drafter | None) -> GenerationOutput:
+def _token_by_token(
+    adapter: BackboneAdapter, request: GenerationRequest, drafter: LayerStateDrafter | None
+) -> GenerationOutput:
     """Plain decoding: each token of every row through the full stack (`drafter=None`) or through the draft only."""
     rows = Rows(request)
     if request.max_new_tokens == 0:
@@ -95,7 +97,7 @@ class DraftOnlyDecoder(Decoder):
         if skip_layers is not None:
             if head is not None:
                 raise ValueError("a head goes with an early-exit draft (draft_layers), not with skip_layers")
-            self.drafter: Drafter = SkipLayerDrafter(self.adapter, skip_layers)
+            self.drafter: LayerStateDrafter = SkipLayerDrafter(self.adapter, skip_layers)
         else:
             assert draft_layers is not None  # exactly one of the two was given (checked above)
             self.drafter = EarlyExitDrafter(self.adapter, check_draft_layers(self.adapter, draft_layers), head)

@@ -44,17 +44,6 @@ class Drafter(ABC):
         """The prompts' layer-n states, once per generation (for drafters that keep state)."""
 
     @abstractmethod
-    def draft_hidden(
-        self,
-        hidden: torch.Tensor,
-        cache: Cache,
-        position_ids: torch.Tensor,
-        encoder: EncoderStates | None = None,
-        attention_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Layer-n states of new tokens → the states the final norm and LM head turn into draft logits.
-        `attention_mask` is the batch's slot mask over every position these tokens attend to (None: all)."""
-
     def draft_logits(
         self,
         tokens: torch.Tensor,
@@ -64,9 +53,8 @@ class Drafter(ABC):
         encoder: EncoderStates | None = None,
         attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Draft logits [B, V] for the token after `tokens` [B, 1], whose layer-n states are `hidden`: by default the
-        full model's final norm and LM head over `draft_hidden`."""
-        return self.adapter.logits(self.draft_hidden(hidden, cache, position_ids, encoder, attention_mask)[:, -1])
+        """Draft logits [B, V] for the token after `tokens` [B, 1], whose layer-n states are `hidden`.
+        `attention_mask` is the batch's slot mask over every position these tokens attend to (None: all)."""
 
     def observe_token(  # noqa: B027
         self, tokens: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor | None
@@ -91,7 +79,34 @@ class Drafter(ABC):
         """Keep only `rows` of the batch (the others finished)."""
 
 
-class EarlyExitDrafter(Drafter):
+class LayerStateDrafter(Drafter):
+    """A draft made of the full model's own pieces: layer-n states → `draft_hidden` → the full model's final norm and
+    LM head."""
+
+    @abstractmethod
+    def draft_hidden(
+        self,
+        hidden: torch.Tensor,
+        cache: Cache,
+        position_ids: torch.Tensor,
+        encoder: EncoderStates | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Layer-n states of new tokens → the states the final norm and LM head turn into draft logits."""
+
+    def draft_logits(
+        self,
+        tokens: torch.Tensor,
+        hidden: torch.Tensor,
+        cache: Cache,
+        position_ids: torch.Tensor,
+        encoder: EncoderStates | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return self.adapter.logits(self.draft_hidden(hidden, cache, position_ids, encoder, attention_mask)[:, -1])
+
+
+class EarlyExitDrafter(LayerStateDrafter):
     """Layers 0..n-1, then `head` (or nothing) before the final norm and LM head."""
 
     def __init__(self, adapter: BackboneAdapter, draft_layers: int, head: nn.Module | None = None) -> None:
@@ -176,7 +191,7 @@ def check_head_placement(
         )
 
 
-class SkipLayerDrafter(Drafter):
+class SkipLayerDrafter(LayerStateDrafter):
     """Draft & Verify's draft: the full stack with `skip_layers` left out; layers before the first skip are shared."""
 
     def __init__(self, adapter: BackboneAdapter, skip_layers: Iterable[int]) -> None:

@@ -55,16 +55,6 @@ class SeparateModelDrafter(Drafter):
         self.cache = DynamicCache(config=cast(PreTrainedModel, self.draft_model).config)
         self._forward(request.input_ids, request.prompt_positions(), request.prompt_mask)
 
-    def draft_hidden(
-        self,
-        hidden: torch.Tensor,
-        cache: Cache,
-        position_ids: torch.Tensor,
-        encoder: EncoderStates | None = None,
-        attention_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        raise TypeError("a separate draft model drafts tokens from tokens (draft_logits), not from the VLM's states")
-
     def draft_logits(
         self,
         tokens: torch.Tensor,
