@@ -20,7 +20,7 @@ from pipeline.data.datasets import ExampleDataset, collate_for_training
 from pipeline.data.pixels import PixelStore
 from pipeline.data.prepared import Example, SplitData
 from pipeline.data.prompts import TASKS, PromptBuilder
-from pipeline.training.samplers import GlobalTaskBatchSampler, ResumableLoader
+from pipeline.training.samplers import GlobalTaskBatchSampler, ResumableLoader, finished_batches
 
 
 def split_examples(split: SplitData, weights: dict[str, float]) -> list[Example]:
@@ -78,13 +78,7 @@ class VLMDataModule(L.LightningDataModule):
         )
 
     def _batches_done(self) -> int:
-        """Batches of the current epoch the training loop has finished (optimizer step taken): asked when a checkpoint
-        is written, from inside the step's `on_train_batch_end` or later, when the step is counted."""
-        if self.trainer is None:
-            return 0
-        # typed as the ready/completed tracker; the training loop's is the one that also counts processed batches
-        current: Any = self.trainer.fit_loop.epoch_loop.batch_progress.current
-        return int(current.processed)
+        return finished_batches(self.trainer)
 
     def val_dataloader(self) -> DataLoader:
         # A fixed, task-balanced slice of the validation split, so curves are comparable across steps.

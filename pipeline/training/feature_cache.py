@@ -244,6 +244,11 @@ class CachedFeatures(torch.utils.data.Dataset):
             raise PipelineError(
                 f"feature cache {self.folder} does not match its {INDEX_FILE}: run the `features` stage again"
             )
+        self.tasks: list[str] = self.index.get("tasks") or ["caption"] * len(lengths)
+        if len(self.tasks) != len(lengths):
+            raise PipelineError(
+                f"feature cache {self.folder} does not match its {INDEX_FILE}: run the `features` stage again"
+            )
         self.starts = np.concatenate([[0], np.cumsum(lengths)])
         self.scored_starts = np.concatenate([[0], np.cumsum(scored)])
 
@@ -332,8 +337,9 @@ def cache_splits(
                 ),
             )
             batches = tqdm(loader, desc=f"features {name}", unit="batch", leave=False)
-            index = write_feature_cache(adapter, batches, layout, staging / name, extra)
-            summary[name] = {k: v for k, v in index.items() if k not in ("lengths", "scored_counts")}
+            tasks = {"tasks": [e.task for e in examples]}  # the trainer batches by task, as end to end
+            index = write_feature_cache(adapter, batches, layout, staging / name, {**(extra or {}), **tasks})
+            summary[name] = {k: v for k, v in index.items() if k not in ("lengths", "scored_counts", "tasks")}
         if out_dir.exists():
             shutil.rmtree(out_dir)
         staging.rename(out_dir)

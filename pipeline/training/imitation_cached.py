@@ -24,6 +24,7 @@ from pipeline.models.adapters import adapter_for
 from pipeline.models.imitation import ImitationNetwork
 from pipeline.training.feature_cache import CachedFeatures, collate_cached, scored_positions
 from pipeline.training.optimizer import adamw_cosine
+from pipeline.training.samplers import GlobalTaskBatchSampler, ResumableLoader, finished_batches
 
 
 @dataclass
@@ -136,30 +137,34 @@ class CachedImitationModule(L.LightningModule):
 
 
 class CachedFeatureDataModule(L.LightningDataModule):
-    """Shuffled cached training examples (`cfg.batch_size` per optimizer step over all processes; Lightning shards
-    them under DDP) and the cached validation examples."""
+    """The cached training examples in the end-to-end trainer's order: one task per global batch (a caption is not
+    padded to a description's length), `cfg.batch_size` examples per optimizer step over all processes, each process
+    its slice, resumable (`pipeline.training.samplers`); the cached validation examples, the same in every process."""
 
     def __init__(self, train: CachedFeatures, val: CachedFeatures, cfg: ImitationConfig, seed: int) -> None:
         super().__init__()
         self.train_set, self.val_set, self.cfg, self.seed = train, val, cfg, seed
 
-    def _per_process(self) -> int:
-        world = self.trainer.world_size if self.trainer is not None else 1
-        return max(1, self.cfg.batch_size // world)
-
     def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
+        trainer = self.trainer
+        sampler = GlobalTaskBatchSampler(
+            self.train_set.tasks,
+            self.cfg.task_weights.model_dump(),
+            self.cfg.batch_size,
+            max(1, len(self.train_set) // self.cfg.batch_size),
+            seed=self.seed,
+            rank=trainer.global_rank if trainer is not None else 0,
+            world_size=trainer.world_size if trainer is not None else 1,
+        )
+        return ResumableLoader(
             self.train_set,
-            batch_size=self._per_process(),
-            shuffle=True,
-            drop_last=len(self.train_set) >= self.cfg.batch_size,
-            generator=generator,
+            batch_sampler=sampler,
             collate_fn=collate_cached,
             num_workers=self.cfg.trainer.num_workers,
+            batches_done=lambda: finished_batches(self.trainer),
         )
 
     def val_dataloader(self) -> DataLoader:
         count = min(len(self.val_set), self.cfg.val_batches * self.cfg.batch_size)
         subset = torch.utils.data.Subset(self.val_set, range(count))
-        return DataLoader(subset, batch_size=self._per_process(), collate_fn=collate_cached)
+        return DataLoader(subset, batch_size=self.cfg.batch_size, collate_fn=collate_cached)

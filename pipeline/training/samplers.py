@@ -87,6 +87,16 @@ class GlobalTaskBatchSampler(Sampler[list[int]]):
                 yield batch[self.rank :: self.world_size]
 
 
+def finished_batches(trainer: Any) -> int:
+    """Batches of the current epoch the training loop has finished (optimizer step taken): asked when a checkpoint
+    is written, from inside the step's `on_train_batch_end` or later, when the step is counted."""
+    if trainer is None:
+        return 0
+    # typed as the ready/completed tracker; the training loop's is the one that also counts processed batches
+    current: Any = trainer.fit_loop.epoch_loop.batch_progress.current
+    return int(current.processed)
+
+
 class ResumableLoader(DataLoader):
     """A DataLoader over a `GlobalTaskBatchSampler` whose position goes into Lightning's checkpoints.
 

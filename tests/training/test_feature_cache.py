@@ -129,6 +129,8 @@ def test_a_head_trained_from_the_cache_learns_and_leaves_the_backbone_alone(tiny
     assert summary["train"]["examples"] == len(chosen["train"][1]) and json.loads(
         (tmp_path / "f" / "val" / "index.json").read_text()
     )["examples"] == len(chosen["val"][1])
+    # the cache knows each example's task: training batches hold one task each, as end to end
+    assert CachedFeatures(tmp_path / "f" / "train", 2).tasks == [e.task for e in chosen["train"][1]]
     before = {k: v.clone() for k, v in backbone.model.state_dict().items()}
     cfg = ImitationConfig(
         max_steps=40,
