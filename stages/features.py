@@ -9,7 +9,6 @@ marker saying so), `metrics/features.json` (examples, tokens, bytes, seconds).
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from pipeline import tracking
 from pipeline.config import Params
 from pipeline.data.prepared import load_prepared
 from pipeline.evaluation.layer_choice import resolve_draft_layers
-from pipeline.io import atomic_write_json
+from pipeline.io import atomic_directory, atomic_write_json
 from pipeline.models.loading import load_backbone
 from pipeline.search.space import load_search_space
 from pipeline.training.feature_cache import FeatureLayout, bytes_per_token, cache_splits, cached_examples
@@ -33,9 +32,8 @@ def main(params: Params) -> None:
     cfg = params.features
     with tracking.stage_run("features", params.tracking.experiment, params.model_dump(include={"features"})):
         if not cfg.enabled:
-            shutil.rmtree(FEATURES, ignore_errors=True)
-            FEATURES.mkdir(parents=True)
-            (FEATURES / "DISABLED").write_text("features.enabled is false: draft trainers run the backbone\n")
+            with atomic_directory(FEATURES) as folder:
+                (folder / "DISABLED").write_text("features.enabled is false: draft trainers run the backbone\n")
             atomic_write_json(METRICS, {"enabled": False})
             return
         started = time.perf_counter()

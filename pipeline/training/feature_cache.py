@@ -22,8 +22,6 @@ bfloat16 is stored as its 16 raw bits (numpy has no bfloat16) and viewed back on
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,6 +38,7 @@ from pipeline.data.pixels import PixelStore
 from pipeline.data.prepared import Example, SplitData
 from pipeline.data.prompts import TASKS, PromptBuilder
 from pipeline.errors import PipelineError
+from pipeline.io import atomic_directory
 from pipeline.models.adapters import BackboneAdapter
 
 INDEX_FILE = "index.json"
@@ -70,17 +69,20 @@ class _Writer:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.chunks: dict[str, list[np.ndarray]] = {}
+        self.pending: dict[str, int] = {}  # bytes held in `chunks` per array
         self.parts: dict[str, list[Path]] = {}
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
         array = _to_numpy(tensor)
         self.chunks.setdefault(name, []).append(array)
-        if sum(a.nbytes for a in self.chunks[name]) > 64 << 20:
+        self.pending[name] = self.pending.get(name, 0) + array.nbytes
+        if self.pending[name] > 64 << 20:
             self._spill(name)
 
     def _spill(self, name: str) -> None:
         part = self.folder / f".{name}.{len(self.parts.get(name, []))}.npy"
         np.save(part, np.concatenate(self.chunks.pop(name)))
+        self.pending[name] = 0
         self.parts.setdefault(name, []).append(part)
 
     def finish(self) -> None:
@@ -125,14 +127,12 @@ def write_feature_cache(
     if bad:
         raise PipelineError(f"features: draft layers {bad} are outside 1..{adapter.num_layers - 1}")
     store = STORAGE_DTYPES[layout.dtype]
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    writer = _Writer(tmp)
     lengths: list[int] = []
     scored_counts: list[int] = []
     k = min(layout.deep_layers, adapter.num_layers)
     vocab = 0
-    try:
+    with atomic_directory(out_dir) as tmp:
+        writer = _Writer(tmp)
         for batch in batches:
             mask = batch["attention_mask"].bool()
             param = next(adapter.model.parameters())
@@ -184,12 +184,6 @@ def write_feature_cache(
             **dict(extra or {}),
         }
         (tmp / INDEX_FILE).write_text(json.dumps(index))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return index
 
 
@@ -322,10 +316,8 @@ def cache_splits(
 ) -> dict[str, dict[str, Any]]:
     """Cache each named split's chosen examples into `out_dir/<name>`; `out_dir` is replaced only once all are written.
     Returns each split's index without its per-example lists."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     summary: dict[str, dict[str, Any]] = {}
-    try:
+    with atomic_directory(out_dir) as staging:
         for name, (split, examples) in splits.items():
             pixels = PixelStore([r.image_path for r in split.images], image_processor)
             dataset = ExampleDataset(examples, pixels, builder)
@@ -340,10 +332,4 @@ def cache_splits(
             tasks = {"tasks": [e.task for e in examples]}  # the trainer batches by task, as end to end
             index = write_feature_cache(adapter, batches, layout, staging / name, {**(extra or {}), **tasks})
             summary[name] = {k: v for k, v in index.items() if k not in ("lengths", "scored_counts", "tasks")}
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return summary

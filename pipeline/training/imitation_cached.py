@@ -23,6 +23,7 @@ from pipeline.config import ImitationConfig
 from pipeline.models.adapters import adapter_for
 from pipeline.models.imitation import ImitationNetwork
 from pipeline.training.feature_cache import CachedFeatures, collate_cached, scored_positions
+from pipeline.training.global_batch import token_share
 from pipeline.training.optimizer import adamw_cosine
 from pipeline.training.samplers import GlobalTaskBatchSampler, ResumableLoader, finished_batches
 
@@ -104,11 +105,13 @@ class CachedImitationModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         terms, _ = self._terms(batch)
         loss = torch.stack([self.loss_weights[k] * v for k, v in terms.items()]).sum()
+        # each term is a mean over this process's scored tokens: one factor makes it the global batch's (as end to end)
+        share = token_share(self, batch["labels"])
         size = batch["labels"].shape[0]
-        self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=size, sync_dist=True)
+        self.log("train/loss", loss * share, on_step=True, prog_bar=True, batch_size=size, sync_dist=True)
         for name, value in terms.items():
-            self.log(f"train/{name}", value, on_step=True, batch_size=size, sync_dist=True)
-        return loss
+            self.log(f"train/{name}", value * share, on_step=True, batch_size=size, sync_dist=True)
+        return loss * share
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         terms, out = self._terms(batch)
