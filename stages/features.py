@@ -43,8 +43,7 @@ def main(params: Params) -> None:
             params.imitation.draft_layers, adapter.num_layers, LAYER_CHOICE, "imitation.draft_layers"
         )
         space = load_search_space(params.sweep.search_space)
-        swept = space.values("draft_layers") if "draft_layers" in space.space else []
-        layers = tuple(sorted({chosen, *(int(n) for n in swept)}))
+        layers = tuple(sorted(int(n) for n in space.with_grid_value("draft_layers", chosen).values("draft_layers")))
         layout = FeatureLayout(
             layers, params.imitation.fusion_layers, cfg.top_k, params.imitation.temperature, cfg.dtype
         )

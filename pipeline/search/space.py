@@ -35,6 +35,13 @@ class SearchSpace:
             raise ValueError(f"{self.path}: {key} is a {kind} distribution, not a finite set")
         return [spec]
 
+    def with_grid_value(self, key: str, value: Any) -> SearchSpace:
+        """This space with `value` among `key`'s grid values (a grid of `value` alone where the file has no `key`)."""
+        values = self.values(key) if key in self.space else []
+        if value in values:
+            return self
+        return SearchSpace(self.path, {**self.space, key: {"grid": sorted([*values, value])}}, self.evaluate_first)
+
     def grid_size(self) -> int:
         size = 1
         for spec in self.space.values():

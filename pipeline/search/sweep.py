@@ -9,7 +9,6 @@ the draft alone. It reports speed-up, acceptance, mean accepted length, CIDEr/BL
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,15 +130,6 @@ def sweep_trial(config: dict[str, Any], context: SweepContext) -> None:
     )
 
 
-def with_evaluated_layers(space: SearchSpace, n: int) -> SearchSpace:
-    """The space with `n` (the draft depth `evaluate` uses) in its draft_layers grid: evaluate takes its d from the
-    sweep's trials at that n, so a model whose select_layer picks an n outside the file's grid still gets one."""
-    values = space.values("draft_layers")
-    if n in values:
-        return space
-    return dataclasses.replace(space, space={**space.space, "draft_layers": {"grid": sorted([*values, n])}})
-
-
 def check_space(space: SearchSpace, params: Params, num_layers: int) -> None:
     """Every value the grid can take must be usable, before any trial starts."""
     problems = []
@@ -251,7 +241,8 @@ def run_sweep(
     evaluated = resolve_draft_layers(
         params.imitation.draft_layers, num_layers, root / layer_choice, "imitation.draft_layers"
     )
-    space = with_evaluated_layers(space, evaluated)
+    # evaluate takes its d from the sweep's trials at its n: a select_layer n outside the file's grid gets trials too
+    space = space.with_grid_value("draft_layers", evaluated)
     arch = searched_architecture(params.imitation.architecture, root / best_architecture).model_dump()
     model_fingerprint = inputs_fingerprint({}, [model_dir])
     heads_dir = root / "ray_results" / "sweep_heads" / heads_fingerprint(params, arch, model_fingerprint)

@@ -80,12 +80,10 @@ def test_pareto_front_keeps_the_undominated_points():
 def test_the_sweep_always_times_the_draft_depth_evaluate_uses(tmp_path):
     # select_layer chose n = 4 for tiny-blip2-t5 while the sweep file's grid was [1, 2]: evaluate, which takes its d
     # from the sweep's trials at its n, then had none
-    from pipeline.search.sweep import with_evaluated_layers
-
     path = tmp_path / "sweep.yaml"
     path.write_text("space:\n  draft_layers: {grid: [1, 2]}\n  loss: {grid: [ce]}\n  draft_len: {grid: [2, 3]}\n")
     space = load_search_space(path)
-    widened = with_evaluated_layers(space, 4)
+    widened = space.with_grid_value("draft_layers", 4)
     assert widened.values("draft_layers") == [1, 2, 4] and widened.grid_size() == 6
     assert widened.values("draft_len") == [2, 3] and space.values("draft_layers") == [1, 2]  # the file's space intact
-    assert with_evaluated_layers(space, 2) is space
+    assert space.with_grid_value("draft_layers", 2) is space
