@@ -35,7 +35,17 @@ def _load_demo():
 
 cluster_demo = _load_demo()
 pytestmark = [pytest.mark.slow, pytest.mark.scale]
-STAGES = ("prepare", "finetune", "select_layer", "nas", "train_imitation", "train_baselines", "sweep", "evaluate")
+STAGES = (
+    "prepare",
+    "finetune",
+    "select_layer",
+    "features",
+    "nas",
+    "train_imitation",
+    "train_baselines",
+    "sweep",
+    "evaluate",
+)
 
 
 def _get(base: str, endpoint: str, **query: str) -> dict:
@@ -92,6 +102,8 @@ def test_every_stage_ran_on_the_cluster_and_wrote_its_outputs_once(cluster):
     imitation = json.loads((repo / "metrics/imitation.json").read_text())
     assert imitation["frozen_backbone_unchanged"] is True and imitation["workers"]["ddp_processes"] == 2
     assert {imitation[h]["processes"] for h in ("ce", "ce+cs+kd", "mixed")} == {2.0}
+    # the frozen heads trained under DDP from the cached features; the mixed schedule changes the backbone, so not
+    assert [imitation[h]["from_feature_cache"] for h in ("ce", "ce+cs+kd", "mixed")] == [1.0, 1.0, 0.0]
     assert json.loads((repo / "metrics/baselines.json").read_text())["layerskip"]["processes"] == 2
     evaluation = json.loads((repo / "metrics/evaluate.json").read_text())
     assert evaluation["processes"] == 2
