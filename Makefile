@@ -10,6 +10,12 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# make test runs in this many pytest-xdist processes, one test module each at a time (module fixtures build once); the
+# two whole-pipeline modules start first, one per process (tests/conftest.py), so the rest fills in around them. Each
+# process and the stages it starts compute on one thread: two processes of two threads each on 2 cores took 12:55,
+# twice the 6:50 of one thread each (the tiny models' ops gain nothing from a second thread that is not free)
+TEST_WORKERS ?= 2
+TEST_THREADS ?= 1
 export DVC_NO_ANALYTICS := 1
 # Stage commands in dvc.yaml call `python`: it must be the venv's, whatever the caller's shell has first
 export PATH := $(abspath $(BIN)):$(PATH)
@@ -30,7 +36,8 @@ repro: setup
 	$(BIN)/dvc repro
 
 test: setup
-	$(BIN)/python -m pytest -q -m "not scale"
+	OMP_NUM_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest -q -m "not scale" -n $(TEST_WORKERS) --dist loadfile \
+		--no-loadscope-reorder
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow and not scale"

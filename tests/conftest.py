@@ -24,6 +24,20 @@ IMAGE_TOKEN_ID = 4
 VOCAB = 64
 EOS = 2
 
+# The whole-pipeline modules, longest first: collected first, they start first, one per pytest-xdist process
+# (`make test`: --dist loadfile --no-loadscope-reorder keeps this order), and the short modules fill in around them
+# instead of one of them starting last and running alone
+LONGEST_MODULES = ("tests/stages/test_dvc_repro.py", "tests/stages/test_dvc_exp_run.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        module = item.nodeid.split("::")[0]
+        return LONGEST_MODULES.index(module) if module in LONGEST_MODULES else len(LONGEST_MODULES)
+
+    items.sort(key=rank)  # stable: every module keeps its own test order
+
+
 # The tiny VLM every test builds: a real LlavaForConditionalGeneration (CLIP tower + Llama decoder), 16×16 images of
 # 4 patches, GQA (4 query heads, 2 key/value heads)
 TINY = TinyBackboneConfig(

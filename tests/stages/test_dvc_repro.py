@@ -1,8 +1,9 @@
 """End to end: `dvc repro` on a tiny configuration in a throwaway copy of the repository.
 
 Checks what the README promises: the stages run, a second repro is a no-op, a param change
-re-runs only what depends on it, `dvc exp run -S` and `dvc metrics show` work, and the MLflow
-store (read through a real `mlflow server`) holds the fine-tune run with its params and loss curve.
+re-runs only what depends on it, and the MLflow
+store (read through a real `mlflow server`) holds the fine-tune run with its params and loss curve. (`dvc exp run -S`
+with another preset: tests/stages/test_dvc_exp_run.py.)
 """
 
 from __future__ import annotations
@@ -10,11 +11,9 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -26,121 +25,17 @@ import yaml
 from pipeline.config import load_params
 from pipeline.evaluation.methods import EvaluationPlan
 from pipeline.report import series
-from tests.conftest import ROOT, TINY
+from tests.stages.dvc_workspace import BIN, DVC, make_workspace, run
 from tests.stages.import_closure import dvc_stages, stage_code
 
-BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
-
-# The shared tiny model with two decoder layers (n = 1 is the only draft depth), and small budgets everywhere
-SMALL = {
-    "data": {"synthetic": {"n_train": 48, "n_val": 12, "n_test": 12}},
-    "model": {"tiny": {**TINY.model_dump(), "num_layers": 2}},
-    "finetune": {
-        "max_steps": 6,
-        "batch_size": 8,
-        "val_every_steps": 3,
-        "val_batches": 1,
-        "optimizer": {"warmup_steps": 1},
-        "eval_samples": 12,
-        "eval_batch_size": 12,
-        "eval_max_new_tokens": 8,
-    },
-    "layer_choice": {"val_examples": 12, "batch_size": 12},
-    "imitation": {
-        "max_steps": 4,
-        "batch_size": 8,
-        "val_every_steps": 2,
-        "val_batches": 1,
-        "val_decode_prompts": 2,
-        "optimizer": {"warmup_steps": 1},
-        "variants": ["ce", "ce+cs+kd"],
-        "parallel_heads": 2,
-        "mixed": {"max_steps": 4},
-    },  # the worker-process path (auto is one process on 2 cores)
-    "features": {"train_examples": 24, "val_examples": 8, "batch_size": 8},
-    "baselines": {
-        "layerskip": {
-            "max_steps": 4,
-            "batch_size": 8,
-            "val_every_steps": 2,
-            "val_batches": 1,
-            "val_decode_prompts": 2,
-            "optimizer": {"warmup_steps": 1},
-            "eval_samples": 12,
-        },
-        "draft_verify": {"prompts": 2, "thresholds": [0.5], "max_skipped": 1, "acceptance_floor": 0.0},
-        "language_draft": {
-            "num_layers": 1,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "max_steps": 4,
-            "batch_size": 8,
-            "val_every_steps": 2,
-            "val_batches": 1,
-            "optimizer": {"warmup_steps": 1},
-        },
-    },
-    "ray": {"num_cpus": 2},
-    "nas": {"num_samples": 2, "max_steps": 4, "report_every_steps": 2, "val_batches": 1, "val_decode_prompts": 1},
-    "sweep": {"train_steps": 4, "captions": 2, "descriptions": 1},
-    "evaluate": {
-        "batch_size": 4,
-        "captions": 6,
-        "descriptions": 2,
-        "vqa": 6,
-        "speed": {"captions": 3, "descriptions": 1, "vqa": 3},
-        "draft_lens": [1, 3],
-        "hf_assisted": True,
-    },
-    # three repros here would log and register six models each: the cluster-mode test checks registration end to end
-    "tracking": {"register_models": False},
-}
-# The 2-layer e2e model drafts only from layer 1
-SWEEP_SPACE = "space:\n  draft_layers: {grid: [1]}\n  loss: {grid: [ce, ce+cs+kd]}\n  draft_len: {grid: [2]}\n"
-
-
-def _merge(base: dict, update: dict) -> dict:
-    for key, value in update.items():
-        base[key] = _merge(base.get(key, {}), value) if isinstance(value, dict) else value
-    return base
-
-
-def _run(args: list[str], cwd: Path, env: dict) -> str:
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return done.stdout + done.stderr
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     work = tmp_path_factory.mktemp("repo")
-    for name in (
-        "pipeline",
-        "stages",
-        "experiments",
-        "dvc.yaml",
-        "params.yaml",
-        "pyproject.toml",
-        ".dvc",
-        ".gitignore",
-    ):
-        source = ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, work / name, ignore=shutil.ignore_patterns("__pycache__", "tmp", "cache"))
-        else:
-            shutil.copy(source, work / name)
-    params = _merge(yaml.safe_load((ROOT / "params.yaml").read_text()), SMALL)
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (work / "experiments/search_spaces/sweep.yaml").write_text(SWEEP_SPACE)
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(work), "PATH": f"{BIN}:{os.environ['PATH']}"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    git = ["git", "-c", "user.email=t@t.invalid", "-c", "user.name=t"]
-    _run(["git", "init", "-q"], work, env)
-    _run([*git, "add", "-A"], work, env)
-    _run([*git, "commit", "-qm", "init"], work, env)
-    first = _run([str(BIN / "dvc"), "repro"], work, env)
-    return work, env, first
+    env = make_workspace(work)
+    return work, env, run([DVC, "repro"], work, env)
 
 
 def test_repro_runs_every_stage_and_writes_outputs(workspace):
@@ -293,14 +188,14 @@ def _stale_stages(work: Path, env: dict, edited: str) -> set[str]:
     original = path.read_text()
     path.write_text(original + "\n# edited\n")
     try:
-        return set(json.loads(_run([str(BIN / "dvc"), "status", "--json"], work, env)))
+        return set(json.loads(run([DVC, "status", "--json"], work, env)))
     finally:
         path.write_text(original)
 
 
 def test_second_repro_is_a_no_op_and_param_change_reruns_only_dependants(workspace):
     work, env, _ = workspace
-    again = _run([str(BIN / "dvc"), "repro"], work, env)
+    again = run([DVC, "repro"], work, env)
     assert "Running stage" not in again
     # an edit reaches every stage whose code imports the edited module, and no other
     every = set(dvc_stages(work))
@@ -316,38 +211,14 @@ def test_second_repro_is_a_no_op_and_param_change_reruns_only_dependants(workspa
     params = yaml.safe_load(original)
     params["finetune"]["max_steps"] = 4
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert set(json.loads(_run([str(BIN / "dvc"), "status", "--json"], work, env))) == {"finetune"}
+    assert set(json.loads(run([DVC, "status", "--json"], work, env))) == {"finetune"}
     params["finetune"]["max_steps"] = yaml.safe_load(original)["finetune"]["max_steps"]
     params["evaluate"]["vqa"] = 4
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    changed = _run([str(BIN / "dvc"), "repro"], work, env)
+    changed = run([DVC, "repro"], work, env)
     assert "Running stage 'evaluate'" in changed and "Running stage 'report'" in changed
     assert not [s for s in every - {"evaluate", "report"} if f"Running stage '{s}'" in changed], changed[-2000:]
     assert json.loads((work / "metrics/evaluate.json").read_text())["prompts"]["vqa"] == 4
-
-
-def test_dvc_exp_run_switches_to_the_encoder_decoder_preset_and_metrics_show(workspace):
-    """`dvc exp run -S model.preset=tiny-blip2-t5` runs the whole pipeline on BLIP-2 with a T5 encoder–decoder."""
-    work, env, _ = workspace
-    git = ["git", "-c", "user.email=t@t.invalid", "-c", "user.name=t"]
-    _run([*git, "add", "-A"], work, env)
-    _run([*git, "commit", "-qm", "state"], work, env)
-    out = _run([str(BIN / "dvc"), "exp", "run", "-S", "model.preset=tiny-blip2-t5"], work, env)
-    assert all(f"Running stage '{stage}'" in out for stage in dvc_stages(work)), out[-2000:]
-    config = json.loads((work / "models/finetuned/config.json").read_text())
-    assert config["model_type"] == "blip-2" and config["text_config"]["model_type"] == "t5"
-    evaluation = json.loads((work / "metrics/evaluate.json").read_text())
-    plan, results = EvaluationPlan.from_dict(evaluation["plan"]), evaluation["methods"]
-    verified = [s for s in plan.methods if s.verified]
-    assert len(verified) >= 10 and all(results[s.key]["identical_share"] == 1.0 for s in verified)
-    table1 = (work / "reports/results.md").read_text().split("## Table 1")[1].split("##")[0]
-    assert all(f"| {s.label} |" in table1 for s in plan.table1())
-    shown = _run([str(BIN / "dvc"), "metrics", "show"], work, env)
-    assert "metrics/finetune.json" in shown and "test_cider" in shown and "metrics/evaluate.json" in shown
-    plots = _run([str(BIN / "dvc"), "plots", "show", "--json"], work, env)
-    assert "plots/speedup_by_d.csv" in plots and "plots/acceptance_by_position.csv" in plots
-    exps = _run([str(BIN / "dvc"), "exp", "show", "--no-pager", "--csv"], work, env)
-    assert "model.preset" in exps and "tiny-blip2-t5" in exps
 
 
 def _free_port() -> int:
