@@ -504,6 +504,8 @@ class BackoffConfig(StrictModel):
     cost_ratio: float = Field(
         0.15, ge=0, lt=1
     )  # a draft token's cost in full-model tokens (measured ~0.15 on CPU, n=1)
+    # what a drafting round's verification pass (d + 1 positions) costs beyond a one-token step, in one-token steps
+    round_overhead: float = Field(0.0, ge=0)
     memory: float = Field(0.7, ge=0, lt=1)  # weight of the acceptance seen in earlier rounds, per round
     probe_every: int = Field(4, ge=1)
 

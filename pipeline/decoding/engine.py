@@ -145,6 +145,8 @@ def speculative_generate(
         row_policy.reset()
     drafter.reset()
     prompt = request.prompt_length
+    eos = sorted(request.eos_token_ids)
+    eos_ids = torch.tensor(eos, device=request.device) if eos else None
     slots = SlotTable(request.prompt_mask, batch, prompt, prompt + request.max_new_tokens + 1, request.device)
     shallow, logits, encoder = prefill(adapter, request, cache, slots, n)
     drafter.start(request)
@@ -184,13 +186,19 @@ def speculative_generate(
                 draft_probs.append(probs)
                 confidence = probs.amax(dim=-1)
             drafts.append(current)
-            if policies[0].needs_confidence:
-                assert confidence is not None  # computed above whenever the policy needs it
-                for slot, value in enumerate(confidence.tolist()):
-                    if limits[slot] > i + 1 and not policies[slot].keep_drafting(i + 1, value):
-                        limits[slot] = i + 1  # this row stops after the token just drafted
-                if max(limits) <= i + 1:
-                    break
+            # A drafted EOS ends its row's draft: a token after it is never committed, whether the EOS is accepted
+            # (the row ends) or not (the round ends at that rejection). One host sync per draft step, as a
+            # confidence-stopping policy needs anyway; it saves a short answer's drafts beyond its EOS
+            ended = torch.isin(current, eos_ids).tolist() if eos_ids is not None else [False] * size
+            confidences = confidence.tolist() if confidence is not None and policies[0].needs_confidence else None
+            for slot in range(size):
+                if limits[slot] > i + 1 and (
+                    ended[slot]
+                    or (confidences is not None and not policies[slot].keep_drafting(i + 1, confidences[slot]))
+                ):
+                    limits[slot] = i + 1  # this row stops after the token just drafted
+            if max(limits) <= i + 1:
+                break
         k = len(drafts)
         drafted = [min(limit, k) for limit in limits]
 

@@ -131,11 +131,15 @@ class HeuristicDraftLength(DraftPolicy):
         return f"HeuristicDraftLength(initial={self.initial})"
 
 
-def expected_gain(acceptance: float, cost_ratio: float, draft_len: float) -> float:
+def expected_gain(acceptance: float, cost_ratio: float, draft_len: float, round_overhead: float = 0.0) -> float:
     """Leviathan et al. (2023): tokens per unit of full-model cost when drafting `draft_len` tokens at per-token
-    acceptance α and draft cost c: (1 − α^(d+1)) / ((1 − α)(d·c + 1)); 1 for d = 0 (plain decoding)."""
+    acceptance α and draft cost c: (1 − α^(d+1)) / ((1 − α)(d·c + 1)); 1 for d = 0 (plain decoding).
+
+    `round_overhead` γ prices what Leviathan et al. take as free: a drafting round's verification is one pass over
+    d + 1 positions, which costs a one-token step plus γ (on a memory-bound accelerator γ ≈ 0; on this CPU a pass of
+    2–6 positions costs 1.16–1.33 one-token passes, whatever the width), so such a round costs 1 + γ + d·c."""
     tokens = draft_len + 1 if acceptance >= 1.0 else (1 - acceptance ** (draft_len + 1)) / (1 - acceptance)
-    return tokens / (draft_len * cost_ratio + 1)
+    return tokens / (draft_len * cost_ratio + 1 + (round_overhead if draft_len > 0 else 0.0))
 
 
 class AcceptanceBackoff(DraftPolicy):
@@ -145,7 +149,8 @@ class AcceptanceBackoff(DraftPolicy):
     Wraps any policy, which decides as long as its drafts pay off. The per-token acceptance α is estimated from the
     rounds so far (accepted drafts over the drafts actually tested: a round stops at its first rejection), older
     rounds fading (`memory` per round). While drafting the base's d is expected to beat plain decoding
-    (`expected_gain` ≥ 1, a draft token costing `cost_ratio` of a full one) the base's d is drafted unchanged;
+    (`expected_gain` ≥ 1, a draft token costing `cost_ratio` of a full one, a drafting round's verification
+    `round_overhead` more than a plain step) the base's d is drafted unchanged;
     otherwise the d ≤ base's that maximises the expected gain, down to 0: a plain decoding step. After
     `probe_every` plain steps one token is drafted to see whether acceptance has come back.
     """
@@ -155,16 +160,20 @@ class AcceptanceBackoff(DraftPolicy):
         base: int | DraftPolicy,
         cost_ratio: float,
         *,
+        round_overhead: float = 0.0,
         memory: float = 0.7,
         probe_every: int = 4,
         prior: float = 0.6,
     ) -> None:
         if not 0.0 <= cost_ratio < 1.0:
             raise ValueError(f"cost_ratio must be in [0, 1), got {cost_ratio!r}")
+        if round_overhead < 0.0:
+            raise ValueError(f"round_overhead must be >= 0, got {round_overhead!r}")
         if not 0.0 <= memory < 1.0 or not 0.0 < prior < 1.0:
             raise ValueError(f"memory must be in [0, 1) and prior in (0, 1), got {memory!r}, {prior!r}")
         self.base = as_policy(base)
         self.cost_ratio = cost_ratio
+        self.round_overhead = round_overhead
         self.memory = memory
         self.probe_every = _check_length("probe_every", probe_every)
         self.prior = prior
@@ -181,12 +190,15 @@ class AcceptanceBackoff(DraftPolicy):
     def acceptance(self) -> float:
         return self.accepted / self.tested
 
+    def _gain(self, draft_len: int) -> float:
+        return expected_gain(self.acceptance, self.cost_ratio, draft_len, self.round_overhead)
+
     def propose(self, generated: int) -> int:
         most = self.base.propose(generated)
-        if expected_gain(self.acceptance, self.cost_ratio, most) >= 1.0:
+        if self._gain(most) >= 1.0:
             self.idle = 0
             return most
-        best = max(range(most + 1), key=lambda d: expected_gain(self.acceptance, self.cost_ratio, d))
+        best = max(range(most + 1), key=self._gain)
         if best > 0:
             self.idle = 0
             return best
@@ -206,7 +218,7 @@ class AcceptanceBackoff(DraftPolicy):
             self.tested = self.memory * self.tested + min(drafted, accepted + 1)
 
     def __repr__(self) -> str:
-        return f"AcceptanceBackoff({self.base!r}, cost_ratio={self.cost_ratio})"
+        return f"AcceptanceBackoff({self.base!r}, cost_ratio={self.cost_ratio}, round_overhead={self.round_overhead})"
 
 
 def as_policy(draft_len: int | DraftPolicy) -> DraftPolicy:

@@ -145,6 +145,17 @@ def test_perfect_head_is_always_accepted_and_random_head_rarely(case):
     assert random.stats.drafted > 0
 
 
+def test_no_round_drafts_past_a_drafted_eos(case):
+    """With a draft that is always right every drafted token is committed, unless a round drafted on past its EOS."""
+    n = case.num_layers // 2
+    head = FullModelHead(case.model, n, encoder=case.encoder)
+    decoder = SelfSpeculativeDecoder(case.model, n, head=head, draft_len=8)
+    out = case.run(decoder, case.eos)
+    assert torch.equal(out.sequences, case.stopped)
+    # the first new token comes from the prefill, every later one from a round: drafted or the verifier's own
+    assert out.stats.drafted <= out.stats.new_tokens - 1, out.stats.rounds
+
+
 @pytest.mark.parametrize("max_new_tokens", [1, 2, 3, 7])
 def test_short_budgets_stop_where_generate_stops(max_new_tokens):
     case = _CASES.get("llama") or _CASES.setdefault("llama", Case("llama"))

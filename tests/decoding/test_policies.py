@@ -185,6 +185,24 @@ def test_backoff_drafts_what_pays_off_and_never_more_than_its_base():
     assert cheap.propose(0) > dear.propose(0) == 0  # a dear draft at α 0.5 is not worth drafting
 
 
+def test_a_rounds_verification_overhead_is_priced_and_backs_drafting_off():
+    from pipeline.decoding import AcceptanceBackoff
+    from pipeline.decoding.policies import expected_gain
+
+    # α 0.5, c 0.1, d 2: 1.75 tokens per round; a drafting round costs 1 + γ + 2·0.1, a plain step 1
+    assert expected_gain(0.5, 0.1, 2) == pytest.approx(1.75 / 1.2)
+    assert expected_gain(0.5, 0.1, 2, round_overhead=0.4) == pytest.approx(1.75 / 1.6)
+    assert expected_gain(0.5, 0.1, 0, round_overhead=0.4) == 1.0
+    free, dear = AcceptanceBackoff(3, cost_ratio=0.15), AcceptanceBackoff(3, cost_ratio=0.15, round_overhead=0.6)
+    for policy in (free, dear):
+        for _ in range(20):
+            policy.update(drafted=3, accepted=1)  # α ≈ 0.5
+    # without overhead d = 3 pays (1.88 / 1.45); at γ 0.6 no d does (d = 1, 2, 3: 1.5 / 1.75, 1.75 / 1.9, 1.88 / 2.05)
+    assert free.propose(0) == 3 and dear.propose(0) == 0
+    with pytest.raises(ValueError, match="round_overhead"):
+        AcceptanceBackoff(3, cost_ratio=0.1, round_overhead=-0.1)
+
+
 def test_backed_off_decoding_stays_lossless_and_drafts_nothing_for_a_useless_head():
     from pipeline.decoding import AcceptanceBackoff
     from tests.decoding.draft_heads import RandomHead
