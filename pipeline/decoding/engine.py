@@ -186,28 +186,39 @@ def speculative_generate(
                 draft_probs.append(probs)
                 confidence = probs.amax(dim=-1)
             drafts.append(current)
-            # A drafted EOS ends its row's draft: a token after it is never committed, whether the EOS is accepted
-            # (the row ends) or not (the round ends at that rejection). One host sync per draft step, as a
-            # confidence-stopping policy needs anyway; it saves a short answer's drafts beyond its EOS
+            # A drafted EOS ends its row's draft before it: a token after it is never committed, and the EOS itself
+            # is the verifier's next token whenever the draft was right, so verifying it buys nothing. A short
+            # answer's round then verifies only what precedes its EOS (a first-token EOS makes the round a plain
+            # step). One host sync per draft step, as a confidence-stopping policy needs anyway
             ended = torch.isin(current, eos_ids).tolist() if eos_ids is not None else [False] * size
             confidences = confidence.tolist() if confidence is not None and policies[0].needs_confidence else None
             for slot in range(size):
-                if limits[slot] > i + 1 and (
-                    ended[slot]
-                    or (confidences is not None and not policies[slot].keep_drafting(i + 1, confidences[slot]))
+                if ended[slot] and limits[slot] > i:
+                    limits[slot] = i
+                elif limits[slot] > i + 1 and (
+                    confidences is not None and not policies[slot].keep_drafting(i + 1, confidences[slot])
                 ):
                     limits[slot] = i + 1  # this row stops after the token just drafted
             if max(limits) <= i + 1:
                 break
-        k = len(drafts)
+        # every row ended before a drafted EOS: the round verifies one draft fewer than it ran
+        k = min(len(drafts), max(limits))
         drafted = [min(limit, k) for limit in limits]
 
         drafter.before_verify(cache, base)
-        where, mask = positions[:, k : k + 1], slots.mask(1)
-        last = adapter.run_layers(adapter.embed(current.view(size, 1)), 0, n, cache, where, mask, encoder=encoder)
-        drafter.observe_token(current.view(size, 1), where, mask)
-        slots.append(1, advance=False)
-        verify_in = torch.cat([*states, last], dim=1) if states else last
+        where = positions[:, k : k + 1]
+        if k < len(drafts):
+            # the inputs of all k + 1 verified slots went through layers 0..n (and the drafter) while drafting
+            drafts, draft_probs, states = drafts[:k], draft_probs[:k], states[: k + 1]
+            last, drafter_saw_last = states[k], True
+            verify_in = torch.cat(states, dim=1)
+        else:
+            mask = slots.mask(1)
+            last = adapter.run_layers(adapter.embed(current.view(size, 1)), 0, n, cache, where, mask, encoder=encoder)
+            drafter.observe_token(current.view(size, 1), where, mask)
+            slots.append(1, advance=False)
+            verify_in = torch.cat([*states, last], dim=1) if states else last
+            drafter_saw_last = False
         deep = adapter.run_layers(verify_in, n, total, cache, positions[:, : k + 1], slots.mask(0), encoder=encoder)
         verify_logits = adapter.logits(deep)
         draft_tokens = torch.stack(drafts, dim=1) if drafts else pending.new_empty(size, 0)
@@ -226,7 +237,8 @@ def speculative_generate(
         kept = slots.settle(base, k + 1, accepted)
         if kept < base + k + 1 or sliding:
             crop_to(cache, kept)
-        drafter.after_verify(kept, last if kept == base + k + 1 else None, slots.mask(0), where)
+        unseen = last if kept == base + k + 1 and not drafter_saw_last else None
+        drafter.after_verify(kept, unseen, slots.mask(0), where)
         pending = candidates.gather(1, num_accepted.view(size, 1)).view(size)
         committed = candidates.tolist()
         done = [rows.commit(slot, committed[slot][: accepted[slot] + 1]) for slot in range(size)]

@@ -145,15 +145,19 @@ def test_perfect_head_is_always_accepted_and_random_head_rarely(case):
     assert random.stats.drafted > 0
 
 
-def test_no_round_drafts_past_a_drafted_eos(case):
-    """With a draft that is always right every drafted token is committed, unless a round drafted on past its EOS."""
+def test_a_drafted_eos_is_left_to_the_verifier(case):
+    """With a draft that is always right, a round that drafts the EOS stops before it and verifies what precedes it:
+    every round commits its accepted drafts plus the verifier's token, the last round's being the EOS. Drafting on
+    past the EOS, or verifying the drafted EOS, would commit fewer tokens than the rounds paid for."""
     n = case.num_layers // 2
     head = FullModelHead(case.model, n, encoder=case.encoder)
-    decoder = SelfSpeculativeDecoder(case.model, n, head=head, draft_len=8)
-    out = case.run(decoder, case.eos)
-    assert torch.equal(out.sequences, case.stopped)
-    # the first new token comes from the prefill, every later one from a round: drafted or the verifier's own
-    assert out.stats.drafted <= out.stats.new_tokens - 1, out.stats.rounds
+    for d in (1, 3, 8):
+        out = case.run(SelfSpeculativeDecoder(case.model, n, head=head, draft_len=d), case.eos)
+        assert torch.equal(out.sequences, case.stopped), f"d={d}"
+        rounds = out.stats.rounds
+        assert all(accepted == drafted for drafted, accepted in rounds), rounds
+        # the prefill's token, then each round's drafts and the verifier's own token
+        assert out.stats.new_tokens == 1 + sum(drafted + 1 for drafted, _ in rounds), (d, rounds)
 
 
 @pytest.mark.parametrize("max_new_tokens", [1, 2, 3, 7])
