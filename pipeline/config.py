@@ -508,6 +508,7 @@ class BackoffConfig(StrictModel):
     round_overhead: float = Field(0.0, ge=0)
     memory: float = Field(0.7, ge=0, lt=1)  # weight of the acceptance seen in earlier rounds, per round
     probe_every: int = Field(4, ge=1)
+    max_probe_every: int = Field(32, ge=1)  # each rejected probe doubles the wait, up to this many plain steps
 
 
 class DecodingConfig(StrictModel):

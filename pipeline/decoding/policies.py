@@ -151,8 +151,10 @@ class AcceptanceBackoff(DraftPolicy):
     rounds fading (`memory` per round). While drafting the base's d is expected to beat plain decoding
     (`expected_gain` ≥ 1, a draft token costing `cost_ratio` of a full one, a drafting round's verification
     `round_overhead` more than a plain step) the base's d is drafted unchanged;
-    otherwise the d ≤ base's that maximises the expected gain, down to 0: a plain decoding step. After
-    `probe_every` plain steps one token is drafted to see whether acceptance has come back.
+    otherwise the d ≤ base's that maximises the expected gain, down to 0: a plain decoding step. Every
+    `probe_every` rounds of those one token is drafted to see whether acceptance has come back; each rejected probe
+    doubles the period (up to `max_probe_every`), an accepted one resets it, so a draft that stays useless costs
+    ever fewer probes.
     """
 
     def __init__(
@@ -163,6 +165,7 @@ class AcceptanceBackoff(DraftPolicy):
         round_overhead: float = 0.0,
         memory: float = 0.7,
         probe_every: int = 4,
+        max_probe_every: int = 32,
         prior: float = 0.6,
     ) -> None:
         if not 0.0 <= cost_ratio < 1.0:
@@ -176,6 +179,7 @@ class AcceptanceBackoff(DraftPolicy):
         self.round_overhead = round_overhead
         self.memory = memory
         self.probe_every = _check_length("probe_every", probe_every)
+        self.max_probe_every = max(self.probe_every, _check_length("max_probe_every", max_probe_every))
         self.prior = prior
         self.needs_confidence = self.base.needs_confidence
         self.reset()
@@ -185,6 +189,8 @@ class AcceptanceBackoff(DraftPolicy):
         # the prior counts as a few tested drafts, so that one early rejection does not switch drafting off
         self.accepted, self.tested = 2 * self.prior, 2.0
         self.idle = 0
+        self.wait = self.probe_every  # plain steps before the next probe
+        self.probing = False
 
     @property
     def acceptance(self) -> float:
@@ -203,8 +209,9 @@ class AcceptanceBackoff(DraftPolicy):
             self.idle = 0
             return best
         self.idle += 1
-        if self.idle >= self.probe_every:
+        if self.idle >= self.wait:
             self.idle = 0
+            self.probing = True
             return 1
         return 0
 
@@ -213,6 +220,9 @@ class AcceptanceBackoff(DraftPolicy):
 
     def update(self, drafted: int, accepted: int) -> None:
         self.base.update(drafted, accepted)
+        if self.probing and drafted:
+            self.probing = False
+            self.wait = self.probe_every if accepted else min(2 * self.wait, self.max_probe_every)
         if drafted:
             self.accepted = self.memory * self.accepted + accepted
             self.tested = self.memory * self.tested + min(drafted, accepted + 1)

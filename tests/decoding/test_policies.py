@@ -185,6 +185,32 @@ def test_backoff_drafts_what_pays_off_and_never_more_than_its_base():
     assert cheap.propose(0) > dear.propose(0) == 0  # a dear draft at α 0.5 is not worth drafting
 
 
+def test_rejected_probes_wait_ever_longer_and_an_accepted_one_resets_the_wait():
+    from pipeline.decoding import AcceptanceBackoff
+
+    def plain_steps_between_drafts(policy: AcceptanceBackoff, rounds: int) -> list[int]:
+        """Run `rounds` rounds whose drafts are all rejected; the plain steps before each drafting round."""
+        waits, plain = [], 0
+        for _ in range(rounds):
+            drafted = policy.propose(0)
+            if drafted:
+                waits.append(plain)
+                plain = 0
+            else:
+                plain += 1
+            policy.update(drafted=drafted, accepted=0)
+        return waits
+
+    policy = AcceptanceBackoff(5, cost_ratio=0.15, probe_every=4, max_probe_every=16)
+    waits = plain_steps_between_drafts(policy, 80)
+    # drafting at the prior until acceptance collapses, then a probe every 4, 8, 16 (the cap), 16, ... rounds
+    assert waits[:7] == [0, 0, 0, 3, 7, 15, 15], waits
+    while not policy.propose(0):  # wait for the next probe, and accept it: the wait starts over at 4
+        policy.update(drafted=0, accepted=0)
+    policy.update(drafted=1, accepted=1)
+    assert [w for w in plain_steps_between_drafts(policy, 40) if w][:2] == [3, 7]
+
+
 def test_a_rounds_verification_overhead_is_priced_and_backs_drafting_off():
     from pipeline.decoding import AcceptanceBackoff
     from pipeline.decoding.policies import expected_gain
