@@ -115,13 +115,27 @@ class EarlyExitDrafter(LayerStateDrafter):
             check_head_placement(head, adapter)
         self.head = head
         self.stateful = is_stateful(head)
+        # layer-n states of kept round-end slots the head has not seen yet: (states, slot mask, positions)
+        self.unseen: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]] = []
 
     def _head(self) -> StatefulHead:
         return cast(StatefulHead, self.head)  # `stateful`: the head passed the protocol check in __init__
 
     def reset(self) -> None:
+        self.unseen = []
         if self.stateful:
             self._head().reset()
+
+    def _catch_up(self) -> None:
+        """Show the head the slots it has not seen, in one call: plain decoding steps (d = 0) leave their slot to
+        the head's next draft instead of running the head every step for a draft nobody asked for."""
+        if not self.unseen:
+            return
+        hidden = torch.cat([states for states, _, _ in self.unseen], dim=1)
+        positions = torch.cat([where for _, _, where in self.unseen], dim=1)
+        mask = self.unseen[-1][1]  # the latest mask covers every earlier slot; the head's causal mask does the rest
+        self.unseen = []
+        self._head()(hidden, attention_mask=mask, position_ids=positions)
 
     def observe_prompt(
         self, hidden: torch.Tensor, attention_mask: torch.Tensor | None, position_ids: torch.Tensor
@@ -140,6 +154,7 @@ class EarlyExitDrafter(LayerStateDrafter):
         if self.head is None:
             return hidden
         if self.stateful:
+            self._catch_up()
             return self._head()(hidden, attention_mask=attention_mask, position_ids=position_ids)
         return self.head(hidden)
 
@@ -153,9 +168,10 @@ class EarlyExitDrafter(LayerStateDrafter):
         if not self.stateful:
             return
         if unseen is None:
+            self._catch_up()  # nothing is left unseen after a drafting round; kept for a round that verifies none
             self._head().crop(kept)
         else:
-            self._head()(unseen, attention_mask=attention_mask, position_ids=position_ids)
+            self.unseen.append((unseen, attention_mask, position_ids))
 
     def select(self, rows: torch.Tensor) -> None:
         if not self.stateful:
@@ -167,6 +183,9 @@ class EarlyExitDrafter(LayerStateDrafter):
                 "decoding drops finished rows from it; implement select or decode one prompt at a time"
             )
         select(rows)
+        self.unseen = [
+            (states[rows], None if mask is None else mask[rows], where[rows]) for states, mask, where in self.unseen
+        ]
 
 
 HEAD_PLACEMENT_FIX = (
