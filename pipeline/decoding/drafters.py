@@ -115,7 +115,8 @@ class EarlyExitDrafter(LayerStateDrafter):
             check_head_placement(head, adapter)
         self.head = head
         self.stateful = is_stateful(head)
-        # layer-n states of kept round-end slots the head has not seen yet: (states, slot mask, positions)
+        # layer-n states of the prompt and kept round-end slots the head has not seen yet: (states, slot mask,
+        # positions)
         self.unseen: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]] = []
 
     def _head(self) -> StatefulHead:
@@ -127,8 +128,8 @@ class EarlyExitDrafter(LayerStateDrafter):
             self._head().reset()
 
     def _catch_up(self) -> None:
-        """Show the head the slots it has not seen, in one call: plain decoding steps (d = 0) leave their slot to
-        the head's next draft instead of running the head every step for a draft nobody asked for."""
+        """Show the head the slots it has not seen, in one call: the prompt and plain decoding steps (d = 0) leave
+        their slots to the head's next draft instead of running the head for a draft nobody asked for."""
         if not self.unseen:
             return
         hidden = torch.cat([states for states, _, _ in self.unseen], dim=1)
@@ -140,8 +141,8 @@ class EarlyExitDrafter(LayerStateDrafter):
     def observe_prompt(
         self, hidden: torch.Tensor, attention_mask: torch.Tensor | None, position_ids: torch.Tensor
     ) -> None:
-        if self.stateful:
-            self._head()(hidden, attention_mask=attention_mask, position_ids=position_ids)
+        if self.stateful:  # seen with the first draft: a generation that never drafts never runs the head
+            self.unseen.append((hidden, attention_mask, position_ids))
 
     def draft_hidden(
         self,

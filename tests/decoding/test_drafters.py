@@ -1,6 +1,6 @@
 """The early-exit drafter with a head that keeps its own attention cache (the imitation network's attention variant):
-plain decoding steps leave their slots unseen until the head drafts again, and then it sees them all in one call. Its
-drafts must be exactly those of a head that saw every slot as it came."""
+the prompt and plain decoding steps leave their slots unseen until the head drafts, and then it sees them all in one
+call. Its drafts must be exactly those of a head that saw every slot as it came."""
 
 from __future__ import annotations
 
@@ -34,6 +34,9 @@ def test_slots_left_unseen_by_plain_steps_give_the_drafts_of_a_head_that_saw_eac
         return states[:, i : i + 1], mask[:, : i + 1], positions[:, i : i + 1]
 
     lazy = EarlyExitDrafter(adapter, 1, _attention_head(hidden))
+    calls: list[int] = []
+    assert lazy.head is not None
+    lazy.head.register_forward_hook(lambda module, args, output: calls.append(output.shape[1]))
     lazy.reset()
     lazy.observe_prompt(states[:, :prompt], mask[:, :prompt], positions[:, :prompt])
     eager = _attention_head(hidden)
@@ -43,6 +46,7 @@ def test_slots_left_unseen_by_plain_steps_give_the_drafts_of_a_head_that_saw_eac
         unseen, slot_mask, where = slot(i)
         lazy.after_verify(i + 1, unseen, slot_mask, where)
         eager(unseen, attention_mask=slot_mask, position_ids=where)
+    assert calls == []  # neither the prompt nor the plain steps ran the head
     # the batch drops its first row, then drafts from the next slot
     rows = torch.tensor([1, 2])
     lazy.select(rows)
@@ -51,4 +55,5 @@ def test_slots_left_unseen_by_plain_steps_give_the_drafts_of_a_head_that_saw_eac
     drafted = lazy.draft_hidden(unseen, None, where, attention_mask=slot_mask)  # type: ignore[arg-type]
     expected = eager(unseen, attention_mask=slot_mask, position_ids=where)
     torch.testing.assert_close(drafted, expected, rtol=1e-12, atol=1e-12)
+    assert calls == [prompt + steps, 1]  # what it had not seen in one call, then the draft
     assert lazy.head.attention.keys.shape == eager.attention.keys.shape  # type: ignore[union-attr]
