@@ -509,6 +509,8 @@ class BackoffConfig(StrictModel):
     memory: float = Field(0.7, ge=0, lt=1)  # weight of the acceptance seen in earlier rounds, per round
     probe_every: int = Field(4, ge=1)
     max_probe_every: int = Field(32, ge=1)  # each rejected probe doubles the wait, up to this many plain steps
+    # the acceptance estimate carries over from one prompt to the next instead of restarting at the prior
+    across_prompts: bool = False
 
 
 class DecodingConfig(StrictModel):

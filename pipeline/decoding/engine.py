@@ -170,6 +170,7 @@ def speculative_generate(
         states: list[torch.Tensor] = []
         drafts: list[torch.Tensor] = []
         draft_probs: list[torch.Tensor] = []
+        eos_cut = [False] * size  # rows whose draft stopped before a drafted EOS
         for i in range(rounds):
             where, mask = positions[:, i : i + 1], slots.mask(1)
             state = adapter.run_layers(adapter.embed(current.view(size, 1)), 0, n, cache, where, mask, encoder=encoder)
@@ -194,7 +195,7 @@ def speculative_generate(
             confidences = confidence.tolist() if confidence is not None and policies[0].needs_confidence else None
             for slot in range(size):
                 if ended[slot] and limits[slot] > i:
-                    limits[slot] = i
+                    limits[slot], eos_cut[slot] = i, True
                 elif limits[slot] > i + 1 and (
                     confidences is not None and not policies[slot].keep_drafting(i + 1, confidences[slot])
                 ):
@@ -233,7 +234,8 @@ def speculative_generate(
 
         for slot in range(size):
             rows.stats[rows.active[slot]].record_round(drafted[slot], accepted[slot], counts[slot])
-            policies[slot].update(drafted[slot], accepted[slot])
+            # the policy pays for the EOS it drafted and left to the verifier: a draft step that bought no token
+            policies[slot].update(drafted[slot] + eos_cut[slot], accepted[slot])
         kept = slots.settle(base, k + 1, accepted)
         if kept < base + k + 1 or sliding:
             crop_to(cache, kept)

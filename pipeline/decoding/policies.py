@@ -155,6 +155,11 @@ class AcceptanceBackoff(DraftPolicy):
     `probe_every` rounds of those one token is drafted to see whether acceptance has come back; each rejected probe
     doubles the period (up to `max_probe_every`), an accepted one resets it, so a draft that stays useless costs
     ever fewer probes.
+
+    With `across_prompts` the acceptance estimate carries over from one generation to the next instead of restarting
+    at the prior, as a server's policy would: after a few short answers or blank images the next such prompt starts at
+    plain decoding, and a prompt where the draft works wins drafting back with its first accepted probe (the probe
+    period restarts with every prompt).
     """
 
     def __init__(
@@ -167,6 +172,7 @@ class AcceptanceBackoff(DraftPolicy):
         probe_every: int = 4,
         max_probe_every: int = 32,
         prior: float = 0.6,
+        across_prompts: bool = False,
     ) -> None:
         if not 0.0 <= cost_ratio < 1.0:
             raise ValueError(f"cost_ratio must be in [0, 1), got {cost_ratio!r}")
@@ -181,16 +187,23 @@ class AcceptanceBackoff(DraftPolicy):
         self.probe_every = _check_length("probe_every", probe_every)
         self.max_probe_every = max(self.probe_every, _check_length("max_probe_every", max_probe_every))
         self.prior = prior
+        self.across_prompts = across_prompts
         self.needs_confidence = self.base.needs_confidence
+        self.started = False
         self.reset()
 
     def reset(self) -> None:
         self.base.reset()
-        # the prior counts as a few tested drafts, so that one early rejection does not switch drafting off
-        self.accepted, self.tested = 2 * self.prior, 2.0
+        self.probing = False
+        # the probe schedule restarts with every prompt: a prompt where the draft works is probed within
+        # `probe_every` rounds even after a run of useless ones
         self.idle = 0
         self.wait = self.probe_every  # plain steps before the next probe
-        self.probing = False
+        if self.across_prompts and self.started:
+            return  # the acceptance estimate of the generations so far carries on
+        self.started = True
+        # the prior counts as a few tested drafts, so that one early rejection does not switch drafting off
+        self.accepted, self.tested = 2 * self.prior, 2.0
 
     @property
     def acceptance(self) -> float:

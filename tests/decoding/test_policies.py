@@ -244,3 +244,34 @@ def test_backed_off_decoding_stays_lossless_and_drafts_nothing_for_a_useless_hea
     assert torch.equal(out.sequences, expected)
     plain_rounds = sum(1 for drafted, _ in out.stats.rounds if drafted == 0)
     assert plain_rounds > len(out.stats.rounds) / 2 and out.stats.drafted < 20  # mostly plain decoding steps
+
+
+def test_across_prompts_short_answers_stop_the_drafting_and_a_long_answer_wins_it_back():
+    from pipeline.decoding import AcceptanceBackoff
+    from tests.decoding.draft_heads import FullModelHead
+
+    model = make_causal_lm("llama")
+    ids = make_text_prompt(8)
+    with torch.no_grad():
+        free = model.generate(ids, max_new_tokens=30, do_sample=False, eos_token_id=[])
+    first, eos = free[0, 8].item(), free[0, 9].item()
+    assert first != eos  # an answer of two tokens: the prefill's, then the EOS
+    head = FullModelHead(model, 2)  # always right, so its drafted EOS comes first in every round of an answer
+
+    def drafts_run(policy: AcceptanceBackoff) -> list[int]:
+        """Head calls per generation over six two-token answers, each output checked against generate."""
+        decoder, calls = SelfSpeculativeDecoder(model, 2, head=head, draft_len=policy), []
+        for _ in range(6):
+            head.calls = 0
+            assert decoder.generate(ids, 30, eos).sequences[0, 8:].tolist() == [first, eos]
+            calls.append(head.calls)
+        return calls
+
+    assert min(drafts_run(AcceptanceBackoff(4, cost_ratio=0.15))) > 0  # every answer starts over at the prior
+    across = AcceptanceBackoff(4, cost_ratio=0.15, across_prompts=True)
+    calls = drafts_run(across)
+    # a drafted-EOS round buys no token: after a few, the next answers are decoded without running the draft at all
+    assert calls[0] > 0 and calls[-2:] == [0, 0], calls
+    out = SelfSpeculativeDecoder(model, 2, head=head, draft_len=across).generate(ids, 30, [])
+    assert torch.equal(out.sequences, free)
+    assert out.stats.drafted >= 15 and out.stats.acceptance_rate == 1.0  # the first probe wins drafting back
