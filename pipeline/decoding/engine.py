@@ -230,7 +230,7 @@ def speculative_generate(
             target = sampling.probabilities(verify_logits)
             proposal = torch.stack(draft_probs, dim=1) if draft_probs else target[:, :0]
             num_accepted, candidates = speculative_accept(draft_tokens, proposal, target, generator, own)
-        accepted = num_accepted.tolist()  # the round's one synchronisation
+        accepted = num_accepted.tolist()  # the verification's synchronisation (drafting syncs once per step)
 
         for slot in range(size):
             rows.stats[rows.active[slot]].record_round(drafted[slot], accepted[slot], counts[slot])
