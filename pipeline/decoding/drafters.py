@@ -169,7 +169,8 @@ class EarlyExitDrafter(LayerStateDrafter):
         if not self.stateful:
             return
         if unseen is None:
-            self._catch_up()  # nothing is left unseen after a drafting round; kept for a round that verifies none
+            # only a round that drafted cuts slots or leaves none unseen, and drafting caught the head up
+            assert not self.unseen
             self._head().crop(kept)
         else:
             self.unseen.append((unseen, attention_mask, position_ids))

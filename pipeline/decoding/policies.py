@@ -189,8 +189,12 @@ class AcceptanceBackoff(DraftPolicy):
         self.prior = prior
         self.across_prompts = across_prompts
         self.needs_confidence = self.base.needs_confidence
-        self.started = False
+        self._start_estimate()
         self.reset()
+
+    def _start_estimate(self) -> None:
+        # the prior counts as a few tested drafts, so that one early rejection does not switch drafting off
+        self.accepted, self.tested = 2 * self.prior, 2.0
 
     def reset(self) -> None:
         self.base.reset()
@@ -199,11 +203,8 @@ class AcceptanceBackoff(DraftPolicy):
         # `probe_every` rounds even after a run of useless ones
         self.idle = 0
         self.wait = self.probe_every  # plain steps before the next probe
-        if self.across_prompts and self.started:
-            return  # the acceptance estimate of the generations so far carries on
-        self.started = True
-        # the prior counts as a few tested drafts, so that one early rejection does not switch drafting off
-        self.accepted, self.tested = 2 * self.prior, 2.0
+        if not self.across_prompts:  # otherwise the acceptance estimate of the generations so far carries on
+            self._start_estimate()
 
     @property
     def acceptance(self) -> float:
