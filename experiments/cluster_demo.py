@@ -62,9 +62,10 @@ def cluster_params(*extra: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
-def copy_repository(work: Path, params: dict[str, Any]) -> None:
-    """The repository's code and pipeline definition in `work` with `params`, committed to a fresh git repository
-    (DVC needs one)."""
+def copy_repository(work: Path, params: dict[str, Any], sweep_space: str | None = None) -> None:
+    """The repository's code and pipeline definition in `work` with `params` and the sweep's search space
+    (`sweep_space`, default experiments/configs/tiny_sweep.yaml), committed to a fresh git repository (DVC needs
+    one)."""
     for name in COPIED:
         source = ROOT / name
         if source.is_dir():
@@ -72,7 +73,8 @@ def copy_repository(work: Path, params: dict[str, Any]) -> None:
         else:
             shutil.copy(source, work / name)
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    shutil.copy(CONFIGS / "tiny_sweep.yaml", work / "experiments/search_spaces/sweep.yaml")
+    space = sweep_space if sweep_space is not None else (CONFIGS / "tiny_sweep.yaml").read_text()
+    (work / "experiments/search_spaces/sweep.yaml").write_text(space)
     git = ["git", "-c", "user.email=demo@fastvlm-ssd.invalid", "-c", "user.name=demo"]
     for command in (["git", "init", "-q"], [*git, "add", "-A"], [*git, "commit", "-qm", "cluster demo"]):
         subprocess.run(command, cwd=work, check=True, capture_output=True)

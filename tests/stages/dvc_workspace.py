@@ -1,13 +1,15 @@
 """A throwaway copy of the repository with a tiny configuration committed to a fresh git repository, for the
-end-to-end tests that run `dvc repro` / `dvc exp run` in it (tests/stages/test_dvc_repro.py, test_dvc_exp_run.py)."""
+end-to-end tests that run `dvc repro` / `dvc exp run` in it (tests/stages/test_dvc_repro.py, test_dvc_exp_run.py).
+The copying and the environment are the cluster demo's (`experiments/cluster_demo.py`, also used by
+tests/stages/test_cluster_mode.py)."""
 
 from __future__ import annotations
 
-import os
-import shutil
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import yaml
 
@@ -15,8 +17,19 @@ from tests.conftest import ROOT, TINY
 
 BIN = Path(sys.executable).parent
 DVC = str(BIN / "dvc")
-GIT = ["git", "-c", "user.email=t@t.invalid", "-c", "user.name=t"]
-COPIED = ("pipeline", "stages", "experiments", "dvc.yaml", "params.yaml", "pyproject.toml", ".dvc", ".gitignore")
+
+
+def _load_cluster_demo() -> ModuleType:
+    # experiments/ is scripts, not a package
+    spec = importlib.util.spec_from_file_location("cluster_demo", ROOT / "experiments/cluster_demo.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["cluster_demo"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+cluster_demo = _load_cluster_demo()
 
 # The shared tiny model with two decoder layers (n = 1 is the only draft depth), and small budgets everywhere
 SMALL = {
@@ -86,12 +99,6 @@ SMALL = {
 SWEEP_SPACE = "space:\n  draft_layers: {grid: [1]}\n  loss: {grid: [ce, ce+cs+kd]}\n  draft_len: {grid: [2]}\n"
 
 
-def merge(base: dict, update: dict) -> dict:
-    for key, value in update.items():
-        base[key] = merge(base.get(key, {}), value) if isinstance(value, dict) else value
-    return base
-
-
 def run(args: list[str], cwd: Path, env: dict) -> str:
     """stdout + stderr of a command that must succeed (its output's tail in the failure otherwise)."""
     done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
@@ -99,25 +106,9 @@ def run(args: list[str], cwd: Path, env: dict) -> str:
     return done.stdout + done.stderr
 
 
-def commit_all(work: Path, env: dict, message: str) -> None:
-    run([*GIT, "add", "-A"], work, env)
-    run([*GIT, "commit", "-qm", message], work, env)
-
-
 def make_workspace(work: Path) -> dict[str, str]:
     """The repository's code and pipeline with SMALL params in `work`, committed (DVC experiments need a commit);
-    returns the environment to run dvc in (this interpreter's tools first, no tracking server)."""
-    for name in COPIED:
-        source = ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, work / name, ignore=shutil.ignore_patterns("__pycache__", "tmp", "cache"))
-        else:
-            shutil.copy(source, work / name)
-    params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), SMALL)
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (work / "experiments/search_spaces/sweep.yaml").write_text(SWEEP_SPACE)
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(work), "PATH": f"{BIN}:{os.environ['PATH']}"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    run(["git", "init", "-q"], work, env)
-    commit_all(work, env, "init")
-    return env
+    returns the environment to run dvc in (this interpreter's tools first, no tracking server or Ray cluster)."""
+    params = cluster_demo.merge(yaml.safe_load((ROOT / "params.yaml").read_text()), SMALL)
+    cluster_demo.copy_repository(work, params, sweep_space=SWEEP_SPACE)
+    return cluster_demo.base_env(work)

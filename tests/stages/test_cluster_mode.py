@@ -11,9 +11,7 @@ and decodes with. `make test-scale` (CI runs it after `make test`).
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -22,18 +20,8 @@ import pytest
 import torch
 
 from pipeline.evaluation.evaluate import COMPARED
-from tests.conftest import ROOT
+from tests.stages.dvc_workspace import cluster_demo
 
-
-def _load_demo():
-    spec = importlib.util.spec_from_file_location("cluster_demo", ROOT / "experiments/cluster_demo.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["cluster_demo"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-cluster_demo = _load_demo()
 pytestmark = [pytest.mark.slow, pytest.mark.scale]
 STAGES = (
     "prepare",
