@@ -34,6 +34,7 @@ def params(steps: int, batch: int, devices: int, layers: int, hidden: int) -> di
     base["data"]["synthetic"].update({"n_train": 1200, "n_val": 100, "n_test": 40})
     base["finetune"].update({"max_steps": steps, "batch_size": batch, "val_every_steps": 25, "val_batches": 2})
     base["finetune"].update({"eval_samples": 40, "eval_batch_size": 40})
+    base["finetune"]["vision_pretraining"] = {"max_steps": 0}  # times the fine-tune's own steps only
     strategy = "ddp" if devices > 1 else "auto"
     base["finetune"]["trainer"].update({"devices": devices, "strategy": strategy})
     return base

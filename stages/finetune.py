@@ -9,24 +9,38 @@ rank zero alone checks, saves and writes the outputs and the MLflow run.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from pipeline import tracking
 from pipeline.config import Params
-from pipeline.data.prepared import load_prepared, read_manifest
+from pipeline.data.prepared import SplitData, load_prepared, read_manifest
 from pipeline.evaluation.greedy_captions import sees_check
 from pipeline.io import atomic_write_csv, atomic_write_json
-from pipeline.models.loading import initial_backbone, save_backbone
+from pipeline.models.loading import Backbone, initial_backbone, save_backbone
+from pipeline.models.presets import PRESETS
 from pipeline.training.finetune import fit_finetune, run_fingerprint
 from pipeline.training.launch import check_launch
+from pipeline.training.vision_pretraining import pretrain_vision_tower
 from stages._common import run_stage
 
 MODEL_DIR = Path("models/finetuned")
 CHECKPOINTS = Path("checkpoints/finetune")
 METRICS = Path("metrics/finetune.json")
 LOSS_CURVE = Path("metrics/finetune_loss.csv")
+
+
+def vision_pretraining(backbone: Backbone, splits: dict[str, SplitData], params: Params) -> Callable[[], dict] | None:
+    """A preset built from scratch first pre-trains its vision tower (contrastive, CLIP-style); a checkpoint brings
+    its own pretrained one."""
+    cfg = params.finetune
+    vision = backbone.adapter.vision_encoder
+    if PRESETS[params.model.preset].needs_pretrained_path or cfg.vision_pretraining.max_steps == 0 or vision is None:
+        return None
+    tokenizer = backbone.prompt_builder(params.data.prompts).tokenizer
+    return lambda: pretrain_vision_tower(vision, tokenizer, backbone.image_processor, splits, cfg, seed=params.seed)
 
 
 def main(params: Params) -> None:
@@ -47,6 +61,7 @@ def main(params: Params) -> None:
             checkpoint_dir=CHECKPOINTS,
             fingerprint=run_fingerprint(section, read_manifest(Path(params.data.out_dir))),
             tracking_run=tracking.run_ref(),
+            before_fresh_start=vision_pretraining(backbone, splits, params),
         )
         if not tracking.is_rank_zero():
             return
@@ -66,7 +81,7 @@ def main(params: Params) -> None:
         save_backbone(backbone, MODEL_DIR)
         atomic_write_json(METRICS, metrics)
         atomic_write_csv(LOSS_CURVE, result.loss_curve)
-        tracking.log_metrics({k: v for k, v in metrics.items() if k.startswith("test_")})
+        tracking.log_metrics({k: v for k, v in metrics.items() if k.startswith(("test_", "vision_pretraining_"))})
         print({k: round(v, 4) for k, v in metrics.items()})
 
 

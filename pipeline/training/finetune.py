@@ -96,12 +96,16 @@ def fit_finetune(
     fingerprint: str,
     tracking_run: RunRef | None = None,
     callbacks: list[L.Callback] | None = None,
+    before_fresh_start: Callable[[], dict[str, float]] | None = None,
 ) -> FinetuneResult:
     """Train with Lightning; resume from `checkpoint_dir/last.ckpt` when it was written by this configuration.
 
     Under DDP every process reads the same decision from the files; only rank zero changes them (drops another
     configuration's checkpoints, then stamps the directory: in that order, a process reading meanwhile also sees
-    nothing to resume). The checkpoint must be on storage every node reads."""
+    nothing to resume). The checkpoint must be on storage every node reads.
+
+    `before_fresh_start` runs before a training that starts from step 0 (a resumed one skips it: its checkpoint holds
+    what it did) and its metrics join the result's: the tiny presets' vision pre-training."""
     L.seed_everything(seed, workers=True, verbose=False)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     stamp = checkpoint_dir / "fingerprint.txt"
@@ -115,6 +119,7 @@ def fit_finetune(
         model.eval()
         return FinetuneResult({"steps": 0.0, "train_seconds": 0.0, "resumed": 0.0}, [])
     vision = adapter_for(model).vision_encoder
+    pretraining = before_fresh_start() if before_fresh_start is not None and resume is None else {}
     if vision is not None:
         vision.requires_grad_(cfg.train_vision_tower)
     module = FinetuneModule(model, cfg)
@@ -138,5 +143,6 @@ def fit_finetune(
         "val_token_accuracy": run.final_metrics["val_token_accuracy"],
         "resumed": float(resume is not None),
         "processes": float(run.processes),
+        **pretraining,
     }
     return FinetuneResult(metrics, run.train_curve)

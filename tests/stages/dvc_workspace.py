@@ -44,6 +44,7 @@ SMALL = {
         "eval_samples": 12,
         "eval_batch_size": 12,
         "eval_max_new_tokens": 8,
+        "vision_pretraining": {"max_steps": 4, "batch_size": 8, "val_batches": 1},
     },
     "layer_choice": {"val_examples": 12, "batch_size": 12},
     "imitation": {

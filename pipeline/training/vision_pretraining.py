@@ -1,0 +1,276 @@
+"""Contrastive pre-training of a vision tower built from scratch, before the language model learns to read it.
+
+A real VLM starts from a vision tower that already sees (LLaVA-1.5: OpenAI's CLIP ViT-L/14; BLIP-2: EVA-CLIP). The
+tiny presets build theirs from random weights; frozen at random init it carries the pixels, but its patch features
+are dominated by one shared direction (mean² ≈ 10× the variance on the synthetic images) and the language model of
+the fine-tune learns to read counts and brightness, not colours or shapes. This stage of the recipe trains the tower
+the way CLIP trains its own — image–text contrastive loss (CLIP's symmetric cross-entropy over a batch) against a
+small text encoder (`CLIPTextModel`) — on the training images and their captions/descriptions, then hands the tower
+to the fine-tune, which keeps it frozen as LLaVA does.
+
+The image embedding is the mean of the tower's last hidden states over every token, i.e. exactly the states the VLM
+reads (LLaVA's `vision_feature_layer: -1` patch tokens, BLIP-2's Q-Former input), so every one of them gets a
+gradient; CLIP's CLS pooler would leave the last layer's patch outputs untrained.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any, cast
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+from transformers import CLIPTextConfig, CLIPTextModel, PretrainedConfig, PreTrainedTokenizerBase
+from transformers.models.clip.modeling_clip import image_text_contrastive_loss
+
+from pipeline.config import FinetuneConfig, TrainingConfig, VisionPretrainingConfig
+from pipeline.data.pixels import PixelStore
+from pipeline.data.prepared import SplitData
+from pipeline.training.optimizer import adamw_cosine, decay_groups
+from pipeline.training.trainer import fit_module
+
+
+def image_texts(split: SplitData) -> list[list[str]]:
+    """Per image: its captions, then its description when it has one (the last entry)."""
+    return [[*record.captions, *filter(None, [split.descriptions.get(record.image_id)])] for record in split.images]
+
+
+class ImageTextDataset(Dataset):
+    """Item i = (image i, one of its texts): the description with probability `description_share` when the image
+    has one, else one of its captions, drawn from a generator seeded by (seed, index, draw) so every process and a
+    rerun draw the same text."""
+
+    def __init__(
+        self,
+        pixels: PixelStore,
+        texts: list[list[str]],
+        tokenizer: PreTrainedTokenizerBase,
+        description_share: float,
+        seed: int,
+        has_description: list[bool],
+    ) -> None:
+        self.pixels = pixels
+        self.texts = texts
+        self.tokenizer = tokenizer
+        self.description_share = description_share
+        self.seed = seed
+        self.has_description = has_description
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def text(self, index: int, draw: int) -> str:
+        rng = np.random.default_rng([self.seed, index, draw])
+        options = self.texts[index]
+        if self.has_description[index] and rng.random() < self.description_share:
+            return options[-1]
+        captions = options[:-1] if self.has_description[index] else options
+        return captions[int(rng.integers(len(captions)))]
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        index, draw = key
+        ids = self.tokenizer(self.text(index, draw), add_special_tokens=False)["input_ids"]
+        return {"pixel_values": self.pixels[index], "input_ids": [*ids, self.tokenizer.eos_token_id]}
+
+
+def collate_image_text(items: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(item["input_ids"]) for item in items)
+    input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(items), width), dtype=torch.long)
+    for row, item in enumerate(items):
+        input_ids[row, : len(item["input_ids"])] = torch.tensor(item["input_ids"])
+        attention_mask[row, : len(item["input_ids"])] = 1
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "pixel_values": torch.stack([item["pixel_values"] for item in items]),
+    }
+
+
+class GlobalImageBatches(Sampler[list[tuple[int, int]]]):
+    """Step s's global batch is `batch_size` distinct images drawn by a generator seeded by (seed, s); each process
+    takes its contiguous slice. The contrastive loss is computed within a process's slice (negatives: the other
+    images of the slice), as CLIP without its all-gather."""
+
+    def __init__(self, num_images: int, batch_size: int, steps: int, seed: int, rank: int, world_size: int) -> None:
+        if batch_size > num_images:
+            raise ValueError(f"vision pre-training batch of {batch_size} images but the split has {num_images}")
+        self.num_images, self.batch_size, self.steps, self.seed = num_images, batch_size, steps, seed
+        self.rank, self.world_size = rank, world_size
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        share = self.batch_size // self.world_size
+        for step in range(self.steps):
+            images = np.random.default_rng([self.seed, step]).choice(self.num_images, self.batch_size, replace=False)
+            yield [(int(i), step) for i in images[self.rank * share : (self.rank + 1) * share]]
+
+
+def tower_width(vision: nn.Module) -> int:
+    return int(cast(PretrainedConfig, vision.config).hidden_size)  # a Hugging Face vision model's config
+
+
+def text_encoder_config(
+    tokenizer: PreTrainedTokenizerBase, hidden_size: int, layers: int, max_length: int
+) -> CLIPTextConfig:
+    heads = max(1, hidden_size // 32)
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        max_position_embeddings=max_length,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+
+
+class ContrastiveVisionModule(L.LightningModule):
+    """The backbone's own vision tower (trained in place) + a CLIP text encoder, each with a linear projection into a
+    shared space, and CLIP's learned temperature."""
+
+    def __init__(self, vision: nn.Module, text_config: CLIPTextConfig, cfg: TrainingConfig, embed_dim: int) -> None:
+        super().__init__()
+        self.vision = vision
+        self.text = CLIPTextModel(text_config)
+        self.visual_projection = nn.Linear(tower_width(vision), embed_dim, bias=False)
+        self.text_projection = nn.Linear(text_config.hidden_size, embed_dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's initial temperature
+        self.cfg = cfg
+
+    def similarities(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Scaled cosine similarities, texts × images."""
+        image = self.visual_projection(self.vision(pixel_values=batch["pixel_values"]).last_hidden_state.mean(1))
+        states = self.text(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        # the causal text encoder's last real token (the appended EOS) has read the whole text
+        last = batch["attention_mask"].sum(1) - 1
+        text = self.text_projection(states[torch.arange(len(last)), last])
+        image = image / image.norm(dim=-1, keepdim=True)
+        text = text / text.norm(dim=-1, keepdim=True)
+        # CLIP clamps the learned scale at 100 so the logits cannot blow up
+        return self.logit_scale.clamp(max=math.log(100)).exp() * text @ image.t()
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = image_text_contrastive_loss(self.similarities(batch))
+        self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=len(batch["input_ids"]), sync_dist=True)
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        logits = self.similarities(batch)
+        target = torch.arange(len(logits), device=logits.device)
+        size = len(logits)
+        self.log("val/loss", image_text_contrastive_loss(logits), sync_dist=True, batch_size=size)
+        # image → text retrieval among the batch's texts (chance: 1 / batch size)
+        self.log("val/retrieval_top1", (logits.t().argmax(1) == target).float().mean(), sync_dist=True, batch_size=size)
+
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
+        return adamw_cosine(
+            decay_groups(self.parameters(), self.cfg.optimizer.weight_decay), self.cfg.optimizer, self.cfg.max_steps
+        )
+
+
+class ImageTextDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        splits: dict[str, SplitData],
+        tokenizer: PreTrainedTokenizerBase,
+        image_processor: Any,
+        cfg: VisionPretrainingConfig,
+        seed: int,
+    ) -> None:
+        super().__init__()
+        self.splits, self.tokenizer, self.image_processor, self.cfg, self.seed = (
+            splits,
+            tokenizer,
+            image_processor,
+            cfg,
+            seed,
+        )
+        self.datasets: dict[str, ImageTextDataset] = {}
+
+    def _dataset(self, split: str, share: float) -> ImageTextDataset:
+        data = self.splits[split]
+        pixels = PixelStore([r.image_path for r in data.images], self.image_processor)
+        has = [r.image_id in data.descriptions for r in data.images]
+        return ImageTextDataset(pixels, image_texts(data), self.tokenizer, share, self.seed, has)
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.datasets:
+            self.datasets = {
+                "train": self._dataset("train", self.cfg.description_share),
+                # validation always matches an image with its description when it has one: the hardest, fixed text
+                "val": self._dataset("val", 1.0),
+            }
+
+    def _collate(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        return collate_image_text(items, self.tokenizer.pad_token_id)
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        sampler = GlobalImageBatches(
+            len(self.datasets["train"]),
+            self.cfg.batch_size,
+            self.cfg.max_steps,
+            self.seed,
+            rank=trainer.global_rank if trainer is not None else 0,
+            world_size=trainer.world_size if trainer is not None else 1,
+        )
+        return DataLoader(self.datasets["train"], batch_sampler=sampler, collate_fn=self._collate)
+
+    def val_dataloader(self) -> DataLoader:
+        count = min(len(self.datasets["val"]), self.cfg.val_batches * self.cfg.batch_size)
+        keys = [(i, 0) for i in range(count)]
+        return DataLoader(self.datasets["val"], batch_size=self.cfg.batch_size, sampler=keys, collate_fn=self._collate)
+
+
+def pretrain_vision_tower(
+    vision: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    image_processor: Any,
+    splits: dict[str, SplitData],
+    cfg: FinetuneConfig,
+    *,
+    seed: int,
+) -> dict[str, float]:
+    """Train `vision` (in place) contrastively against a fresh text encoder; the text side is thrown away. Returns
+    the stage metrics (`vision_pretraining_*`): the final validation loss and image→text retrieval top-1 within
+    batches of `batch_size` validation images (each paired with its description, or one of its captions), and that
+    top-1's chance level."""
+    pre = cfg.vision_pretraining
+    settings = TrainingConfig(
+        max_steps=pre.max_steps,
+        batch_size=pre.batch_size,
+        val_every_steps=pre.max_steps,
+        val_batches=pre.val_batches,
+        optimizer=pre.optimizer,
+        trainer=cfg.trainer,  # the fine-tune's processes run this phase too
+    )
+    texts = [t for split in ("train", "val") for image in image_texts(splits[split]) for t in image]
+    longest = max(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts) + 1
+    vision.requires_grad_(True)
+    module = ContrastiveVisionModule(
+        vision,
+        text_encoder_config(tokenizer, tower_width(vision), pre.text_layers, longest),
+        settings,
+        embed_dim=tower_width(vision),
+    )
+    data = ImageTextDataModule(splits, tokenizer, image_processor, pre, seed)
+    run = fit_module(module, settings, data, progress_bar=False)
+    vision.requires_grad_(False)
+    vision.eval()
+    return {
+        "vision_pretraining_steps": run.steps,
+        "vision_pretraining_seconds": run.seconds,
+        "vision_pretraining_val_loss": run.final_metrics["val_loss"],
+        "vision_pretraining_val_retrieval_top1": run.final_metrics["val_retrieval_top1"],
+        "vision_pretraining_chance": 1.0 / min(pre.batch_size, len(splits["val"].images)),
+    }
