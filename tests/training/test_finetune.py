@@ -17,7 +17,16 @@ def setup(tiny_data):
     return tiny_data
 
 
-def _fit(setup, tmp: Path, steps: int, fingerprint: str, preset: str = "tiny-llava", callbacks=None, **overrides):
+def _fit(
+    setup,
+    tmp: Path,
+    steps: int,
+    fingerprint: str,
+    preset: str = "tiny-llava",
+    callbacks=None,
+    before_fresh_start=None,
+    **overrides,
+):
     splits, tokenizer = setup
     backbone = tiny_backbone(tokenizer, preset, num_layers=2)
     builder = backbone.prompt_builder(PromptConfig())
@@ -40,6 +49,7 @@ def _fit(setup, tmp: Path, steps: int, fingerprint: str, preset: str = "tiny-lla
         checkpoint_dir=tmp / "ckpt",
         fingerprint=fingerprint,
         callbacks=callbacks,
+        before_fresh_start=before_fresh_start,
     )
     return result, backbone
 
@@ -53,8 +63,17 @@ def test_training_lowers_the_loss(setup, tmp_path, preset):
 
 
 def test_resumes_its_own_checkpoint_and_ignores_a_foreign_one(setup, tmp_path, recwarn):
-    _fit(setup, tmp_path, steps=50, fingerprint="a")  # checkpoints at step 50
-    resumed, _ = _fit(setup, tmp_path, steps=52, fingerprint="a", callbacks=[StepRecorder(tmp_path)])
+    # what runs before a fresh start (the vision pre-training) runs once: its result is in the checkpoint
+    prepared: list[str] = []
+
+    def before(name: str):
+        return lambda: prepared.append(name) or {"prepared": 1.0}
+
+    first, _ = _fit(setup, tmp_path, steps=50, fingerprint="a", before_fresh_start=before("a"))  # checkpoints at 50
+    resumed, _ = _fit(
+        setup, tmp_path, steps=52, fingerprint="a", callbacks=[StepRecorder(tmp_path)], before_fresh_start=before("a2")
+    )
+    assert first.metrics["prepared"] == 1 and "prepared" not in resumed.metrics and prepared == ["a"]
     assert resumed.metrics["resumed"] == 1 and resumed.metrics["steps"] == 52
     assert len([r for r in resumed.loss_curve if "train_loss" in r]) == 2  # only the two new steps ran
     # and they trained on the batches an uninterrupted run trains on at steps 51 and 52 (24 images / batch 8: three
@@ -62,8 +81,8 @@ def test_resumes_its_own_checkpoint_and_ignores_a_foreign_one(setup, tmp_path, r
     rows = [json.loads(line) for line in (tmp_path / "steps-rank0.jsonl").read_text().splitlines()]
     assert {row["step"]: row["examples"] for row in rows} == _stream_examples(setup, [51, 52])
     assert not [w for w in recwarn if "not resumable" in str(w.message)]
-    fresh, _ = _fit(setup, tmp_path, steps=3, fingerprint="b")
-    assert fresh.metrics["resumed"] == 0 and fresh.metrics["steps"] == 3
+    fresh, _ = _fit(setup, tmp_path, steps=3, fingerprint="b", before_fresh_start=before("b"))
+    assert fresh.metrics["resumed"] == 0 and fresh.metrics["steps"] == 3 and prepared == ["a", "b"]
 
 
 def _stream_examples(setup, steps: list[int]) -> dict[int, list[str]]:
