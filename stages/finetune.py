@@ -17,6 +17,7 @@ import torch
 from pipeline import tracking
 from pipeline.config import Params
 from pipeline.data.prepared import SplitData, load_prepared, read_manifest
+from pipeline.errors import ConfigError
 from pipeline.evaluation.greedy_captions import sees_check
 from pipeline.io import atomic_write_csv, atomic_write_json
 from pipeline.models.loading import Backbone, initial_backbone, save_backbone
@@ -37,8 +38,21 @@ def vision_pretraining(backbone: Backbone, splits: dict[str, SplitData], params:
     its own pretrained one."""
     cfg = params.finetune
     vision = backbone.adapter.vision_encoder
-    if PRESETS[params.model.preset].needs_pretrained_path or cfg.vision_pretraining.max_steps == 0 or vision is None:
+    pre = cfg.vision_pretraining
+    if PRESETS[params.model.preset].needs_pretrained_path or pre.max_steps == 0 or vision is None:
         return None
+    images = len(splits["train"].images)
+    if pre.batch_size > images:
+        raise ConfigError(
+            f"finetune.vision_pretraining.batch_size is {pre.batch_size} but the training split has {images} images; "
+            f"set it to at most {images} (an image's negatives are the rest of its batch)"
+        )
+    processes = check_launch(cfg.trainer, "finetune.trainer")
+    if pre.batch_size % processes:
+        raise ConfigError(
+            f"finetune.vision_pretraining.batch_size {pre.batch_size} does not divide among the {processes} processes "
+            f"of finetune.trainer; make it a multiple of {processes}"
+        )
     tokenizer = backbone.prompt_builder(params.data.prompts).tokenizer
     return lambda: pretrain_vision_tower(vision, tokenizer, backbone.image_processor, splits, cfg, seed=params.seed)
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from pipeline.config import parse_params
+from pipeline.errors import ConfigError
 from stages.finetune import vision_pretraining
 from tests.conftest import tiny_backbone
 
@@ -25,3 +26,17 @@ def test_the_stage_pretrains_only_a_tower_built_from_scratch(tiny_data, preset, 
         assert run()["vision_pretraining_steps"] == steps
         after = backbone.adapter.vision_encoder.state_dict()
         assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize(
+    ("pretraining", "trainer", "message"),
+    [
+        ({"batch_size": 64}, {}, "finetune.vision_pretraining.batch_size is 64 but the training split has 24 images"),
+        ({"batch_size": 9}, {"devices": 2, "strategy": "ddp"}, "batch_size 9 does not divide among the 2 processes"),
+    ],
+)
+def test_a_pretraining_batch_that_cannot_run_is_a_config_error_naming_it(tiny_data, pretraining, trainer, message):
+    splits, tokenizer = tiny_data
+    raw = {"finetune": {"vision_pretraining": pretraining, "trainer": trainer}}
+    with pytest.raises(ConfigError, match=message):
+        vision_pretraining(tiny_backbone(tokenizer, num_layers=2), splits, parse_params(raw))
