@@ -264,7 +264,8 @@ def pretrain_vision_tower(
         embed_dim=tower_width(vision),
     )
     data = ImageTextDataModule(splits, tokenizer, image_processor, pre, seed)
-    run = fit_module(module, settings, data, progress_bar=False)
+    # the tower's own pooler (CLIP's post-layernorm on CLS, BLIP-2's) gets no gradient from the mean of the states
+    run = fit_module(module, settings, data, progress_bar=False, unused_parameters=True)
     vision.requires_grad_(False)
     vision.eval()
     return {
