@@ -23,7 +23,7 @@ from pipeline.io import atomic_write_csv, atomic_write_json
 from pipeline.models.loading import Backbone, initial_backbone, save_backbone
 from pipeline.models.presets import PRESETS
 from pipeline.training.finetune import fit_finetune, run_fingerprint
-from pipeline.training.launch import check_launch
+from pipeline.training.launch import check_launch, planned_processes
 from pipeline.training.vision_pretraining import pretrain_vision_tower
 from stages._common import run_stage
 
@@ -47,7 +47,7 @@ def vision_pretraining(backbone: Backbone, splits: dict[str, SplitData], params:
             f"finetune.vision_pretraining.batch_size is {pre.batch_size} but the training split has {images} images; "
             f"set it to at most {images} (an image's negatives are the rest of its batch)"
         )
-    processes = check_launch(cfg.trainer, "finetune.trainer")
+    processes = planned_processes(cfg.trainer)  # main() has checked the launch itself
     if pre.batch_size % processes:
         raise ConfigError(
             f"finetune.vision_pretraining.batch_size {pre.batch_size} does not divide among the {processes} processes "

@@ -34,10 +34,11 @@ from pipeline.data.prepared import SplitData
 from pipeline.training.optimizer import adamw_cosine, decay_groups
 from pipeline.training.trainer import fit_module
 
+ImageTexts = tuple[tuple[str, ...], str | None]  # an image's captions, and its description if it has one
 
-def image_texts(split: SplitData) -> list[list[str]]:
-    """Per image: its captions, then its description when it has one (the last entry)."""
-    return [[*record.captions, *filter(None, [split.descriptions.get(record.image_id)])] for record in split.images]
+
+def image_texts(split: SplitData) -> list[ImageTexts]:
+    return [(tuple(record.captions), split.descriptions.get(record.image_id)) for record in split.images]
 
 
 class ImageTextDataset(Dataset):
@@ -48,28 +49,25 @@ class ImageTextDataset(Dataset):
     def __init__(
         self,
         pixels: PixelStore,
-        texts: list[list[str]],
+        texts: list[ImageTexts],
         tokenizer: PreTrainedTokenizerBase,
         description_share: float,
         seed: int,
-        has_description: list[bool],
     ) -> None:
         self.pixels = pixels
         self.texts = texts
         self.tokenizer = tokenizer
         self.description_share = description_share
         self.seed = seed
-        self.has_description = has_description
 
     def __len__(self) -> int:
         return len(self.texts)
 
     def text(self, index: int, draw: int) -> str:
         rng = np.random.default_rng([self.seed, index, draw])
-        options = self.texts[index]
-        if self.has_description[index] and rng.random() < self.description_share:
-            return options[-1]
-        captions = options[:-1] if self.has_description[index] else options
+        captions, description = self.texts[index]
+        if description is not None and rng.random() < self.description_share:
+            return description
         return captions[int(rng.integers(len(captions)))]
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
@@ -200,8 +198,7 @@ class ImageTextDataModule(L.LightningDataModule):
     def _dataset(self, split: str, share: float) -> ImageTextDataset:
         data = self.splits[split]
         pixels = PixelStore([r.image_path for r in data.images], self.image_processor)
-        has = [r.image_id in data.descriptions for r in data.images]
-        return ImageTextDataset(pixels, image_texts(data), self.tokenizer, share, self.seed, has)
+        return ImageTextDataset(pixels, image_texts(data), self.tokenizer, share, self.seed)
 
     def setup(self, stage: str | None = None) -> None:
         if not self.datasets:
@@ -254,7 +251,12 @@ def pretrain_vision_tower(
         optimizer=pre.optimizer,
         trainer=cfg.trainer,  # the fine-tune's processes run this phase too
     )
-    texts = [t for split in ("train", "val") for image in image_texts(splits[split]) for t in image]
+    texts = [
+        text
+        for split in ("train", "val")
+        for captions, description in image_texts(splits[split])
+        for text in (*captions, *filter(None, [description]))
+    ]
     longest = max(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts) + 1
     vision.requires_grad_(True)
     module = ContrastiveVisionModule(
