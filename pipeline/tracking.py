@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import time
 import urllib.error
@@ -188,11 +189,17 @@ def stage_run(
         yield run
 
 
+def metric_key(name: str) -> str:
+    """`name` in the characters MLflow accepts in a metric key (a key with others fails the whole log call): data set
+    labels such as VQAv2's question types ("what color is the") become keys."""
+    return re.sub(r"[^A-Za-z0-9_\-. /]", "_", name)
+
+
 def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
     import mlflow
 
     if is_rank_zero() and mlflow.active_run() is not None:
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+        mlflow.log_metrics({metric_key(k): float(v) for k, v in metrics.items()}, step=step)
 
 
 def set_tags(tags: Mapping[str, str]) -> None:

@@ -16,6 +16,7 @@ from pipeline.report.results import ReportInputs, draw_figures, render
 from stages._common import run_stage
 
 EVALUATE = Path("metrics/evaluate.json")
+FINETUNE = Path("metrics/finetune.json")
 IMITATION = Path("metrics/imitation.json")
 NAS = Path("metrics/nas.json")
 SWEEP_TABLE = Path("reports/sweep.csv")
@@ -30,6 +31,7 @@ def main(params: Params) -> None:
         json.loads(IMITATION.read_text()) if IMITATION.exists() else {},
         json.loads(NAS.read_text()) if NAS.exists() else None,
         list(csv.DictReader(SWEEP_TABLE.open())) if SWEEP_TABLE.exists() else [],
+        json.loads(FINETUNE.read_text()) if FINETUNE.exists() else {},
     )
     figures = draw_figures(inputs, FIGURES)
     text, checks = render(inputs, params.imitation, figures, [LAYER_FIGURE] if LAYER_FIGURE.exists() else [])

@@ -44,6 +44,7 @@ class VQARecord:
     answers: tuple[str, ...]  # the raw annotator answers (10 in VQAv2); empty without annotations
     answer: str | None  # multiple_choice_answer: the most common annotator answer
     answer_type: str | None
+    question_type: str | None = None  # VQAv2's question-prefix label ("what color is the", "how many", ...)
 
 
 def _is_int(value: Any) -> bool:
@@ -82,8 +83,8 @@ def _read_questions(path: Path) -> list[tuple[int, int, str]]:
     return out
 
 
-def _read_annotations(path: Path) -> dict[int, tuple[int, tuple[str, ...], str, str | None]]:
-    """question_id -> (image_id, answers, multiple_choice_answer, answer_type)."""
+def _read_annotations(path: Path) -> dict[int, tuple[int, tuple[str, ...], str, str | None, str | None]]:
+    """question_id -> (image_id, answers, multiple_choice_answer, answer_type, question_type)."""
     entries = _list_field(path, read_json(path, what="a VQAv2 annotations file"), "annotations", ANNOTATIONS_HINT)
     out = {}
     for i, a in enumerate(entries):
@@ -101,16 +102,17 @@ def _read_annotations(path: Path) -> dict[int, tuple[int, tuple[str, ...], str, 
             raise _entry_error(
                 path, "annotations", i, a, "has no 'answers' list of {\"answer\": str} objects", ANNOTATIONS_HINT
             )
-        answer_type = a.get("answer_type")
-        if answer_type is not None and not isinstance(answer_type, str):
-            raise _entry_error(path, "annotations", i, a, "has an 'answer_type' that is not a string", ANNOTATIONS_HINT)
+        for key in ("answer_type", "question_type"):
+            if a.get(key) is not None and not isinstance(a[key], str):
+                raise _entry_error(path, "annotations", i, a, f"has a {key!r} that is not a string", ANNOTATIONS_HINT)
         if a["question_id"] in out:
             raise _entry_error(path, "annotations", i, a, "repeats a question_id", ANNOTATIONS_HINT)
         out[a["question_id"]] = (
             a["image_id"],
             tuple(x["answer"] for x in answers),
             a["multiple_choice_answer"],
-            answer_type,
+            a.get("answer_type"),
+            a.get("question_type"),
         )
     return out
 
@@ -140,13 +142,13 @@ def load_vqa(questions_path: Path, annotations_path: Path | None) -> list[VQARec
         )
     records = []
     for qid, iid, text in questions:
-        ann_image, answers, answer, answer_type = annotations[qid]
+        ann_image, answers, answer, answer_type, question_type = annotations[qid]
         if ann_image != iid:
             raise DataFormatError(
                 f"{annotations_path}: question_id {qid} has image_id {ann_image}, but {questions_path} "
                 f"gives image_id {iid}; the files do not belong together"
             )
-        records.append(VQARecord(qid, iid, text, answers, answer, answer_type))
+        records.append(VQARecord(qid, iid, text, answers, answer, answer_type, question_type))
     return records
 
 

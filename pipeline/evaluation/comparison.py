@@ -43,6 +43,7 @@ def task_scores(
                 {i: texts[i] for i in index},
                 {i: prompts[i]["references"] for i in index},
                 {i: prompts[i]["answer_type"] for i in index},
+                {i: prompts[i].get("question_type") for i in index},
             )
         else:
             scores[task] = caption_scores(

@@ -206,5 +206,7 @@ def log_method_runs(evaluation: Evaluation) -> None:
                 flat["tau"] = row["mean_accepted_length"]
             for task, scores in row.get("tasks", {}).items():
                 flat.update({f"{task}_{k}": v for k, v in scores.items() if isinstance(v, float)})
+                for kind, group in scores.get("by_question_type", {}).items():
+                    flat[f"vqa_accuracy/{kind}"] = group["accuracy"]
             flat.update({f"speedup_{task}": v for task, v in row["speedup_by_task"].items()})
             tracking.log_metrics(flat)

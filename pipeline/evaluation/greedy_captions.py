@@ -1,10 +1,11 @@
 """The full model's own captions, decoded in batches by `model.generate` (greedy), and what they score: the check
 that the fine-tuned model sees (captions of real images against blank ones) and the check that a method which
-changes the backbone (mixed schedule, LayerSkip) did not cost it its captions."""
+changes the backbone (mixed schedule, LayerSkip) did not cost it its captions; the same check for VQA answers."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -16,6 +17,8 @@ from pipeline.data.pixels import PixelStore
 from pipeline.data.prepared import Example, SplitData
 from pipeline.data.prompts import PromptBuilder
 from pipeline.evaluation.caption_metrics import caption_scores
+from pipeline.evaluation.prompts import MAX_NEW_TOKENS
+from pipeline.evaluation.vqa_accuracy import vqa_scores
 from pipeline.models.adapters import adapter_for
 from pipeline.models.loading import Backbone
 
@@ -96,26 +99,33 @@ def sees_check(
     show: int = 3,
 ) -> dict[str, Any]:
     """Caption metrics of greedy captions of the first `count` images (`test_*`) and of the same model given blank
-    images (`test_blank_*`): the captions must come from the pixels, not only from the language prior. Prints
+    images (`test_blank_*`): the captions must come from the pixels, not only from the language prior. Likewise the
+    VQA accuracy of greedy answers to those images' questions, overall and per question type
+    (`test_vqa_accuracy/<type>`, `test_blank_vqa_accuracy/<type>`): which kinds of question the pixels answer. Prints
     `show` examples."""
     records = split.images[:count]
     pixels = PixelStore([r.image_path for r in records], backbone.image_processor)
     examples = [Example(i, "caption", r.captions[0]) for i, r in enumerate(records)]
     references = {i: list(r.captions) for i, r in enumerate(records)}
-    seen = greedy_generate(
-        backbone.model, builder, pixels, examples, batch_size=batch_size, max_new_tokens=max_new_tokens
-    )
-    blank = greedy_generate(
-        backbone.model,
-        builder,
-        pixels,
-        examples,
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-        blank_images=True,
-    )
-    scores = {f"test_{k}": v for k, v in caption_scores(references, dict(enumerate(seen))).items()}
+    decode = partial(greedy_generate, backbone.model, builder, pixels, batch_size=batch_size)
+    seen = decode(examples, max_new_tokens=max_new_tokens)
+    blank = decode(examples, max_new_tokens=max_new_tokens, blank_images=True)
+    scores: dict[str, Any] = {f"test_{k}": v for k, v in caption_scores(references, dict(enumerate(seen))).items()}
     scores.update({f"test_blank_{k}": v for k, v in caption_scores(references, dict(enumerate(blank))).items()})
+    row = {r.image_id: i for i, r in enumerate(records)}
+    questions = [q for q in split.vqa if q.answers and q.image_id in row]
+    if questions:
+        asked = [Example(row[q.image_id], "vqa", q.answers[0], q.question) for q in questions]
+        for prefix, blank_images in (("test_", False), ("test_blank_", True)):
+            answers = decode(asked, max_new_tokens=MAX_NEW_TOKENS["vqa"], blank_images=blank_images)
+            vqa = vqa_scores(
+                dict(enumerate(answers)),
+                {k: q.answers for k, q in enumerate(questions)},
+                question_types={k: q.question_type for k, q in enumerate(questions)},
+            )
+            scores[f"{prefix}vqa_accuracy"] = vqa["vqa_accuracy"]
+            for kind, group in vqa["by_question_type"].items():
+                scores[f"{prefix}vqa_accuracy/{kind}"] = group["accuracy"]
     for i in range(min(show, len(records))):
         print(
             f"  test image {records[i].image_path.name}: {seen[i]!r} (blank: {blank[i]!r}) "

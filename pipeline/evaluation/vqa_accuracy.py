@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
 
 # fmt: off
 CONTRACTIONS = {
@@ -103,8 +104,11 @@ def vqa_scores(
     predictions: Mapping[Hashable, str],
     answers: Mapping[Hashable, Sequence[str]],
     answer_types: Mapping[Hashable, str] | None = None,
-) -> dict[str, float]:
-    """Mean VQAv2 accuracy ("vqa_accuracy") and, given answer types, one mean per type ("vqa_accuracy_yes/no", ...)."""
+    question_types: Mapping[Hashable, str | None] | None = None,
+) -> dict[str, Any]:
+    """Mean VQAv2 accuracy ("vqa_accuracy"); given answer types, one mean per type ("vqa_accuracy_yes/no", ...); given
+    question types (VQAv2's question-prefix labels: "what color is the", "how many", ...), "by_question_type":
+    {type: {"accuracy", "questions"}} over the questions that have one, as VQAv2's evaluation reports them."""
     differing = set(predictions) ^ set(answers)
     if differing:
         raise ValueError(
@@ -112,14 +116,26 @@ def vqa_scores(
         )
     if not predictions:
         raise ValueError("no answers to score")
-    if answer_types is not None and set(answer_types) != set(predictions):
-        differing = set(answer_types) ^ set(predictions)
-        raise ValueError(f"answer_types must have the predictions' keys; differing: {sorted(map(str, differing))[:5]}")
+    for name, labels in (("answer_types", answer_types), ("question_types", question_types)):
+        if labels is not None and set(labels) != set(predictions):
+            differing = set(labels) ^ set(predictions)
+            raise ValueError(f"{name} must have the predictions' keys; differing: {sorted(map(str, differing))[:5]}")
     per_question = {key: vqa_accuracy(predictions[key], answers[key]) for key in predictions}
-    scores = {"vqa_accuracy": sum(per_question.values()) / len(per_question)}
+    scores: dict[str, Any] = {"vqa_accuracy": sum(per_question.values()) / len(per_question)}
     if answer_types is not None:
-        by_type: dict[str, list[float]] = defaultdict(list)
-        for key, accuracy in per_question.items():
-            by_type[answer_types[key]].append(accuracy)
-        scores.update({f"vqa_accuracy_{kind}": sum(accs) / len(accs) for kind, accs in sorted(by_type.items())})
+        scores.update({f"vqa_accuracy_{kind}": mean for kind, (mean, _) in _group_means(per_question, answer_types)})
+    if question_types is not None:
+        grouped = _group_means(per_question, question_types)
+        scores["by_question_type"] = {kind: {"accuracy": mean, "questions": n} for kind, (mean, n) in grouped}
     return scores
+
+
+def _group_means(
+    per_question: Mapping[Hashable, float], labels: Mapping[Hashable, str | None]
+) -> list[tuple[str, tuple[float, int]]]:
+    """(label, (mean accuracy, questions)) per label, sorted by label; questions without a label are left out."""
+    groups: dict[str, list[float]] = defaultdict(list)
+    for key, accuracy in per_question.items():
+        if labels[key] is not None:
+            groups[str(labels[key])].append(accuracy)
+    return [(label, (sum(accs) / len(accs), len(accs))) for label, accs in sorted(groups.items())]

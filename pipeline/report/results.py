@@ -19,11 +19,13 @@ from pipeline.report.tables import (
     fusion_rows,
     lookup,
     table1,
+    table_backbone,
     table_expected,
     table_fusion,
     table_n,
     table_variants,
     table_vqa,
+    table_vqa_question_types,
 )
 
 
@@ -33,6 +35,7 @@ class ReportInputs:
     imitation: dict[str, Any] = field(default_factory=dict)  # metrics/imitation.json
     nas: dict[str, Any] | None = None  # metrics/nas.json
     sweep_rows: list[dict[str, Any]] = field(default_factory=list)  # reports/sweep.csv
+    finetune: dict[str, Any] = field(default_factory=dict)  # metrics/finetune.json
 
     @property
     def plan(self) -> EvaluationPlan:
@@ -124,6 +127,15 @@ def render(
         "Identity is exact in float64; in float32 (the default) it holds up to ties of the top two logits within "
         "rounding, and in half precision it is measured, not promised.",
     ]
+    backbone = table_backbone(inputs.finetune)
+    if backbone:
+        parts += [
+            "## The backbone sees (fine-tune stage)",
+            "The fine-tuned full model's greedy captions and answers on the test split, and the same model's given a "
+            "uniform grey image instead: what it says about the pixels is the gap between the two columns "
+            "(`metrics/finetune.json`).",
+            backbone,
+        ]
     spice_note = lookup(results, plan.reference.key, "tasks", "caption", "spice_unavailable")
     if spice_note:
         parts.append(f"SPICE: unavailable — {spice_note}")
@@ -171,6 +183,13 @@ def render(
             table_expected(expected),
         ]
     parts += ["## VQA (Table 9 counterpart)", table_vqa(plan, results)]
+    question_types = table_vqa_question_types(plan, results)
+    if question_types:
+        parts += [
+            "VQA accuracy by question type (VQAv2's `question_type`; the synthetic set's are one per kind of "
+            "question), question counts in brackets:",
+            question_types,
+        ]
     if inputs.nas:
         parts.append(architecture_search(inputs.nas))
     parts += ["## Figures"] + [f"![{p.stem}](figures/{p.name})" for p in [*figures, *extra_figures]]

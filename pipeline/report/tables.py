@@ -86,6 +86,27 @@ def table_vqa(plan: EvaluationPlan, results: Results) -> str:
     return markdown_table(["method", "VQA accuracy", "by answer type", "speed-up on VQA"], rows)
 
 
+def table_vqa_question_types(plan: EvaluationPlan, results: Results) -> str | None:
+    """VQA accuracy by question type (VQAv2's question-prefix labels; on the synthetic set one per kind: colour,
+    shape, count, position, yes/no), a column per type with its question count, a row per Table-1 method; None when
+    the questions carry no types."""
+    by_method = {
+        spec.label: lookup(results[spec.key], "tasks", "vqa", "by_question_type", default={}) for spec in plan.table1()
+    }
+    counts: dict[str, int] = {}
+    for groups in by_method.values():
+        for kind, group in groups.items():
+            counts[kind] = max(counts.get(kind, 0), group["questions"])
+    if not counts:
+        return None
+    kinds = sorted(counts, key=lambda kind: (-counts[kind], kind))
+    rows = [
+        [label, *(groups[kind]["accuracy"] if kind in groups else None for kind in kinds)]
+        for label, groups in by_method.items()
+    ]
+    return markdown_table(["method", *(f"{kind} ({counts[kind]})" for kind in kinds)], rows)
+
+
 def table_n(sweep_rows: Sequence[Mapping[str, Any]]) -> str:
     """Best d per (n, λ) in the sweep (its CSV rows): the n ablation."""
     best: dict[tuple[str, str], Mapping[str, Any]] = {}
@@ -252,3 +273,19 @@ def table_expected(rows: Sequence[Mapping[str, Any]]) -> str:
             for r in rows
         ],
     )
+
+
+def table_backbone(finetune: Mapping[str, Any]) -> str | None:
+    """The fine-tuned backbone's "sees" check (metrics/finetune.json): captions and VQA answers of the test images
+    beside the same model's given blank images, VQA per question type; None without those metrics."""
+    if "test_cider" not in finetune:
+        return None
+    rows = [
+        [label, finetune.get(f"test_{key}"), finetune.get(f"test_blank_{key}")]
+        for label, key in (("caption CIDEr", "cider"), ("caption BLEU-4", "bleu4"), ("VQA accuracy", "vqa_accuracy"))
+    ]
+    prefix = "test_vqa_accuracy/"
+    for key in sorted(k for k in finetune if k.startswith(prefix)):
+        kind = key.removeprefix(prefix)
+        rows.append([f"VQA: {kind}", finetune[key], finetune.get(f"test_blank_vqa_accuracy/{kind}")])
+    return markdown_table(["greedy, model.generate", "test images", "blank images"], rows)

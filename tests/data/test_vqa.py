@@ -37,11 +37,13 @@ def test_real_layout_loads():
     )
     assert len(first.answers) == 10 and first.answers[2] == "at table"
     assert records[3].answer == "1" and records[3].answer_type == "number"
+    assert [r.question_type for r in records] == ["none of the above", "what are the", "is the", "how many"]
 
 
 def test_questions_without_annotations_have_no_answers():
     [record] = load_vqa(TEST_DEV, None)
     assert record.answers == () and record.answer is None and record.answer_type is None
+    assert record.question_type is None
 
 
 def test_find_vqa_files_pairs_by_name():
@@ -107,3 +109,15 @@ def test_not_json(tmp_path):
     path.write_text("questions: []")
     with pytest.raises(DataFormatError, match=r"questions\.json is not valid JSON.*line 1 column 1"):
         load_vqa(path, None)
+
+
+def test_annotation_without_question_type_loads_and_a_non_string_one_is_rejected(tmp_path):
+    untyped = edited(ANNOTATIONS, tmp_path, lambda d: d["annotations"][0].pop("question_type"))
+    assert [r.question_type for r in load_vqa(QUESTIONS, untyped)][:2] == [None, "what are the"]
+
+    def number(data):
+        data["annotations"][2]["question_type"] = 7
+
+    expected = r"annotations\[2\] \(question_id 393225001\) has a 'question_type' that is not a string"
+    with pytest.raises(DataFormatError, match=expected):
+        load_vqa(QUESTIONS, edited(ANNOTATIONS, tmp_path, number))

@@ -73,6 +73,21 @@ def test_vqa_scores_overall_and_per_answer_type():
     assert vqa_scores(predictions, answers) == {"vqa_accuracy": pytest.approx(0.475)}
 
 
+def test_vqa_scores_per_question_type_counts_and_leaves_untyped_questions_out():
+    predictions = {1: "red", 2: "blue", 3: "2", 4: "yes", 5: "no"}
+    answers = {1: ten(10, "red"), 2: ten(0, "blue"), 3: ten(2, "2"), 4: ten(10, "yes"), 5: ten(10, "no")}
+    question_types = {1: "what color is the", 2: "what color is the", 3: "how many", 4: "is the", 5: None}
+    scores = vqa_scores(predictions, answers, question_types=question_types)
+    assert scores["vqa_accuracy"] == pytest.approx((1.0 + 0.0 + 0.6 + 1.0 + 1.0) / 5)
+    assert scores["by_question_type"] == {
+        "how many": {"accuracy": pytest.approx(0.6), "questions": 1},
+        "is the": {"accuracy": 1.0, "questions": 1},
+        "what color is the": {"accuracy": 0.5, "questions": 2},
+    }
+    with pytest.raises(ValueError, match="question_types"):
+        vqa_scores(predictions, answers, question_types={1: "how many"})
+
+
 def test_vqa_scores_rejects_mismatched_or_empty_input():
     with pytest.raises(ValueError, match="same keys"):
         vqa_scores({1: "yes", 2: "no"}, {1: ["yes"]})
