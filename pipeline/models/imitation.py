@@ -48,8 +48,11 @@ class _CausalSelfAttention(nn.Module):
         batch, length, hidden = x.shape
         return x.view(batch, length, self.num_heads, hidden // self.num_heads).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """`attention_mask` [B, S]: which of the S keys (cached + new) each row may attend to (None: all)."""
+    def forward(
+        self, x: torch.Tensor, attention_mask: torch.Tensor | None = None, select: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`attention_mask` [B, S]: which of the S keys (cached + new) each row may attend to (None: all). `select`
+        [B, T] (bool): return only those queries' outputs, [N, H] (every position is still a key)."""
         q, k, v = (self._split(t) for t in self.qkv(x).chunk(3, dim=-1))
         past = 0
         if self.use_cache:
@@ -72,7 +75,8 @@ class _CausalSelfAttention(nn.Module):
             mask = (keys if mask is None else mask & keys) | own
         attended = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         batch, _, _, head_dim = attended.shape
-        return self.out(attended.transpose(1, 2).reshape(batch, length, self.num_heads * head_dim))
+        attended = attended.transpose(1, 2).reshape(batch, length, self.num_heads * head_dim)
+        return self.out(attended if select is None else attended[select])
 
 
 class ImitationNetwork(nn.Module):
@@ -104,16 +108,22 @@ class ImitationNetwork(nn.Module):
         hidden: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,  # the decoder's StatefulHead call; the attention has no positions
+        select: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """[B, T, H] → [B, T, H]; with `select` [B, T] (bool), only the selected positions' outputs, [N, H]: training
+        scores a fraction of the positions, and with attention every position must still be seen as a key, but only
+        the scored ones need the output projection and the MLP."""
+        picked = hidden if select is None else hidden[select]
         # Pre-norm residual form: with `residual` the output is h_n + f(h_n), so the zero-initialised
         # network starts as exactly the early-exit draft; without it, norm(f(h_n)) as in the paper's sketch.
         if not self.architecture.residual:
-            x = hidden if self.attention is None else self.attention(hidden, attention_mask)
+            x = picked if self.attention is None else self.attention(hidden, attention_mask, select)
             return self.norm(self.mlp(x))
+        if self.attention is None:
+            return picked + self.mlp(self.norm(picked))
         x = self.norm(hidden)
-        if self.attention is not None:
-            x = x + self.attention(x, attention_mask)
-        return hidden + self.mlp(x)
+        x = (x if select is None else x[select]) + self.attention(x, attention_mask, select)
+        return picked + self.mlp(x)
 
     # --- the decoder's StatefulHead protocol (only meaningful with attention) -------------------------
     def reset(self) -> None:

@@ -47,9 +47,8 @@ def cached_losses(
     """The loss terms of a collated cache batch (`collate_cached`), over its scored positions."""
     labels = batch["labels"]
     mask = scored_positions(labels)
-    # a position-wise head needs only the scored positions (~4× fewer); an attention head reads the whole sequence
-    position_wise = getattr(head, "attention", None) is None
-    imitation = head(batch["hidden"][mask]) if position_wise else head(batch["hidden"])[mask]
+    # only the scored positions' outputs (about half of them): an attention head still reads every position as a key
+    imitation = head(batch["hidden"], select=mask)
     draft_logits = adapter.logits(imitation)
     targets = labels[:, 1:][mask[:, :-1]]
     terms = {"ce": F.cross_entropy(draft_logits, targets)}

@@ -22,6 +22,21 @@ def test_residual_network_starts_as_the_early_exit_draft():
     assert sum(p.numel() for p in net.parameters()) == 2 * (H * H + H) + 2 * H  # two linears + layer norm
 
 
+@pytest.mark.parametrize("residual", [True, False])
+@pytest.mark.parametrize("attention", [True, False])
+def test_selected_positions_equal_the_whole_sequence_output_at_those_positions(attention, residual):
+    # training asks only for the scored positions; with attention the others must still be seen as keys
+    torch.manual_seed(0)
+    net = ImitationNetwork(H, ImitationArchitecture(attention=attention, residual=residual))
+    torch.nn.init.normal_(net.mlp[-1].weight, std=0.1)
+    hidden = torch.randn(3, 7, H)
+    select = torch.rand(3, 7) < 0.5
+    select[0, -1] = True
+    picked = net(hidden, select=select)
+    assert picked.shape == (int(select.sum()), H)
+    torch.testing.assert_close(picked, net(hidden)[select])
+
+
 def test_invalid_architecture_is_rejected_with_every_problem():
     with pytest.raises(ValueError, match=r"(?s)num_linear.*activation.*dropout"):
         ImitationArchitecture(num_linear=3, activation="swish", dropout=1.5)
