@@ -37,6 +37,7 @@ from pipeline.evaluation.method_runner import DecodingResources, batch_runnables
 from pipeline.evaluation.prompts import caption_prompts, first_of_each_task, on_device, vqa_prompts
 from pipeline.evaluation.sharded import decode_sharded
 from pipeline.evaluation.speed import time_methods
+from pipeline.evaluation.verification_cost import verification_costs
 from pipeline.models.imitation import load_draft_head
 from pipeline.models.loading import load_backbone
 from pipeline.report import series
@@ -155,6 +156,9 @@ def run_evaluation(params: Params, inputs: EvaluationInputs) -> Evaluation | Non
         timings = time_methods(
             runnables(plan.methods, resources), sample, repeats=speed.repeats, device=hidden.device, progress=True
         )
+    # every d a timed method drafts, plus the verifier's own position
+    widest = max([plan.draft_len, *cfg.draft_lens, params.decoding.growing.d_max]) + 1
+    verification = verification_costs(backbone.model, sample[0], range(1, widest + 1), plan.draft_layers)
     with meteor_session() if cfg.meteor else contextlib.nullcontext() as meteor:
         results = score_methods(
             runs,
@@ -183,6 +187,11 @@ def run_evaluation(params: Params, inputs: EvaluationInputs) -> Evaluation | Non
         "dtype": params.model.dtype,
         "device": params.model.device,
         "plan": plan.to_dict(),
+        "verification_cost": {
+            "what": "latency of a verification pass over w positions ÷ one full-model step (batch 1, this process)",
+            "prompt": sample[0]["key"],
+            "relative": {str(width): cost for width, cost in verification.items()},
+        },
         "methods": rows,
     }
     return Evaluation(plan, summary)

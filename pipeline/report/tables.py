@@ -207,18 +207,40 @@ def table_variants(imitation: Mapping[str, Any]) -> str:
     )
 
 
-def expected_speedup(accepted_per_round: float, drafted_per_round: float, cost_ratio: float) -> float:
+def expected_speedup(
+    accepted_per_round: float, drafted_per_round: float, cost_ratio: float, verification: float = 1.0
+) -> float:
     """Leviathan et al. (2023)'s speed-up with the measured rounds: a round commits its accepted drafts plus the
-    verifier's token and costs one full-model step plus its drafts at `cost_ratio` (a draft token's latency over a
-    full-model token's)."""
-    return (1 + accepted_per_round) / (1 + drafted_per_round * cost_ratio)
+    verifier's token and costs a verification (`verification` full-model steps: one in Leviathan's model) plus its
+    drafts at `cost_ratio` (a draft token's latency over a full-model token's)."""
+    return (1 + accepted_per_round) / (verification + drafted_per_round * cost_ratio)
 
 
-def expected_rows(plan: EvaluationPlan, results: Results) -> list[dict[str, Any]]:
+def interpolated_cost(costs: dict[int, float], width: float) -> float:
+    """The relative cost of a verification over `width` positions (a mean over rounds need not be whole): linear
+    between the measured widths, the nearest measured one outside them."""
+    measured = sorted(costs)
+    if width <= measured[0]:
+        return costs[measured[0]]
+    if width >= measured[-1]:
+        return costs[measured[-1]]
+    upper = next(w for w in measured if w >= width)
+    lower = max(w for w in measured if w <= width)
+    if upper == lower:
+        return costs[lower]
+    share = (width - lower) / (upper - lower)
+    return costs[lower] + share * (costs[upper] - costs[lower])
+
+
+def expected_rows(
+    plan: EvaluationPlan, results: Results, verification: Mapping[int, float] | None = None
+) -> list[dict[str, Any]]:
     """Measured vs expected speed-up of the self-speculative rows whose draft has a draft-alone row to price it: ours
     (every loss variant and d, growing d) by the main head's draft alone, each fusion's by its own, the early-exit SSD
     rows (no imitation, LayerSkip) by the draft without imitation. c = 1 / the draft alone's speed-up, both timed at
-    batch 1; the mixed schedule's draft runs on another backbone and has no such row."""
+    batch 1; the mixed schedule's draft runs on another backbone and has no such row. With `verification` (evaluate's
+    measured cost of a verification pass by its width, in full-model steps), each row is also priced with the
+    verification its rounds ran: d̄ + 1 positions on average."""
     drafts = {spec.head: spec for spec in plan.methods if spec.kind == "draft_only" and spec.backbone == FINETUNED}
     rows = []
     for spec in plan.methods:
@@ -232,47 +254,38 @@ def expected_rows(plan: EvaluationPlan, results: Results) -> list[dict[str, Any]
         cost = 1 / results[draft.key]["speedup"]
         tau, depth = r["timed_mean_accepted_length"], r["timed_mean_draft_length"]
         expected = expected_speedup(tau, depth, cost)
-        rows.append(
-            {
-                "method": spec.label,
-                "d": spec.draft_len,
-                "drafted_per_round": depth,
-                "accepted_per_round": tau,
-                "cost_ratio": cost,
-                "expected": expected,
-                "measured": r["speedup"],
-                "ratio": r["speedup"] / expected,
-            }
-        )
+        row = {
+            "method": spec.label,
+            "d": spec.draft_len,
+            "drafted_per_round": depth,
+            "accepted_per_round": tau,
+            "cost_ratio": cost,
+            "expected": expected,
+            "measured": r["speedup"],
+            "ratio": r["speedup"] / expected,
+        }
+        if verification:
+            row["verification"] = interpolated_cost(dict(verification), depth + 1)
+            row["expected_verified"] = expected_speedup(tau, depth, cost, row["verification"])
+            row["ratio_verified"] = r["speedup"] / row["expected_verified"]
+        rows.append(row)
     return rows
 
 
 def table_expected(rows: Sequence[Mapping[str, Any]]) -> str:
-    return markdown_table(
-        [
-            "method",
-            "d",
-            "drafted / round",
-            "accepted / round (τ)",
-            "draft cost c",
-            "expected",
-            "measured",
-            "measured ÷ expected",
-        ],
-        [
-            [
-                r["method"],
-                r["d"],
-                r["drafted_per_round"],
-                r["accepted_per_round"],
-                r["cost_ratio"],
-                f"{r['expected']:.2f}×",
-                f"{r['measured']:.2f}×",
-                r["ratio"],
-            ]
-            for r in rows
-        ],
-    )
+    verified = all("expected_verified" in r for r in rows)
+    headers = ["method", "d", "drafted / round", "accepted / round (τ)", "draft cost c", "expected", "measured"]
+    headers += ["measured ÷ expected"]
+    if verified:
+        headers += ["verification (steps)", "expected, measured verification", "measured ÷ that"]
+    body = []
+    for r in rows:
+        line = [r["method"], r["d"], r["drafted_per_round"], r["accepted_per_round"], r["cost_ratio"]]
+        line += [f"{r['expected']:.2f}×", f"{r['measured']:.2f}×", r["ratio"]]
+        if verified:
+            line += [r["verification"], f"{r['expected_verified']:.2f}×", r["ratio_verified"]]
+        body.append(line)
+    return markdown_table(headers, body)
 
 
 def table_backbone(finetune: Mapping[str, Any]) -> str | None:

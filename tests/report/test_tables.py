@@ -215,6 +215,23 @@ def test_expected_speedup_is_leviathans_from_the_timed_rounds_and_prices_each_dr
     assert "ours, mixed schedule" not in rows  # its draft runs on another backbone: no draft-alone row prices it
     concat = rows["ours (ce+cs+kd), concat fusion"]  # priced by the concat head's own draft-alone row (4.0×)
     assert concat["cost_ratio"] == pytest.approx(1 / 4.0)
+    assert "expected_verified" not in main
+    # with the measured verification cost by width: 3 drafts + the verifier's position = width 4, between 3 and 5
+    priced = {r["method"]: r for r in expected_rows(plan, results, {1: 1.0, 3: 1.2, 5: 1.6})}[plan.main.label]
+    assert priced["verification"] == pytest.approx(1.4)
+    assert priced["expected_verified"] == pytest.approx(2 / (1.4 + 0.6))
+    assert priced["ratio_verified"] == pytest.approx(1.5 / (2 / 2.0))
+    assert priced["expected"] == main["expected"]  # Leviathan's own figure stays beside it
+
+
+def test_interpolated_verification_cost_is_linear_between_measured_widths_and_flat_outside():
+    from pipeline.report.tables import interpolated_cost
+
+    costs = {2: 1.2, 4: 1.6, 1: 1.0}
+    assert interpolated_cost(costs, 3.0) == pytest.approx(1.4)
+    assert interpolated_cost(costs, 1.5) == pytest.approx(1.1)
+    assert interpolated_cost(costs, 4.0) == pytest.approx(1.6)
+    assert interpolated_cost(costs, 0.5) == 1.0 and interpolated_cost(costs, 9.0) == 1.6
 
 
 def test_vqa_question_type_table_has_a_column_per_type_by_count_and_a_row_per_method():
