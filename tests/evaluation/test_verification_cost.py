@@ -6,11 +6,13 @@ import pytest
 
 from pipeline.evaluation import verification_cost
 from pipeline.models.adapters import adapter_for
-from tests.conftest import make_tiny_llava, make_vlm_inputs
+from tests.conftest import make_tiny_blip2, make_tiny_llava, make_vlm_inputs
 
 
-def test_verification_cost_times_layers_n_to_l_over_w_positions_against_one_full_step(monkeypatch):
-    model = make_tiny_llava(num_layers=4)
+@pytest.mark.parametrize("family", ["llava", "blip2-t5"])
+def test_verification_cost_times_layers_n_to_l_over_w_positions_against_one_full_step(monkeypatch, family):
+    # an encoder–decoder's passes attend to the encoder states its prefill computed
+    model = make_tiny_llava(num_layers=4) if family == "llava" else make_tiny_blip2("t5", num_layers=4)
     ids, pixels = make_vlm_inputs(batch=1)
     adapter_class = type(adapter_for(model))
     clock = [0.0]
