@@ -37,7 +37,7 @@ from pipeline.evaluation.method_runner import DecodingResources, batch_runnables
 from pipeline.evaluation.prompts import caption_prompts, first_of_each_task, on_device, vqa_prompts
 from pipeline.evaluation.sharded import decode_sharded
 from pipeline.evaluation.speed import time_methods
-from pipeline.evaluation.verification_cost import verification_costs
+from pipeline.evaluation.verification_cost import GENERATED_TOKENS, verification_costs
 from pipeline.models.imitation import load_draft_head
 from pipeline.models.loading import load_backbone
 from pipeline.report import series
@@ -190,6 +190,7 @@ def run_evaluation(params: Params, inputs: EvaluationInputs) -> Evaluation | Non
         "verification_cost": {
             "what": "latency of a verification pass over w positions ÷ one full-model step (batch 1, this process)",
             "prompt": sample[0]["key"],
+            "generated_tokens": GENERATED_TOKENS,
             "relative": {str(width): cost for width, cost in verification.items()},
         },
         "methods": rows,

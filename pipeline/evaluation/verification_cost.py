@@ -26,6 +26,8 @@ from pipeline.decoding.slots import SlotTable
 from pipeline.evaluation.prompts import Prompt
 from pipeline.models.adapters import adapter_for
 
+GENERATED_TOKENS = 16  # the context a pass is timed at: the prompt plus this many generated tokens
+
 
 @torch.inference_mode()
 def verification_costs(
@@ -34,7 +36,7 @@ def verification_costs(
     widths: Sequence[int],
     draft_layers: int,
     *,
-    generated: int = 16,
+    generated: int = GENERATED_TOKENS,
     repeats: int = 20,
 ) -> dict[int, float]:
     """{w: latency of a verification pass over w positions ÷ latency of one full-model step}, at the context of
@@ -63,8 +65,10 @@ def verification_costs(
         def run() -> float:
             positions = slots.positions(width)
             began = time.perf_counter()
-            hidden = adapter.embed(tokens[:, :width])  # a step embeds its token; a verification's inputs are states
-            began = began if start == 0 else time.perf_counter()
+            hidden = adapter.embed(tokens[:, :width])
+            if start > 0:
+                # a verification's inputs are the drafts' layer-n states, already computed: only a step embeds
+                began = time.perf_counter()
             hidden = adapter.run_layers(hidden, start, total, cache, positions, None, encoder=encoder)
             adapter.logits(hidden)
             seconds = time.perf_counter() - began

@@ -169,8 +169,8 @@ def render(
             table_n(inputs.sweep_rows),
             "![Pareto](figures/sweep_pareto.png)",
         ]
-    costs = evaluation.get("verification_cost", {}).get("relative", {})
-    verification = {int(width): float(cost) for width, cost in costs.items()}
+    measured = evaluation.get("verification_cost", {})
+    verification = {int(width): float(cost) for width, cost in measured.get("relative", {}).items()}
     expected = expected_rows(plan, results, verification)
     if expected:
         worst = min(expected, key=lambda r: r["ratio"])
@@ -186,8 +186,9 @@ def render(
             verified = [r["ratio_verified"] for r in expected]
             parts.append(
                 "A verification does not cost one step here: measured over w positions (layers n..L, final norm and "
-                f"LM head, after a prompt and 16 tokens; in full-model steps) it costs {widths}. Priced with that — "
-                "(1 + τ) / (v(d̄ + 1) + d̄ · c) — the rounds explain the measured speed-ups to "
+                f"LM head, after a prompt and {measured['generated_tokens']} tokens; in full-model steps) it costs "
+                f"{widths}. Priced with that — (1 + τ) / (v(d̄ + 1) + d̄ · c) — the rounds explain the measured "
+                "speed-ups to "
                 f"{min(verified):.2f}–{max(verified):.2f}; the rest is the engine's own per round (the last draft's "
                 "pass through layers 0..n before verifying it, the cache crop, the acceptance check's host "
                 "synchronisation) and the prefill, which both the method and the full model pay but neither formula "

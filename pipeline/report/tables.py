@@ -8,6 +8,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from pipeline.evaluation.methods import FINETUNED, MIXED, EvaluationPlan
 from pipeline.report.markdown import markdown_table
 
@@ -216,20 +218,11 @@ def expected_speedup(
     return (1 + accepted_per_round) / (verification + drafted_per_round * cost_ratio)
 
 
-def interpolated_cost(costs: dict[int, float], width: float) -> float:
+def interpolated_cost(costs: Mapping[int, float], width: float) -> float:
     """The relative cost of a verification over `width` positions (a mean over rounds need not be whole): linear
     between the measured widths, the nearest measured one outside them."""
-    measured = sorted(costs)
-    if width <= measured[0]:
-        return costs[measured[0]]
-    if width >= measured[-1]:
-        return costs[measured[-1]]
-    upper = next(w for w in measured if w >= width)
-    lower = max(w for w in measured if w <= width)
-    if upper == lower:
-        return costs[lower]
-    share = (width - lower) / (upper - lower)
-    return costs[lower] + share * (costs[upper] - costs[lower])
+    widths = sorted(costs)
+    return float(np.interp(width, widths, [costs[w] for w in widths]))
 
 
 def expected_rows(
@@ -265,7 +258,7 @@ def expected_rows(
             "ratio": r["speedup"] / expected,
         }
         if verification:
-            row["verification"] = interpolated_cost(dict(verification), depth + 1)
+            row["verification"] = interpolated_cost(verification, depth + 1)
             row["expected_verified"] = expected_speedup(tau, depth, cost, row["verification"])
             row["ratio_verified"] = r["speedup"] / row["expected_verified"]
         rows.append(row)
