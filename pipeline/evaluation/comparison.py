@@ -11,12 +11,12 @@ timings rank zero measured.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
-from pipeline.evaluation.caption_metrics import caption_scores
+from pipeline.evaluation.caption_metrics import caption_scores_of_sets
 from pipeline.evaluation.prompts import Prompt
 from pipeline.evaluation.speed import (
     BatchMethod,
@@ -29,29 +29,34 @@ from pipeline.evaluation.speed import (
 )
 
 
-def task_scores(
-    prompts: Sequence[Prompt], texts: Sequence[str], *, meteor: Any = False, spice: bool = False
-) -> dict[str, dict[str, Any]]:
-    """Quality per task: caption metrics for captions and descriptions (pycocoevalcap), VQA accuracy for answers."""
+def methods_task_scores(
+    prompts: Sequence[Prompt], texts_by_method: Mapping[str, Sequence[str]], *, meteor: Any = False, spice: bool = False
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Quality per task of every method's texts for the same prompts: caption metrics for captions and descriptions
+    (pycocoevalcap), VQA accuracy for answers. Each task's captions are PTB-tokenized in one JVM for all methods (a
+    start per method and task cost an evaluation of 21 methods 84 JVM starts)."""
     from pipeline.evaluation.vqa_accuracy import vqa_scores
 
-    scores: dict[str, dict[str, Any]] = {}
+    scores: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in texts_by_method}
     for task in sorted({p["task"] for p in prompts}):
         index = [i for i, p in enumerate(prompts) if p["task"] == task]
         if task == "vqa":
-            scores[task] = vqa_scores(
-                {i: texts[i] for i in index},
-                {i: prompts[i]["references"] for i in index},
-                {i: prompts[i]["answer_type"] for i in index},
-                {i: prompts[i].get("question_type") for i in index},
-            )
-        else:
-            scores[task] = caption_scores(
-                {i: prompts[i]["references"] for i in index},
-                {i: texts[i] for i in index},
-                meteor=meteor,
-                spice=spice and task == "caption",
-            )
+            for name, texts in texts_by_method.items():
+                scores[name][task] = vqa_scores(
+                    {i: texts[i] for i in index},
+                    {i: prompts[i]["references"] for i in index},
+                    {i: prompts[i]["answer_type"] for i in index},
+                    {i: prompts[i].get("question_type") for i in index},
+                )
+            continue
+        by_method = caption_scores_of_sets(
+            {i: prompts[i]["references"] for i in index},
+            {name: {i: texts[i] for i in index} for name, texts in texts_by_method.items()},
+            meteor=meteor,
+            spice=spice and task == "caption",
+        )
+        for name, task_result in by_method.items():
+            scores[name][task] = task_result
     return scores
 
 
@@ -160,10 +165,15 @@ def score_methods(
                     "acceptance_by_context": [list(entry) for entry in stats.by_context()],
                 }
             )
-        if caption_metrics:
-            texts = [t.strip() for t in tokenizer.batch_decode(run.outputs, skip_special_tokens=True)]
-            row["tasks"] = task_scores(split, texts, meteor=meteor, spice=spice)
-            if "caption" in row["tasks"]:
-                row.update({"cider": row["tasks"]["caption"]["cider"], "bleu4": row["tasks"]["caption"]["bleu4"]})
         results[name] = row
+    if caption_metrics:
+        texts = {
+            name: [t.strip() for t in tokenizer.batch_decode(runs[name].outputs, skip_special_tokens=True)]
+            for name in results
+        }
+        for name, tasks_of_method in methods_task_scores(split, texts, meteor=meteor, spice=spice).items():
+            row = results[name]
+            row["tasks"] = tasks_of_method
+            if "caption" in tasks_of_method:
+                row.update({"cider": tasks_of_method["caption"]["cider"], "bleu4": tasks_of_method["caption"]["bleu4"]})
     return results

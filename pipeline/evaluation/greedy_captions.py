@@ -16,7 +16,7 @@ from pipeline.data.datasets import ExampleDataset, collate_prompts
 from pipeline.data.pixels import PixelStore
 from pipeline.data.prepared import Example, SplitData
 from pipeline.data.prompts import PromptBuilder
-from pipeline.evaluation.caption_metrics import caption_scores
+from pipeline.evaluation.caption_metrics import caption_scores, caption_scores_of_sets
 from pipeline.evaluation.prompts import MAX_NEW_TOKENS
 from pipeline.evaluation.vqa_accuracy import vqa_scores
 from pipeline.models.adapters import adapter_for
@@ -110,8 +110,8 @@ def sees_check(
     decode = partial(greedy_generate, backbone.model, builder, pixels, batch_size=batch_size)
     seen = decode(examples, max_new_tokens=max_new_tokens)
     blank = decode(examples, max_new_tokens=max_new_tokens, blank_images=True)
-    scores: dict[str, Any] = {f"test_{k}": v for k, v in caption_scores(references, dict(enumerate(seen))).items()}
-    scores.update({f"test_blank_{k}": v for k, v in caption_scores(references, dict(enumerate(blank))).items()})
+    both = caption_scores_of_sets(references, {"test_": dict(enumerate(seen)), "test_blank_": dict(enumerate(blank))})
+    scores: dict[str, Any] = {f"{prefix}{k}": v for prefix, metrics in both.items() for k, v in metrics.items()}
     row = {r.image_id: i for i, r in enumerate(records)}
     questions = [q for q in split.vqa if q.answers and q.image_id in row]
     if questions:

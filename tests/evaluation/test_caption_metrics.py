@@ -10,7 +10,13 @@ import pytest
 
 from pipeline.errors import PipelineError
 from pipeline.evaluation import caption_metrics
-from pipeline.evaluation.caption_metrics import SPICE_REQUIRED_FILES, caption_scores, meteor_score, spice_availability
+from pipeline.evaluation.caption_metrics import (
+    SPICE_REQUIRED_FILES,
+    caption_scores,
+    caption_scores_of_sets,
+    meteor_score,
+    spice_availability,
+)
 
 needs_java = pytest.mark.skipif(
     shutil.which("java") is None, reason="the PTB tokenizer and METEOR run on Java, which is not on PATH"
@@ -60,6 +66,31 @@ def test_candidate_identical_to_a_reference_scores_the_maxima():
         assert scores[f"bleu{n}"] == pytest.approx(1.0, abs=1e-6)
     assert scores["rouge_l"] == pytest.approx(1.0)
     assert "meteor" not in scores and "spice" not in scores and "spice_unavailable" not in scores
+
+
+@needs_java
+def test_sets_of_candidates_score_as_one_at_a_time_in_one_tokenizer_jvm(monkeypatch):
+    from pycocoevalcap.tokenizer import ptbtokenizer
+
+    sets = {
+        "a": CANDS,
+        "b": {1: "a cat sleeps on a sofa.", 2: "Two people riding bikes, on a street!", 3: ""},
+        "c": {key: refs[1] for key, refs in REFS.items()},
+    }
+    alone = {name: caption_scores(REFS, cands) for name, cands in sets.items()}
+    calls = []
+    tokenize = ptbtokenizer.PTBTokenizer.tokenize
+
+    def counted(self, captions):
+        calls.append(len(captions))
+        return tokenize(self, captions)
+
+    monkeypatch.setattr(ptbtokenizer.PTBTokenizer, "tokenize", counted)
+    together = caption_scores_of_sets(REFS, sets)
+    assert together == alone and len({s["cider"] for s in together.values()}) == 3
+    assert calls == [len(REFS) * (1 + len(sets))]  # one JVM for the references and every set's candidates
+    with pytest.raises(ValueError, match="same keys"):
+        caption_scores_of_sets(REFS, {"a": CANDS, "short": {1: "a dog"}})
 
 
 @needs_java
