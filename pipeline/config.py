@@ -243,6 +243,10 @@ class VisionPretrainingConfig(StrictModel):
     batch_size: int = Field(128, ge=2)  # images per step: each one's negatives are the others
     description_share: float = Field(0.5, ge=0, le=1)  # chance an image is paired with its description, not a caption
     text_layers: int = Field(2, ge=1)  # the throw-away text encoder's depth (its width is the tower's)
+    # scene: each image also scores against its own text with one shape or colour word swapped for one the image has
+    # not (NegCLIP's hard negatives: a batch's other images differ in so much that shape is never needed); none: off.
+    # Measured on the default: test CIDEr 1.665 -> 1.874, shape VQA 0.17 -> 0.20, for +144 s of pre-training (README)
+    hard_negatives: Literal["scene", "none"] = "none"
     val_batches: int = Field(2, ge=1)
     optimizer: OptimizerConfig = OptimizerConfig()
 

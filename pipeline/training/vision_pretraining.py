@@ -16,12 +16,13 @@ gradient; CLIP's CLS pooler would leave the last layer's patch outputs untrained
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
 import lightning as L
 import numpy as np
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -31,6 +32,7 @@ from transformers.models.clip.modeling_clip import image_text_contrastive_loss
 from pipeline.config import FinetuneConfig, TrainingConfig, VisionPretrainingConfig
 from pipeline.data.pixels import PixelStore
 from pipeline.data.prepared import SplitData
+from pipeline.data.scene import COLOURS, PLURALS, SHAPES
 from pipeline.training.optimizer import adamw_cosine, decay_groups
 from pipeline.training.trainer import fit_module
 
@@ -41,10 +43,34 @@ def image_texts(split: SplitData) -> list[ImageTexts]:
     return [(tuple(record.captions), split.descriptions.get(record.image_id)) for record in split.images]
 
 
+def scene_word_classes() -> tuple[tuple[str, ...], ...]:
+    """The synthetic scenes' interchangeable words: shapes, their plurals, colours."""
+    return (SHAPES, tuple(PLURALS.values()), tuple(COLOURS))
+
+
+WordSwaps = list[tuple[tuple[str, ...], tuple[str, ...]]]  # per word class: its words, those an image lacks
+
+
+def swapped_text(text: str, swaps: WordSwaps, rng: np.random.Generator) -> str | None:
+    """`text` with one of its words replaced by a word of the same class that the image lacks (both drawn by `rng`);
+    None when no word of the text has such an alternative."""
+    words = text.split(" ")
+    options = [(i, absent) for i, word in enumerate(words) for members, absent in swaps if word in members and absent]
+    if not options:
+        return None
+    position, absent = options[int(rng.integers(len(options)))]
+    words[position] = absent[int(rng.integers(len(absent)))]
+    return " ".join(words)
+
+
 class ImageTextDataset(Dataset):
     """Item i = (image i, one of its texts): the description with probability `description_share` when the image
     has one, else one of its captions, drawn from a generator seeded by (seed, index, draw) so every process and a
-    rerun draw the same text."""
+    rerun draw the same text.
+
+    With `word_classes` an item also holds a hard negative (NegCLIP): the same text with one word of a class
+    swapped for a word of that class that none of the image's texts uses (a shape or colour it does not have), so
+    that telling them apart needs exactly what the swap changed."""
 
     def __init__(
         self,
@@ -53,12 +79,26 @@ class ImageTextDataset(Dataset):
         tokenizer: PreTrainedTokenizerBase,
         description_share: float,
         seed: int,
+        word_classes: Sequence[Sequence[str]] = (),
     ) -> None:
         self.pixels = pixels
         self.texts = texts
         self.tokenizer = tokenizer
         self.description_share = description_share
         self.seed = seed
+        self.word_classes = [tuple(c) for c in word_classes]
+
+    def swaps(self, index: int) -> WordSwaps:
+        """Per word class, the words none of image `index`'s texts uses (what its picture does not show)."""
+        captions, description = self.texts[index]
+        used = {word for text in (*captions, *filter(None, [description])) for word in text.split(" ")}
+        return [(words, tuple(w for w in words if w not in used)) for words in self.word_classes]
+
+    def negative(self, index: int, draw: int) -> str | None:
+        if not self.word_classes:
+            return None
+        rng = np.random.default_rng([self.seed, index, draw, 1])  # its own stream: the text's draw is unchanged
+        return swapped_text(self.text(index, draw), self.swaps(index), rng)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -70,24 +110,42 @@ class ImageTextDataset(Dataset):
             return description
         return captions[int(rng.integers(len(captions)))]
 
+    def _ids(self, text: str) -> list[int]:
+        return [*self.tokenizer(text, add_special_tokens=False)["input_ids"], self.tokenizer.eos_token_id]
+
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
         index, draw = key
-        ids = self.tokenizer(self.text(index, draw), add_special_tokens=False)["input_ids"]
-        return {"pixel_values": self.pixels[index], "input_ids": [*ids, self.tokenizer.eos_token_id]}
+        item = {"pixel_values": self.pixels[index], "input_ids": self._ids(self.text(index, draw))}
+        negative = self.negative(index, draw)
+        if negative is not None:
+            item["negative_ids"] = self._ids(negative)
+        return item
+
+
+def _padded(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(ids) for ids in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention_mask[row, : len(ids)] = 1
+    return input_ids, attention_mask
 
 
 def collate_image_text(items: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
-    width = max(len(item["input_ids"]) for item in items)
-    input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(items), width), dtype=torch.long)
-    for row, item in enumerate(items):
-        input_ids[row, : len(item["input_ids"])] = torch.tensor(item["input_ids"])
-        attention_mask[row, : len(item["input_ids"])] = 1
-    return {
+    """Texts padded into `input_ids`/`attention_mask`; with any hard negative, `negative_input_ids`/
+    `negative_attention_mask` (an item without one repeats its own text there) and `has_negative`."""
+    input_ids, attention_mask = _padded([item["input_ids"] for item in items], pad_id)
+    batch = {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
         "pixel_values": torch.stack([item["pixel_values"] for item in items]),
     }
+    if any("negative_ids" in item for item in items):
+        negatives = [item.get("negative_ids", item["input_ids"]) for item in items]
+        batch["negative_input_ids"], batch["negative_attention_mask"] = _padded(negatives, pad_id)
+        batch["has_negative"] = torch.tensor(["negative_ids" in item for item in items])
+    return batch
 
 
 class GlobalImageBatches(Sampler[list[tuple[int, int]]]):
@@ -145,30 +203,55 @@ class ContrastiveVisionModule(L.LightningModule):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's initial temperature
         self.cfg = cfg
 
-    def similarities(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Scaled cosine similarities, texts × images."""
-        image = self.visual_projection(self.vision(pixel_values=batch["pixel_values"]).last_hidden_state.mean(1))
-        states = self.text(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    def _texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        states = self.text(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         # the causal text encoder's last real token (the appended EOS) has read the whole text
-        last = batch["attention_mask"].sum(1) - 1
+        last = attention_mask.sum(1) - 1
         text = self.text_projection(states[torch.arange(len(last)), last])
+        return text / text.norm(dim=-1, keepdim=True)
+
+    def similarities(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Scaled cosine similarities, texts × images; and each image's with its own hard negative ([B], -inf where
+        it has none), or None when the batch has no negatives."""
+        image = self.visual_projection(self.vision(pixel_values=batch["pixel_values"]).last_hidden_state.mean(1))
         image = image / image.norm(dim=-1, keepdim=True)
-        text = text / text.norm(dim=-1, keepdim=True)
+        text = self._texts(batch["input_ids"], batch["attention_mask"])
         # CLIP clamps the learned scale at 100 so the logits cannot blow up
-        return self.logit_scale.clamp(max=math.log(100)).exp() * text @ image.t()
+        scale = self.logit_scale.clamp(max=math.log(100)).exp()
+        negatives = None
+        if "negative_input_ids" in batch:
+            negative = self._texts(batch["negative_input_ids"], batch["negative_attention_mask"])
+            own = scale * (negative * image).sum(-1)
+            negatives = own.masked_fill(~batch["has_negative"], float("-inf"))
+        return scale * text @ image.t(), negatives
+
+    @staticmethod
+    def loss(logits: torch.Tensor, negatives: torch.Tensor | None) -> torch.Tensor:
+        """CLIP's symmetric loss; with hard negatives, an image's choice among the texts also includes its own
+        negative (NegCLIP)."""
+        if negatives is None:
+            return image_text_contrastive_loss(logits)
+        target = torch.arange(len(logits), device=logits.device)
+        image_to_text = torch.cat([logits.t(), negatives.unsqueeze(1)], dim=1)
+        return (F.cross_entropy(logits, target) + F.cross_entropy(image_to_text, target)) / 2
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = image_text_contrastive_loss(self.similarities(batch))
+        loss = self.loss(*self.similarities(batch))
         self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=len(batch["input_ids"]), sync_dist=True)
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        logits = self.similarities(batch)
+        logits, negatives = self.similarities(batch)
         target = torch.arange(len(logits), device=logits.device)
         size = len(logits)
         self.log("val/loss", image_text_contrastive_loss(logits), sync_dist=True, batch_size=size)
         # image → text retrieval among the batch's texts (chance: 1 / batch size)
         self.log("val/retrieval_top1", (logits.t().argmax(1) == target).float().mean(), sync_dist=True, batch_size=size)
+        if negatives is not None:
+            # the image's own text over the same text with a shape or colour it lacks (chance: 0.5)
+            has = batch["has_negative"]
+            beats = (logits.diagonal() > negatives)[has].float().mean()
+            self.log("val/hard_negative_accuracy", beats, sync_dist=True, batch_size=int(has.sum()))
 
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         return adamw_cosine(
@@ -198,7 +281,8 @@ class ImageTextDataModule(L.LightningDataModule):
     def _dataset(self, split: str, share: float) -> ImageTextDataset:
         data = self.splits[split]
         pixels = PixelStore([r.image_path for r in data.images], self.image_processor)
-        return ImageTextDataset(pixels, image_texts(data), self.tokenizer, share, self.seed)
+        classes = scene_word_classes() if self.cfg.hard_negatives == "scene" else ()
+        return ImageTextDataset(pixels, image_texts(data), self.tokenizer, share, self.seed, classes)
 
     def setup(self, stage: str | None = None) -> None:
         if not self.datasets:
@@ -270,10 +354,13 @@ def pretrain_vision_tower(
     run = fit_module(module, settings, data, progress_bar=False, unused_parameters=True)
     vision.requires_grad_(False)
     vision.eval()
-    return {
+    metrics = {
         "vision_pretraining_steps": run.steps,
         "vision_pretraining_seconds": run.seconds,
         "vision_pretraining_val_loss": run.final_metrics["val_loss"],
         "vision_pretraining_val_retrieval_top1": run.final_metrics["val_retrieval_top1"],
         "vision_pretraining_chance": 1.0 / min(pre.batch_size, len(splits["val"].images)),
     }
+    if "val_hard_negative_accuracy" in run.final_metrics:
+        metrics["vision_pretraining_val_hard_negative_accuracy"] = run.final_metrics["val_hard_negative_accuracy"]
+    return metrics

@@ -4,7 +4,14 @@ import torch
 
 from pipeline.config import FinetuneConfig, PromptConfig
 from pipeline.training.finetune import fit_finetune
-from pipeline.training.vision_pretraining import ImageTextDataset, image_texts, pretrain_vision_tower
+from pipeline.training.vision_pretraining import (
+    ContrastiveVisionModule,
+    ImageTextDataset,
+    collate_image_text,
+    image_texts,
+    pretrain_vision_tower,
+    scene_word_classes,
+)
 from tests.conftest import tiny_backbone
 
 PRETRAINING = {"max_steps": 100, "batch_size": 8, "val_batches": 1, "optimizer": {"lr": 1e-3, "warmup_steps": 5}}
@@ -86,3 +93,45 @@ def test_the_finetune_reads_the_pretrained_tower_frozen(tiny_data, tmp_path):
     assert result.metrics["vision_pretraining_steps"] == 5 and result.metrics["steps"] == 2
     assert any(not torch.equal(initial[k], v) for k, v in backbone.adapter.vision_encoder.state_dict().items())
     assert not any(p.requires_grad for p in backbone.adapter.vision_encoder.parameters())
+
+
+def test_a_hard_negative_swaps_one_shape_or_colour_word_for_one_the_image_lacks(tiny_data):
+    splits, tokenizer = tiny_data
+    texts = image_texts(splits["train"])
+    classes = scene_word_classes()
+    dataset = ImageTextDataset(None, texts, tokenizer, 0.5, seed=0, word_classes=classes)  # type: ignore[arg-type]
+    swapped = 0
+    for index, (captions, description) in enumerate(texts):
+        used = {w for text in (*captions, description or "") for w in text.split(" ")}
+        for draw in range(10):
+            text, negative = dataset.text(index, draw), dataset.negative(index, draw)
+            if negative is None:  # only when no word of the text has an alternative the image lacks
+                assert not any(w in c and set(c) - used for w in text.split(" ") for c in classes), text
+                continue
+            pairs = [(a, b) for a, b in zip(text.split(" "), negative.split(" "), strict=True) if a != b]
+            assert len(pairs) == 1, (text, negative)
+            ((old, new),) = pairs
+            assert any(old in c and new in c for c in classes) and new not in used, (old, new, used)
+            swapped += 1
+    assert swapped > 0.8 * 10 * len(texts)  # nearly every text names a shape or colour
+    assert [dataset.negative(2, d) for d in range(5)] == [dataset.negative(2, d) for d in range(5)]
+    assert ImageTextDataset(None, texts, tokenizer, 0.5, seed=0).negative(2, 0) is None  # type: ignore[arg-type]
+
+
+def test_the_loss_counts_an_images_own_negative_among_its_texts_and_only_where_it_has_one():
+    logits = torch.tensor([[3.0, 1.0], [0.5, 2.0]])  # texts × images
+    without = ContrastiveVisionModule.loss(logits, None)
+    assert torch.allclose(ContrastiveVisionModule.loss(logits, torch.full((2,), float("-inf"))), without)
+    weak, strong = torch.tensor([-5.0, -5.0]), torch.tensor([2.9, float("-inf")])
+    # a negative far below the true text costs ~nothing; one scored near it makes image 0's choice harder
+    assert torch.allclose(ContrastiveVisionModule.loss(logits, weak), without, atol=1e-2)
+    assert ContrastiveVisionModule.loss(logits, strong) > without + 0.1
+    batch = collate_image_text(
+        [
+            {"pixel_values": torch.zeros(1), "input_ids": [5, 6, 2], "negative_ids": [5, 7, 2]},
+            {"pixel_values": torch.zeros(1), "input_ids": [8, 2]},
+        ],
+        pad_id=0,
+    )
+    assert batch["has_negative"].tolist() == [True, False]
+    assert batch["negative_input_ids"].tolist() == [[5, 7, 2], [8, 2, 0]]  # no negative: its own text, masked out
