@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first and by exact version: anything looser would pull a multi-GB CUDA build on a CPU machine
-	# (not --no-compile: it saved ~100 s of set-up, but where PYTHONDONTWRITEBYTECODE is set, as on our CI machines,
+	# (not --no-compile: it saved ~100 s of set-up, but where PYTHONDONTWRITEBYTECODE is set, as on our dev machine,
 	# every process then compiles torch & co. from source on import: make test took 11:25 instead of 8:47)
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
