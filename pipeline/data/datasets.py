@@ -62,13 +62,14 @@ def collate_for_training(
 
 
 def _collate_seq2seq(items: list[dict], pad_id: int, decoder_start_id: int) -> dict[str, torch.Tensor]:
-    encoder = _right_padded([item["prompt"] for item in items], pad_id)
+    encoder = right_padded([item["prompt"] for item in items], pad_id)
     # The decoder's side is a decoder-only example whose prompt is the start token
     decoder = collate_for_training([{**item, "prompt": [decoder_start_id]} for item in items], pad_id)
     return {**decoder, "encoder_input_ids": encoder[0], "encoder_attention_mask": encoder[1]}
 
 
-def _right_padded(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def right_padded(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token sequences right-padded with `pad_id` into [B, longest] ids and their attention mask."""
     width = max(map(len, sequences))
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)

@@ -53,17 +53,12 @@ def require_java(what: str) -> None:
         raise PipelineError(f"{what} needs Java, which is not on PATH: {JAVA_HINT}")
 
 
-def ptb_tokenize(texts: Mapping[CaptionKey, Sequence[str]]) -> dict[CaptionKey, list[str]]:
-    """Stanford PTB tokenisation, as in the COCO caption evaluation (runs a JVM)."""
-    return ptb_tokenize_groups({0: texts})[0]
-
-
 def ptb_tokenize_groups(
     groups: Mapping[Any, Mapping[CaptionKey, Sequence[str]]],
 ) -> dict[Any, dict[CaptionKey, list[str]]]:
-    """`ptb_tokenize` of several sets of texts in one JVM: each start costs ~0.2-0.5 s, and an evaluation scores the
-    same references and ~20 methods' candidates per task (the tokenizer works line by line, so one call gives what
-    a call per set would)."""
+    """Stanford PTB tokenisation, as in the COCO caption evaluation, of several sets of texts in one JVM: each start
+    costs ~0.2-0.5 s, and an evaluation scores the same references and ~20 methods' candidates per task (the
+    tokenizer works line by line, so one call gives what a call per set would)."""
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
     require_java("the PTB tokenizer")

@@ -30,6 +30,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, PretrainedConfig, PreTra
 from transformers.models.clip.modeling_clip import image_text_contrastive_loss
 
 from pipeline.config import FinetuneConfig, TrainingConfig, VisionPretrainingConfig
+from pipeline.data.datasets import right_padded
 from pipeline.data.pixels import PixelStore
 from pipeline.data.prepared import SplitData
 from pipeline.data.scene import COLOURS, PLURALS, SHAPES
@@ -122,20 +123,10 @@ class ImageTextDataset(Dataset):
         return item
 
 
-def _padded(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(ids) for ids in sequences)
-    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, ids in enumerate(sequences):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        attention_mask[row, : len(ids)] = 1
-    return input_ids, attention_mask
-
-
 def collate_image_text(items: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
     """Texts padded into `input_ids`/`attention_mask`; with any hard negative, `negative_input_ids`/
     `negative_attention_mask` (an item without one repeats its own text there) and `has_negative`."""
-    input_ids, attention_mask = _padded([item["input_ids"] for item in items], pad_id)
+    input_ids, attention_mask = right_padded([item["input_ids"] for item in items], pad_id)
     batch = {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
@@ -143,7 +134,7 @@ def collate_image_text(items: list[dict[str, Any]], pad_id: int) -> dict[str, to
     }
     if any("negative_ids" in item for item in items):
         negatives = [item.get("negative_ids", item["input_ids"]) for item in items]
-        batch["negative_input_ids"], batch["negative_attention_mask"] = _padded(negatives, pad_id)
+        batch["negative_input_ids"], batch["negative_attention_mask"] = right_padded(negatives, pad_id)
         batch["has_negative"] = torch.tensor(["negative_ids" in item for item in items])
     return batch
 

@@ -212,13 +212,16 @@ def test_second_repro_is_a_no_op_and_an_edit_or_param_change_stales_only_its_sta
     # only once those change); dvc status names them without re-running a stage (evaluate reading its params is
     # checked on the first repro's outputs)
     original = (work / "params.yaml").read_text()
-    stage_of = {"finetune": "finetune", "evaluate": "evaluate", "layer_choice": "select_layer"}
-    for section, key, value in (("finetune", "max_steps", 4), ("evaluate", "vqa", 4), ("layer_choice", "mu", 0.25)):
+    for section, key, value, stage in (
+        ("finetune", "max_steps", 4, "finetune"),
+        ("evaluate", "vqa", 4, "evaluate"),
+        ("layer_choice", "mu", 0.25, "select_layer"),
+    ):
         params = yaml.safe_load(original)
         params[section][key] = value
         (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         stale = set(json.loads(run([DVC, "status", "--json"], work, env)))
-        assert stale == {stage_of[section]}, (section, stale)
+        assert stale == {stage}, (section, stale)
     (work / "params.yaml").write_text(original)
 
 
