@@ -42,6 +42,14 @@ class SearchSpace:
             return self
         return SearchSpace(self.path, {**self.space, key: {"grid": sorted([*values, value])}}, self.evaluate_first)
 
+    def without(self, key: str) -> SearchSpace:
+        """This space less `key` (a key the trainable handles itself rather than Tune)."""
+        return SearchSpace(
+            self.path,
+            {k: v for k, v in self.space.items() if k != key},
+            [{k: v for k, v in point.items() if k != key} for point in self.evaluate_first],
+        )
+
     def grid_size(self) -> int:
         size = 1
         for spec in self.space.values():

@@ -1,10 +1,14 @@
 """The n / λ / d sweep as a Ray Tune trainable, and the sweep stage's search and summary.
 
-A trial (n = draft layers, λ = loss weights, d = a fixed draft length or `growing`) gets the imitation
-network for its (n, λ) (`pipeline.search.sweep_heads`) and decodes
-validation prompts with the full model (`model.generate`), self-speculative decoding with the network, and
-the draft alone. It reports speed-up, acceptance, mean accepted length, CIDEr/BLEU-4 of the SSD output
-(lossless: equal to the full model's, which it also reports and checks token for token) and of the draft.
+A trial is one (n = draft layers, λ = loss weights): it gets the imitation network for that pair
+(`pipeline.search.sweep_heads`) and decodes validation prompts with the full model (our engine, token by token),
+self-speculative decoding with the network at *every* d of the space (a fixed draft length or `growing`), and the
+draft alone, all interleaved per prompt. d is not a Tune dimension: its settings differ only in speed, and a
+speed-up is a ratio worth comparing only when measured in one process on one machine state (one trial per d,
+running beside another trial on a 2-core machine, moved a setting's speed-up by ±0.2× between runs and flipped
+which d was fastest). For each d it reports speed-up, acceptance, mean accepted length, CIDEr/BLEU-4 of the SSD
+output (lossless: equal to the full model's, which it also reports and checks token for token); once per trial the
+draft alone's quality and speed.
 """
 
 from __future__ import annotations
@@ -44,6 +48,18 @@ from pipeline.search.trial_setup import load_for_trial
 from pipeline.search.tuning import SearchSpec, inputs_fingerprint, result_rows
 
 SPACE_KEYS = {"draft_layers", "loss", "draft_len"}
+TUNED_KEYS = ("draft_layers", "loss")  # Tune's grid; draft_len's values are all timed inside each trial
+PER_DRAFT_LEN = [  # reported for every d of a trial, as "<metric>.d<d>"
+    "speedup",
+    "acceptance_rate",
+    "mean_accepted_length",
+    "verify_calls",
+    "tokens_per_second",
+    "cider_ssd",
+    "bleu4_ssd",
+    "identical_share",
+    "lossless",
+]
 REPORTED = [
     "speedup",
     "acceptance_rate",
@@ -64,9 +80,14 @@ REPORTED = [
 ]
 
 
+def draft_len_key(metric: str, draft_len: int | str) -> str:
+    return f"{metric}.d{draft_len}"
+
+
 def sweep_trial(config: dict[str, Any], context: SweepContext) -> None:
-    """Decode validation captions and descriptions with the full model, SSD and the draft alone; report speed,
-    acceptance and caption quality (SSD checked identical to the full model)."""
+    """Decode validation captions and descriptions with the full model, SSD at every d of the sweep and the draft
+    alone, interleaved per prompt; report each d's speed, acceptance and caption quality (SSD checked identical to
+    the full model) and the draft alone's. Tune's metric `speedup` is the trial's fastest lossless d."""
     from ray import tune
 
     from pipeline.evaluation.flops import per_token_flops
@@ -82,16 +103,13 @@ def sweep_trial(config: dict[str, Any], context: SweepContext) -> None:
         loaded.splits["val"], loaded.builder, backbone.image_processor, params.sweep.captions, params.sweep.descriptions
     )
     # The reference is our own engine's full model: the speed-up is the algorithm's, not call overhead
-    full, ours, draft = (
-        methods.autoregressive(),
-        methods.ssd("trial", n, config["draft_len"]),
-        methods.draft_only("trial", n),
-    )
+    full, draft = methods.autoregressive(), methods.draft_only("trial", n)
+    ours = {d: methods.ssd("trial", n, d) for d in context.draft_lens}
     tokenizer = backbone.tokenizer
     resources = DecodingResources.of(
         {methods.FINETUNED: backbone.model}, {"trial": as_draft_head(network)}, tokenizer, params.decoding
     )
-    specs = [full, ours, draft]
+    specs = [full, *ours.values(), draft]
     with torch.no_grad():
         # quality in batches (the evaluate stage's batch size), speed at batch 1, on the same validation prompts
         scores = evaluate_methods(
@@ -104,30 +122,36 @@ def sweep_trial(config: dict[str, Any], context: SweepContext) -> None:
             batch_size=params.evaluate.batch_size,
             repeats=params.sweep.repeats,
         )
-    ssd, drafted, reference = scores[ours.key], scores[draft.key], scores[full.key]
-    tune.report(
-        {
+    drafted, reference = scores[draft.key], scores[full.key]
+    report: dict[str, Any] = {
+        "tokens_per_second_full": reference["tokens_per_second"],
+        "cider_full": reference["cider"],
+        "bleu4_full": reference["bleu4"],
+        "cider_draft": drafted["cider"],
+        "bleu4_draft": drafted["bleu4"],
+        "speedup_draft": drafted["speedup"],
+        "draft_cost_ratio": per_token_flops(backbone.adapter, n, network)["draft_cost_ratio"],
+        "head_source": source,
+        "loss_label": loss_label(config["loss"]),
+        "prompts": len(prompts),
+    }
+    for d, spec in ours.items():
+        ssd = scores[spec.key]
+        measured = {
             "speedup": ssd["speedup"],
             "acceptance_rate": ssd.get("acceptance_rate", 0.0),
             "mean_accepted_length": ssd.get("mean_accepted_length", 0.0),
             "verify_calls": ssd.get("verify_calls", 0.0),
             "tokens_per_second": ssd["tokens_per_second"],
-            "tokens_per_second_full": reference["tokens_per_second"],
             "cider_ssd": ssd["cider"],
             "bleu4_ssd": ssd["bleu4"],
-            "cider_full": reference["cider"],
-            "bleu4_full": reference["bleu4"],
             "identical_share": ssd["identical_share"],
             "lossless": float(ssd["identical_share"] == 1.0),
-            "cider_draft": drafted["cider"],
-            "bleu4_draft": drafted["bleu4"],
-            "speedup_draft": drafted["speedup"],
-            "draft_cost_ratio": per_token_flops(backbone.adapter, n, network)["draft_cost_ratio"],
-            "head_source": source,
-            "loss_label": loss_label(config["loss"]),
-            "prompts": len(prompts),
         }
-    )
+        report.update({draft_len_key(k, d): v for k, v in measured.items()})
+    lossless = [report[draft_len_key("speedup", d)] for d in ours if report[draft_len_key("lossless", d)] == 1.0]
+    report["speedup"] = max(lossless, default=0.0)
+    tune.report(report)
 
 
 def check_space(space: SearchSpace, params: Params, num_layers: int) -> None:
@@ -141,7 +165,9 @@ def check_space(space: SearchSpace, params: Params, num_layers: int) -> None:
             loss_weights(loss, params)
         except ValueError as exc:
             problems.append(str(exc))
-    for d in space.values("draft_len"):
+    if "draft_len" not in space.space:
+        problems.append("draft_len: missing (the draft lengths every trial times, e.g. {grid: [2, 3, 5, growing]})")
+    for d in space.values("draft_len") if "draft_len" in space.space else []:
         try:
             draft_policy(d, params.decoding.growing)
         except ValueError as exc:
@@ -183,9 +209,24 @@ def fastest_draft_len(rows: list[dict[str, Any]]) -> dict[str, int]:
     return {str(n): max(by_d, key=lambda d: sum(by_d[d]) / len(by_d[d])) for n, by_d in sorted(speedups.items())}
 
 
-def summarise(results: Any) -> SweepOutcome:
-    """The trial table, the speed/quality Pareto front of SSD settings and drafts alone, the best setting."""
-    rows = result_rows(results, [*REPORTED, "head_source", "loss_label"])
+def setting_rows(trial_rows: list[dict[str, Any]], draft_lens: list[int | str]) -> list[dict[str, Any]]:
+    """One row per (n, λ, d) from the trials' rows (one per (n, λ), each d's metrics under "<metric>.d<d>"), in the
+    layout of one trial per setting: `config.draft_len` and the metric names of `REPORTED`."""
+    rows = []
+    for trial in trial_rows:
+        shared = {k: v for k, v in trial.items() if k not in PER_DRAFT_LEN and "." not in k.removeprefix("config.")}
+        for d in draft_lens:
+            row = {**shared, "config.draft_len": d}
+            row.update({k: trial.get(draft_len_key(k, d)) for k in PER_DRAFT_LEN})
+            rows.append(row)
+    return rows
+
+
+def summarise(results: Any, draft_lens: list[int | str]) -> SweepOutcome:
+    """The setting table, the speed/quality Pareto front of SSD settings and drafts alone, the best setting."""
+    per_d = [draft_len_key(k, d) for k in PER_DRAFT_LEN for d in draft_lens]
+    trial_rows = result_rows(results, [*REPORTED, *per_d, "head_source", "loss_label"])
+    rows = setting_rows(trial_rows, draft_lens)
     done = [r for r in rows if r["speedup"] is not None]
     ssd = [(r["speedup"], r["cider_ssd"], setting_label(r)) for r in done]
     draft = [
@@ -207,8 +248,9 @@ def summarise(results: Any) -> SweepOutcome:
     best = max(done, key=lambda r: r["speedup"])
     summary = {
         "draft_len_by_layers": fastest_draft_len(done),
-        "trials": len(rows),
-        "failed_trials": sum(bool(r["error"]) for r in rows),
+        "trials": len(trial_rows),  # one per (n, λ): every d timed in it, interleaved per prompt
+        "settings": len(rows),
+        "failed_trials": sum(bool(r["error"]) for r in trial_rows),
         "all_lossless": all(r["identical_share"] == 1.0 for r in done),
         "min_identical_share": min(r["identical_share"] for r in done),
         "best": {"setting": setting_label(best), **{k: best[k] for k in REPORTED}},
@@ -229,8 +271,8 @@ def run_sweep(
     write: Callable[[SweepOutcome], None],
     features_dir: Path | None = None,
 ) -> SweepOutcome:
-    """The n/λ/d grid on Ray Tune; `write(outcome)` runs inside the stage's MLflow run. Paths are relative to the
-    repository root."""
+    """The n/λ grid on Ray Tune, every d timed inside each trial; `write(outcome)` runs inside the stage's MLflow
+    run. Paths are relative to the repository root."""
     root = tracking.repo_root()
     model_dir, imitation_dir, data_dir = (
         (root / p).resolve() for p in (model_dir, imitation_dir, Path(params.data.out_dir))
@@ -243,6 +285,7 @@ def run_sweep(
     )
     # evaluate takes its d from the sweep's trials at its n: a select_layer n outside the file's grid gets trials too
     space = space.with_grid_value("draft_layers", evaluated)
+    draft_lens = space.values("draft_len")
     arch = searched_architecture(params.imitation.architecture, root / best_architecture).model_dump()
     model_fingerprint = inputs_fingerprint({}, [model_dir])
     heads_dir = root / "ray_results" / "sweep_heads" / heads_fingerprint(params, arch, model_fingerprint)
@@ -256,6 +299,7 @@ def run_sweep(
         heads_dir=str(heads_dir),
         reusable=reusable_heads(imitation_dir, params, arch),
         architecture=arch,
+        draft_lens=draft_lens,
     )
     settings = params.model_dump(include={"seed", "sweep", "imitation", "decoding"}) | {
         "space": space.space,
@@ -272,4 +316,7 @@ def run_sweep(
         max_concurrent_trials=params.sweep.max_concurrent_trials,
         reports_when_complete=1,  # a sweep trial reports once, after decoding every prompt
     )
-    return run_stage_search("sweep", params, sweep_trial, context, space, spec, {}, summarise, write)
+    tuned = space.without("draft_len")
+    return run_stage_search(
+        "sweep", params, sweep_trial, context, tuned, spec, {}, lambda results: summarise(results, draft_lens), write
+    )

@@ -1,6 +1,6 @@
 """The imitation network a sweep trial drafts with, one per (n, λ): train_imitation's when that stage trained exactly
 this pair (same budget, architecture, fusion, frozen schedule), else trained once by the first trial that needs it,
-under a file lock, and shared by the pair's d-trials."""
+under a file lock (trials of one pair, e.g. a re-run after a failure, share it)."""
 
 from __future__ import annotations
 
@@ -40,9 +40,10 @@ def head_key(n: int, weights: dict[str, float]) -> str:
 
 @dataclass(frozen=True)
 class SweepContext(TrialContext):
-    heads_dir: str = ""  # absolute: heads trained by trials, shared by the d-trials of one (n, λ)
+    heads_dir: str = ""  # absolute: heads trained by trials, one per (n, λ)
     reusable: dict[str, str] = field(default_factory=dict)  # head_key → train_imitation's folder
     architecture: dict[str, Any] = field(default_factory=dict)  # ImitationArchitecture.model_dump()
+    draft_lens: list[int | str] = field(default_factory=list)  # every d a trial times (fixed lengths, "growing")
 
 
 def obtain_head(

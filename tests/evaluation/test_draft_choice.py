@@ -53,3 +53,32 @@ def test_a_plan_needs_a_resolved_d():
     assert plan.draft_len == 5 and plan.main.draft_len == 5
     with pytest.raises(ConfigError, match=r"(?s)decoding.draft_len.*greater than or equal to 1.*should be 'auto'"):
         parse_params({"decoding": {"draft_len": 0}})
+
+
+def test_a_sweep_trial_becomes_one_row_per_draft_length_sharing_its_reference_and_draft():
+    from pipeline.search.sweep import setting_rows
+
+    trial = {
+        "trial_id": "t1",
+        "config.draft_layers": 1,
+        "config.loss": "ce",
+        "speedup": 1.9,  # the trial's best, for Tune: replaced by each d's own
+        "tokens_per_second_full": 100.0,
+        "cider_draft": 0.5,
+        "speedup.d2": 1.5,
+        "identical_share.d2": 1.0,
+        "speedup.d5": 1.9,
+        "identical_share.d5": 1.0,
+        "speedup.dgrowing": 1.7,
+        "identical_share.dgrowing": 0.5,
+        "error": "",
+    }
+    rows = setting_rows([trial], [2, 5, "growing"])
+    assert [(r["config.draft_len"], r["speedup"], r["identical_share"]) for r in rows] == [
+        (2, 1.5, 1.0),
+        (5, 1.9, 1.0),
+        ("growing", 1.7, 0.5),
+    ]
+    assert all(r["tokens_per_second_full"] == 100.0 and r["cider_draft"] == 0.5 for r in rows)
+    assert all(not any(key.endswith((".d2", ".d5", ".dgrowing")) for key in r) for r in rows)
+    assert fastest_draft_len(rows) == {"1": 5}

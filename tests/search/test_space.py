@@ -87,3 +87,27 @@ def test_the_sweep_always_times_the_draft_depth_evaluate_uses(tmp_path):
     assert widened.values("draft_layers") == [1, 2, 4] and widened.grid_size() == 6
     assert widened.values("draft_len") == [2, 3] and space.values("draft_layers") == [1, 2]  # the file's space intact
     assert space.with_grid_value("draft_layers", 2) is space
+
+
+def test_the_sweep_times_draft_lengths_inside_its_trials_not_as_tune_trials(tmp_path):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(
+        "space:\n  draft_layers: {grid: [1, 2]}\n  loss: {grid: [ce]}\n  draft_len: {grid: [2, growing]}\n"
+        "evaluate_first:\n  - {draft_layers: 1, draft_len: 2}\n"
+    )
+    space = load_search_space(path)
+    tuned = space.without("draft_len")
+    assert set(tuned.space) == {"draft_layers", "loss"} and tuned.grid_size() == 2
+    assert tuned.evaluate_first == [{"draft_layers": 1}] and space.values("draft_len") == [2, "growing"]
+
+
+def test_a_sweep_space_without_draft_lengths_is_refused_before_any_trial(tmp_path):
+    from pipeline.errors import ConfigError
+    from pipeline.search.sweep import check_space
+    from tests.conftest import tiny_params
+
+    path = tmp_path / "sweep.yaml"
+    path.write_text("space:\n  draft_layers: {grid: [1, 9]}\n  loss: {grid: [ce]}\n")
+    with pytest.raises(ConfigError, match=r"draft_len: missing") as error:
+        check_space(load_search_space(path), tiny_params(), num_layers=4)
+    assert "draft_layers 9" in str(error.value)  # every problem in one message

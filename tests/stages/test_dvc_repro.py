@@ -114,7 +114,7 @@ def test_baselines_and_searches_report_what_they_found(workspace):
     assert layerskip["draft_layers"] == 1 and layerskip["steps"] == 4 and layerskip["layers_dropped"] >= 0
     assert json.loads((work / "metrics/nas.json").read_text())["trials"] == 2
     sweep = json.loads((work / "metrics/sweep.json").read_text())
-    assert sweep["trials"] == 2 and sweep["all_lossless"] is True and sweep["failed_trials"] == 0
+    assert sweep["trials"] == sweep["settings"] == 2 and sweep["all_lossless"] is True and sweep["failed_trials"] == 0
     pareto = list(csv.DictReader((work / "plots/sweep_pareto.csv").open()))
     assert {(r["method"], r["setting"]) for r in pareto} == {
         ("ssd", "n=1 ce d=2"),
