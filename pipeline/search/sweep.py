@@ -193,7 +193,8 @@ class SweepOutcome:
     def headline(self) -> str:
         best = self.summary["best"]
         return (
-            f"sweep: {self.summary['trials']} trials, best {best['setting']} speed-up {best['speedup']:.2f}×, "
+            f"sweep: {self.summary['trials']} trials ({self.summary['settings']} settings), best {best['setting']} "
+            f"speed-up {best['speedup']:.2f}×, "
             f"lossless in every trial: {self.summary['all_lossless']}"
         )
 
