@@ -305,7 +305,7 @@ class FeaturesConfig(StrictModel):
     """The `features` stage: the frozen backbone's states cached once for every draft trainer."""
 
     enabled: bool = True  # false: frozen heads, NAS trials and sweep heads run the backbone on every step
-    train_examples: int | None = Field(3000, ge=1)  # training examples cached (imitation.task_weights); null: all
+    train_examples: int | None = Field(2000, ge=1)  # training examples cached (imitation.task_weights); null: all
     val_examples: int = Field(192, ge=1)
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"  # storage of the hidden states
     top_k: int = Field(0, ge=0)  # teacher log-probabilities kept per scored token for KD; 0: the whole vocabulary
@@ -324,7 +324,7 @@ class ImitationConfig(TrainingConfig):
     weights: LossWeights = LossWeights()  # λ of each term where its variant uses it
     temperature: float = Field(2.0, gt=0)
     mixed: MixedSchedule = MixedSchedule()
-    max_steps: int = Field(1875, ge=1)  # 20 epochs of the cached examples (the frozen heads)
+    max_steps: int = Field(1250, ge=1)  # 20 epochs of the cached examples (the frozen heads)
     task_weights: TaskWeights = TaskWeights(caption=0.6, description=0.3, vqa=0.1)  # drafting is long-form text
     val_every_steps: int = Field(625, ge=1)
     val_batches: int = Field(2, ge=1)
@@ -491,7 +491,7 @@ class SweepConfig(StrictModel):
     reuses) the imitation network for its n/λ and measures speed and caption quality on validation images."""
 
     search_space: str = "experiments/search_spaces/sweep.yaml"
-    train_steps: int = Field(1875, ge=1)  # = imitation.max_steps: the train_imitation heads are reused for its n
+    train_steps: int = Field(1250, ge=1)  # = imitation.max_steps: the train_imitation heads are reused for its n
     captions: int = Field(12, ge=1)  # validation images captioned per trial (CIDEr / BLEU-4)
     descriptions: int = Field(4, ge=0)  # long descriptions per trial (speed on long outputs)
     repeats: int = Field(1, ge=1)  # timing repeats per trial
@@ -554,11 +554,14 @@ class EvaluateConfig(StrictModel):
     batch 1 on `speed`'s sample of it, timed in one process (speed-ups are ratios of one run)."""
 
     batch_size: int = Field(64, ge=1)  # rows decoded together for the quality pass (throughput is reported at it)
-    captions: int | None = Field(None, ge=1)  # test images captioned (None: every one)
-    # described test images (None: every one). Descriptions are ~65 tokens against a caption's ~13: 100 of the 500
-    # are about half the split's tokens, where all 500 were ~80 %: evaluate decodes ~2.9x fewer tokens per method
-    descriptions: int | None = Field(100, ge=0)
-    vqa: int | None = Field(300, ge=0)  # test questions (None: every one)
+    # The sample sizes bound the stage's longest part, every method decoding the split (236 s of the default's 516 s
+    # with 500 / 100 / 300): 300 / 64 / 200 decode ~40 % fewer tokens per method. The fine-tune's sees check scores the
+    # full model on every test image; here the rows are compared with each other on the same prompts
+    captions: int | None = Field(300, ge=1)  # test images captioned (None: every one)
+    # described test images (None: every one). Descriptions are ~65 tokens against a caption's ~13: 64 (one batch)
+    # are about half the sample's tokens
+    descriptions: int | None = Field(64, ge=0)
+    vqa: int | None = Field(200, ge=0)  # test questions (None: every one)
     speed: SpeedSampleConfig = SpeedSampleConfig()
     draft_lens: list[int] = [1, 2, 5]  # speed-up by d (with decoding.draft_len) (paper Fig. 9), ours (ce+cs+kd)
     # Hugging Face's assistant_model with the language-only draft as a Table 1 row: HF refuses batches, so it decodes
