@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from pipeline.config import ImitationArchitecture, Params
+from pipeline.evaluation.methods import DraftLength
 from pipeline.models.imitation import ImitationNetwork, load_imitation, save_imitation
 from pipeline.search.trial_setup import Loaded, TrialContext, train_trial_head
 from pipeline.training.imitation_losses import VARIANTS, variant_weights
@@ -43,7 +44,7 @@ class SweepContext(TrialContext):
     heads_dir: str = ""  # absolute: heads trained by trials, one per (n, λ)
     reusable: dict[str, str] = field(default_factory=dict)  # head_key → train_imitation's folder
     architecture: dict[str, Any] = field(default_factory=dict)  # ImitationArchitecture.model_dump()
-    draft_lens: list[int | str] = field(default_factory=list)  # every d a trial times (fixed lengths, "growing")
+    draft_lens: list[DraftLength] = field(default_factory=list)  # every d a trial times (fixed lengths, "growing")
 
 
 def obtain_head(
