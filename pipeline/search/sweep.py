@@ -48,7 +48,6 @@ from pipeline.search.trial_setup import load_for_trial
 from pipeline.search.tuning import SearchSpec, inputs_fingerprint, result_rows
 
 SPACE_KEYS = {"draft_layers", "loss", "draft_len"}
-TUNED_KEYS = ("draft_layers", "loss")  # Tune's grid; draft_len's values are all timed inside each trial
 PER_DRAFT_LEN = [  # reported for every d of a trial, as "<metric>.d<d>"
     "speedup",
     "acceptance_rate",
@@ -165,9 +164,10 @@ def check_space(space: SearchSpace, params: Params, num_layers: int) -> None:
             loss_weights(loss, params)
         except ValueError as exc:
             problems.append(str(exc))
-    if "draft_len" not in space.space:
+    draft_lens = space.values("draft_len") if "draft_len" in space.space else []
+    if not draft_lens:
         problems.append("draft_len: missing (the draft lengths every trial times, e.g. {grid: [2, 3, 5, growing]})")
-    for d in space.values("draft_len") if "draft_len" in space.space else []:
+    for d in draft_lens:
         try:
             draft_policy(d, params.decoding.growing)
         except ValueError as exc:
@@ -226,7 +226,8 @@ def setting_rows(trial_rows: list[dict[str, Any]], draft_lens: list[int | str]) 
 def summarise(results: Any, draft_lens: list[int | str]) -> SweepOutcome:
     """The setting table, the speed/quality Pareto front of SSD settings and drafts alone, the best setting."""
     per_d = [draft_len_key(k, d) for k in PER_DRAFT_LEN for d in draft_lens]
-    trial_rows = result_rows(results, [*REPORTED, *per_d, "head_source", "loss_label"])
+    once = [k for k in REPORTED if k not in PER_DRAFT_LEN]  # a trial reports these once, for all its d
+    trial_rows = result_rows(results, [*once, *per_d, "head_source", "loss_label"])
     rows = setting_rows(trial_rows, draft_lens)
     done = [r for r in rows if r["speedup"] is not None]
     ssd = [(r["speedup"], r["cider_ssd"], setting_label(r)) for r in done]
