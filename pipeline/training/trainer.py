@@ -19,9 +19,12 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
 
+from pipeline import tracking
 from pipeline.config import TrainingConfig
+from pipeline.distributed import is_rank_zero
 from pipeline.tracking import RunRef
 from pipeline.training.launch import ddp_strategy
+from pipeline.training.precision import resolved_precision
 
 
 def build_trainer(
@@ -54,7 +57,7 @@ def build_trainer(
         devices=hardware.devices,
         num_nodes=hardware.num_nodes,
         strategy=ddp_strategy(hardware, unused_parameters),
-        precision=hardware.precision,
+        precision=resolved_precision(hardware),  # type: ignore[arg-type]  # one of Lightning's precision strings
         gradient_clip_val=cfg.optimizer.grad_clip,
         # at least one validation, at the end, when the cadence is longer than the run
         val_check_interval=min(cfg.val_every_steps, cfg.max_steps),
@@ -117,6 +120,7 @@ class FitRun:
     steps: float
     seconds: float
     processes: int  # devices × num_nodes: 1, or the DDP world size
+    precision: str  # what the trainer ran in (`auto` resolved), e.g. bf16-mixed
 
 
 def fit_module(
@@ -144,6 +148,10 @@ def fit_module(
         progress_bar=progress_bar,
         unused_parameters=unused_parameters,
     )
+    precision = resolved_precision(cfg.trainer)
+    if is_rank_zero():
+        print(f"{type(module).__name__}: precision {precision} (trainer.precision {cfg.trainer.precision})", flush=True)
+    tracking.set_tags({f"precision/{type(module).__name__}": precision})  # on the stage's run, where one is active
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
     seconds = time.perf_counter() - started
@@ -157,6 +165,7 @@ def fit_module(
         float(trainer.global_step),
         seconds,
         trainer.world_size,
+        precision,
     )
 
 

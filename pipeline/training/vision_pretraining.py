@@ -324,7 +324,8 @@ def pretrain_vision_tower(
         val_every_steps=pre.max_steps,
         val_batches=pre.val_batches,
         optimizer=pre.optimizer,
-        trainer=cfg.trainer,  # the fine-tune's processes run this phase too
+        # the fine-tune's processes run this phase too, in the phase's own precision
+        trainer=cfg.trainer.model_copy(update={"precision": pre.precision}),
     )
     texts = [
         text
