@@ -26,7 +26,9 @@ from tests.training.sharded_evaluation import layer_choice, method_rows
 
 # each test starts 2 interpreters (Lightning's launcher) besides pytest's: ~30 s apiece on 2 cores, so `make test-scale`
 pytestmark = [pytest.mark.slow, pytest.mark.scale, pytest.mark.usefixtures("one_thread")]
-DDP = {"accelerator": "cpu", "devices": 2, "strategy": "ddp", "num_threads": 1}
+# float32 on both sides of every comparison: bf16 autocast (the fine-tune's `auto` on a bf16 CPU) rounds each process's
+# half-batch differently from the whole batch, far beyond LOSS_TOLERANCE
+DDP = {"accelerator": "cpu", "devices": 2, "strategy": "ddp", "num_threads": 1, "precision": "32-true"}
 # 56 steps: a checkpoint at 50 (every 50 steps), mid-epoch (24 images / batch 8: 3 batches an epoch)
 FINETUNE = {
     "max_steps": 56,
@@ -34,6 +36,7 @@ FINETUNE = {
     "val_every_steps": 28,
     "val_batches": 1,
     "optimizer": {"warmup_steps": 1, "lr": 3e-3},
+    "trainer": {"precision": "32-true"},  # the one-process reference; the DDP runs replace it with DDP
 }
 LOSS_TOLERANCE = 1e-4  # per step, 1 vs 2 processes: float32 sums in another order, never another batch
 
