@@ -2,7 +2,7 @@
 
 `auto` means bf16 autocast (`bf16-mixed`: float32 weights and optimizer, matrix products in bfloat16) where the
 hardware computes bfloat16 natively, float32 (`32-true`) elsewhere. On this project's 2-core AMD EPYC (AVX512-BF16)
-a fine-tune step of the tiny backbone takes 0.65 s instead of 0.81 s (test CIDEr 1.82 vs 1.67); on a CPU without
+a fine-tune step of the tiny backbone takes 0.65 s instead of 0.81 s (test CIDEr 1.663 vs 1.665); on a CPU without
 bf16 instructions the same autocast would emulate them, slower than float32, hence the check. Modules whose matrix
 products are narrow (128-wide vision pre-training, 256-wide imitation heads) gain nothing from it and keep float32.
 """

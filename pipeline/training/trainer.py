@@ -148,7 +148,7 @@ def fit_module(
         progress_bar=progress_bar,
         unused_parameters=unused_parameters,
     )
-    precision = resolved_precision(cfg.trainer)
+    precision = str(trainer.precision)  # what build_trainer resolved `auto` to, as Lightning's plugin holds it
     if is_rank_zero():
         print(f"{type(module).__name__}: precision {precision} (trainer.precision {cfg.trainer.precision})", flush=True)
     tracking.set_tags({f"precision/{type(module).__name__}": precision})  # on the stage's run, where one is active
