@@ -13,7 +13,7 @@ import torch
 
 from pipeline.config import ModelConfig, TinyBackboneConfig, parse_params
 from pipeline.data.prepared import MANIFEST, load_prepared
-from pipeline.data.synthetic import generate_synthetic_dataset
+from pipeline.data.synthetic import generate_synthetic_dataset, instances_file_name
 from pipeline.data.tokenizer import train_word_tokenizer
 from pipeline.io import atomic_write_json
 from pipeline.models.loading import Backbone, build_backbone, save_backbone
@@ -190,6 +190,7 @@ def write_tiny_dataset(root: Path) -> tuple[dict, Any]:
             "image_root": "images",
             "descriptions_json": "descriptions.json",
             "vqa": [],
+            "instances": {split: instances_file_name(split) for split in ("train", "val", "test")},
             "tokenizer_dir": "tok",
         },
     )

@@ -11,7 +11,7 @@ from typing import Any
 
 from pipeline.config import Params
 from pipeline.data.prepared import MANIFEST, SplitData, load_prepared
-from pipeline.data.synthetic import generate_synthetic_dataset
+from pipeline.data.synthetic import SPLITS, generate_synthetic_dataset, instances_file_name
 from pipeline.data.tokenizer import train_word_tokenizer
 from pipeline.data.vqa import find_vqa_files
 from pipeline.io import atomic_write_json
@@ -44,6 +44,7 @@ def write_dataset(params: Params, out: Path) -> dict[str, Any]:
             "image_root": "images",
             "descriptions_json": "descriptions.json",
             "vqa": pairs,
+            "instances": {split: instances_file_name(split) for split in SPLITS},
             "tokenizer_dir": "tokenizer",
         }
     # DataConfig's validator requires both paths for source "files"

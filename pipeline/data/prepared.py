@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import overload
 
 from pipeline.data.descriptions import load_descriptions
+from pipeline.data.instances import Instances, load_instances
 from pipeline.data.karpathy import CaptionRecord, load_karpathy
 from pipeline.data.vqa import VQARecord, load_vqa
 from pipeline.errors import DataFormatError
@@ -35,6 +36,7 @@ class SplitData:
     images: list[CaptionRecord]
     descriptions: dict[int, str] = field(default_factory=dict)
     vqa: list[VQARecord] = field(default_factory=list)
+    instances: Instances | None = None  # object boxes (COCO instances), where the data set has them
 
     def examples(self, task: str) -> list[Example]:
         index = {record.image_id: i for i, record in enumerate(self.images)}
@@ -96,4 +98,15 @@ def load_prepared(data_dir: str | Path, *, check_images: bool = True) -> dict[st
             descriptions={k: v for k, v in descriptions.items() if k in ids},
             vqa=[q for q in questions if q.image_id in ids],
         )
+    for split, path in (manifest.get("instances") or {}).items():
+        if split not in splits:
+            continue
+        instances = load_instances(_resolve(data_dir, path))
+        missing = [r.image_id for r in splits[split].images if r.image_id not in instances.image_sizes]
+        if missing:
+            raise DataFormatError(
+                f"{_resolve(data_dir, path)} lists no entry for {len(missing)} of the {split} split's images "
+                f"(first: image id {missing[0]}); re-run the prepare stage"
+            )
+        splits[split].instances = instances
     return splits

@@ -28,12 +28,15 @@ def _cross(cx: float, cy: float, r: float) -> list[Point]:
     ]  # fmt: skip
 
 
-def _draw_object(draw: ImageDraw.ImageDraw, obj: SceneObject, image_size: int) -> None:
+def _draw_object(
+    draw: ImageDraw.ImageDraw, obj: SceneObject, image_size: int, fill: int | tuple[int, ...] | None = None
+) -> None:
+    """`obj` in its colour, or in `fill` (a mask's value)."""
     cell_edge = image_size / 3
     cx = (obj.cell % 3 + 0.5) * cell_edge + obj.offset[0]
     cy = (obj.cell // 3 + 0.5) * cell_edge + obj.offset[1]
     r = half_extent(obj.size, image_size)
-    fill = COLOURS[obj.colour]
+    fill = COLOURS[obj.colour] if fill is None else fill
     if obj.shape == "circle":
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
     elif obj.shape == "square":
@@ -58,3 +61,14 @@ def render_scene(scene: Scene, image_size: int) -> Image.Image:
     for obj in scene.objects:
         _draw_object(draw, obj, image_size)
     return image
+
+
+def object_box(obj: SceneObject, image_size: int) -> tuple[int, int, int, int]:
+    """The tight box (x, y, width, height; COCO's bbox) of the pixels `obj` covers, drawn alone by the same rules."""
+    mask = Image.new("L", (image_size, image_size), 0)
+    _draw_object(ImageDraw.Draw(mask), obj, image_size, fill=255)
+    box = mask.getbbox()
+    if box is None:
+        raise ValueError(f"{obj} covers no pixel of a {image_size}-pixel image")
+    left, top, right, bottom = box
+    return left, top, right - left, bottom - top

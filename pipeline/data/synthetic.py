@@ -9,6 +9,7 @@ Each image shows 1–4 coloured shapes on a white background, one per cell of a 
     out_dir/descriptions.json                        {"descriptions": [{"image_id": cocoid, "description": str}]}
     out_dir/vqa/v2_OpenEnded_mscoco_{split}_questions.json
     out_dir/vqa/v2_mscoco_{split}_annotations.json   VQAv2 layout (all 10 annotators agree)
+    out_dir/annotations/instances_{split}.json       COCO instances layout: each shape's box, its shape the category
     out_dir/summary.json                             what `generate_synthetic_dataset` returns
 
 `descriptions.json` is this project's own format: one long (30–80 token) description per image,
@@ -27,9 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data.scene import MAX_OBJECTS, sample_scene
+from pipeline.data.instances import Box, instances_document
+from pipeline.data.scene import MAX_OBJECTS, SHAPES, sample_scene
 from pipeline.data.scene_questions import MAX_QUESTIONS, MIN_QUESTIONS, ask_questions
-from pipeline.data.scene_render import render_scene
+from pipeline.data.scene_render import object_box, render_scene
 from pipeline.data.scene_text import choose_templates, describe, render_caption
 from pipeline.io import atomic_save_png, atomic_write_json
 
@@ -56,6 +58,11 @@ class SyntheticSummary:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def instances_file_name(split: str) -> str:
+    """Where a split's COCO instances file goes, relative to the data set's directory."""
+    return f"annotations/instances_{split}.json"
 
 
 def vqa_file_names(split: str) -> tuple[str, str]:
@@ -112,6 +119,8 @@ def generate_synthetic_dataset(
     descriptions: list[dict] = []
     vqa_questions: dict[str, list[dict]] = {s: [] for s in SPLITS}
     vqa_annotations: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    instance_images: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    instance_boxes: dict[str, list[tuple[int, str, Box]]] = {s: [] for s in SPLITS}
     used: dict[str, Counter] = {
         k: Counter() for k in ("shape", "colour", "size", "cell", "template", "n", "kind", "atype")
     }
@@ -146,6 +155,10 @@ def generate_synthetic_dataset(
                 }
             )
             sentid += len(sentences)
+            instance_images[split].append(
+                {"id": cocoid, "file_name": filename, "width": image_size, "height": image_size}
+            )
+            instance_boxes[split] += [(cocoid, o.shape, object_box(o, image_size)) for o in scene.objects]
             description = describe(scene)
             descriptions.append({"image_id": cocoid, "description": description})
 
@@ -200,6 +213,11 @@ def generate_synthetic_dataset(
         }
         atomic_write_json(out_dir / "vqa" / questions_name, questions_doc, indent=None)
         atomic_write_json(out_dir / "vqa" / annotations_name, annotations_doc, indent=None)
+        atomic_write_json(
+            out_dir / instances_file_name(split),
+            instances_document(SHAPES, instance_images[split], instance_boxes[split]),
+            indent=None,
+        )
 
     summary = SyntheticSummary(
         images=dict(counts),

@@ -3,6 +3,8 @@ reports what is missing."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from pipeline.config import parse_params
@@ -48,3 +50,20 @@ def test_a_missing_or_corrupt_manifest_says_to_run_prepare(tmp_path):
     (tmp_path / MANIFEST).write_text("{not json")
     with pytest.raises(DataFormatError, match=r"manifest\.json is not valid JSON.*re-run the prepare stage"):
         read_manifest(tmp_path)
+
+
+def test_prepared_instances_that_miss_an_image_of_their_split_name_it(tmp_path):
+    params = parse_params({"data": {"synthetic": {"n_train": 4, "n_val": 2, "n_test": 2}}})
+    prepare_dataset(params, tmp_path)
+    splits = load_prepared(tmp_path)
+    assert all(split.instances is not None for split in splits.values())
+    path = tmp_path / read_manifest(tmp_path)["instances"]["val"]
+    document = json.loads(path.read_text())
+    gone = document["images"].pop(0)["id"]
+    document["annotations"] = [a for a in document["annotations"] if a["image_id"] != gone]
+    path.write_text(json.dumps(document))
+    with pytest.raises(
+        DataFormatError,
+        match=rf"instances_val\.json lists no entry for 1 of the val split's images \(first: image id {gone}\)",
+    ):
+        load_prepared(tmp_path)
