@@ -102,9 +102,7 @@ def load_instances(path: str | Path) -> Instances:
                 bbox = annotation["bbox"]
                 raise DataFormatError(f"{where} has bbox {bbox!r}; expected [x, y, width > 0, height > 0]")
             regions.setdefault(image_id, []).append(Region(index[category], (box[0], box[1], box[2], box[3])))
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        if isinstance(exc, DataFormatError):
-            raise
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:  # DataFormatError is none of these
         raise DataFormatError(
             f"{path} is not a COCO instances file ({type(exc).__name__}: {exc}); re-run the prepare stage"
         ) from None

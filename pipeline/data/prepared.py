@@ -101,11 +101,12 @@ def load_prepared(data_dir: str | Path, *, check_images: bool = True) -> dict[st
     for split, path in (manifest.get("instances") or {}).items():
         if split not in splits:
             continue
-        instances = load_instances(_resolve(data_dir, path))
+        instances_path = _resolve(data_dir, path)
+        instances = load_instances(instances_path)
         missing = [r.image_id for r in splits[split].images if r.image_id not in instances.image_sizes]
         if missing:
             raise DataFormatError(
-                f"{_resolve(data_dir, path)} lists no entry for {len(missing)} of the {split} split's images "
+                f"{instances_path} lists no entry for {len(missing)} of the {split} split's images "
                 f"(first: image id {missing[0]}); re-run the prepare stage"
             )
         splits[split].instances = instances

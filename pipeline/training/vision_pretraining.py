@@ -328,7 +328,7 @@ class ImageTextDataModule(L.LightningDataModule):
         image_processor: Any,
         cfg: VisionPretrainingConfig,
         seed: int,
-        patch_grid: int = 0,
+        patch_grid: int,
     ) -> None:
         super().__init__()
         self.splits, self.tokenizer, self.image_processor, self.cfg, self.seed = (
