@@ -138,6 +138,10 @@ def score_methods(
             "ms_per_token": 1e3 * latency,
             "new_tokens": float(timing.new_tokens()),
             "speedup_by_task": {t: base.latency(ix) / timing.latency(ix) for t, ix in tasks.items()},
+            # each repeat is one interleaved pass over the sample: how far the speed-up moves between passes
+            "speedup_by_repeat": [
+                a / b for a, b in zip(base.latency_by_repeat(), timing.latency_by_repeat(), strict=True)
+            ],
             "batch_size": float(run.batch_size),
             "throughput_tokens_per_second": run.throughput,
             "split_prompts": float(len(split)),

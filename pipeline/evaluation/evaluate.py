@@ -82,10 +82,17 @@ class Evaluation:
     def lines(self) -> list[str]:
         rows = self.results
         return [
-            f"  {row['label']:34s} speed-up {row['speedup']:.2f}×  identical {row['identical_share']:.0%}  "
-            f"CIDEr {row.get('cider', float('nan')):.3f}  accept {row.get('acceptance_rate', float('nan')):.2f}"
+            f"  {row['label']:34s} speed-up {row['speedup']:.2f}×{_passes(row)}  "
+            f"identical {row['identical_share']:.0%}  CIDEr {row.get('cider', float('nan')):.3f}  "
+            f"accept {row.get('acceptance_rate', float('nan')):.2f}"
             for row in rows.values()
         ]
+
+
+def _passes(row: dict[str, Any]) -> str:
+    """The speed-up's range over the timing passes, when there were several."""
+    passes = row.get("speedup_by_repeat", [])
+    return f" ({min(passes):.2f}–{max(passes):.2f})" if len(passes) > 1 else ""
 
 
 def load_heads(folder: Path, model: torch.nn.Module) -> tuple[dict[str, torch.nn.Module], dict[str, int]]:

@@ -48,9 +48,13 @@ class MethodTiming:
 
     def latency(self, indices: Sequence[int] | None = None) -> float:
         """Median over repeats of (wall seconds / new tokens) on the chosen prompts: seconds per token."""
+        return statistics.median(self.latency_by_repeat(indices))
+
+    def latency_by_repeat(self, indices: Sequence[int] | None = None) -> list[float]:
+        """Wall seconds / new tokens on the chosen prompts, one value per timing repeat."""
         indices = list(range(len(self.outputs)) if indices is None else indices)
         tokens = max(1, self.new_tokens(indices))
-        return statistics.median(sum(run[i] for i in indices) / tokens for run in self.seconds)
+        return [sum(run[i] for i in indices) / tokens for run in self.seconds]
 
 
 def time_methods(

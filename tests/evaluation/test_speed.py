@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pipeline.decoding.stats import DecodingStats
-from pipeline.evaluation.speed import expected_speedup, identical_share, time_methods
+from pipeline.evaluation.speed import MethodTiming, expected_speedup, identical_share, time_methods
 
 
 def test_expected_speedup_known_values():
@@ -26,6 +26,15 @@ def test_identical_share_counts_exact_matches():
     assert identical_share([[1, 2], [3], [4, 5]], [[1, 2], [3, 9], [4, 5]]) == pytest.approx(2 / 3)
     with pytest.raises(ValueError):
         identical_share([[1]], [[1], [2]])
+
+
+def test_latency_per_repeat_and_its_median_from_known_seconds():
+    timing = MethodTiming("m", outputs=[[1, 2], [3, 4, 5, 6]], seconds=[[0.2, 0.4], [0.3, 0.9], [0.1, 0.5]])
+    # pooled seconds over pooled tokens (6), per pass; the latency is their median
+    assert timing.latency_by_repeat() == pytest.approx([0.1, 0.2, 0.1])
+    assert timing.latency() == pytest.approx(0.1)
+    assert timing.latency_by_repeat([1]) == pytest.approx([0.1, 0.225, 0.125])
+    assert timing.latency([1]) == pytest.approx(0.125)
 
 
 def test_time_methods_times_every_method_on_every_prompt_and_keeps_first_outputs():

@@ -105,6 +105,17 @@ def test_claims_are_checked_not_assumed():
         True,
         "1.87× (1.40× ÷ 0.75× over the full model)",
     )
+    # judged on the medians; the evidence says how far the timing passes moved it (ours ÷ generate per pass)
+    ours_key = next(s.key for s in plan.methods if s.label == "ours (ce+cs+kd)")
+    passes = {
+        **results,
+        ours_key: {**results[ours_key], "speedup_by_repeat": [1.5, 1.3, 1.4]},
+        generate: {**results[generate], "speedup_by_repeat": [0.8, 0.8, 0.7]},
+    }
+    assert {c: (h, e) for c, h, e in claims(plan, passes)}[paper] == (
+        False,
+        "1.40× (1.40× ÷ 1.00× over the full model); per timing pass 1.62–2.00×",
+    )
 
 
 def test_table1_shows_each_planned_row_once_in_order():
