@@ -24,6 +24,7 @@ SPEED_FIELDS = {
     "tokens_per_second",
     "ms_per_token",
     "speedup_by_task",
+    "speedup_by_repeat",
     "throughput_tokens_per_second",  # each process's wall time
 }
 
