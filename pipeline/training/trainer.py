@@ -23,6 +23,7 @@ from pipeline import tracking
 from pipeline.config import TrainingConfig
 from pipeline.distributed import is_rank_zero
 from pipeline.tracking import RunRef
+from pipeline.training.attention import attention_for_training
 from pipeline.training.launch import ddp_strategy
 from pipeline.training.precision import resolved_precision
 
@@ -149,14 +150,19 @@ def fit_module(
         unused_parameters=unused_parameters,
     )
     precision = str(trainer.precision)  # what build_trainer resolved `auto` to, as Lightning's plugin holds it
-    if is_rank_zero():
-        print(f"{type(module).__name__}: precision {precision} (trainer.precision {cfg.trainer.precision})", flush=True)
-    tracking.set_tags({f"precision/{type(module).__name__}": precision})  # on the stage's run, where one is active
-    started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
-    seconds = time.perf_counter() - started
-    if curve.validated_at != trainer.global_step:  # the same on every rank: a validation is a collective under DDP
-        trainer.validate(module, datamodule=datamodule, verbose=False)
+    with attention_for_training(module, cfg.trainer.accelerator, precision) as attention:
+        if is_rank_zero():
+            print(
+                f"{type(module).__name__}: precision {precision} (trainer.precision {cfg.trainer.precision})"
+                f"{f', {attention} attention' if attention else ''}",
+                flush=True,
+            )
+        tracking.set_tags({f"precision/{type(module).__name__}": precision})  # on the stage's run, where one is active
+        started = time.perf_counter()
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+        seconds = time.perf_counter() - started
+        if curve.validated_at != trainer.global_step:  # the same on every rank: a validation is a collective under DDP
+            trainer.validate(module, datamodule=datamodule, verbose=False)
     final = curve.val_rows[-1] if curve.val_rows else {}
     return FitRun(
         {f"val_{k}": v for k, v in final.items() if k != "step"},
