@@ -308,6 +308,9 @@ class MixedSchedule(StrictModel):
     # optimizer steps of the mixed schedule, which runs the backbone every step (it trains it); null: max_steps. The
     # frozen heads train from the feature cache, where many more steps cost little
     max_steps: int | None = Field(150, ge=1)
+    # it trains the whole backbone, as the fine-tune does, so in the fine-tune's precision (`imitation.trainer`'s
+    # float32 suits the frozen heads' narrow products); auto: bf16-mixed where the hardware computes it natively
+    precision: Precision = "auto"
 
 
 class FeaturesConfig(StrictModel):

@@ -47,6 +47,7 @@ def test_the_backbone_trainings_default_to_auto_and_the_narrow_ones_to_float32()
     params = Params()
     assert params.finetune.trainer.precision == "auto"
     assert params.baselines.layerskip.trainer.precision == "auto"
+    assert params.imitation.mixed.precision == "auto"  # the mixed schedule trains the backbone too
     assert params.finetune.vision_pretraining.precision == "32-true"
     assert params.imitation.trainer.precision == "32-true"
 
