@@ -3,9 +3,10 @@ network per other fusion of the cosine target (`imitation.fusion_comparison`, th
 schedule (backbone and draft trained jointly, then the backbone frozen).
 
 The heads are independent, so `imitation.parallel_heads` worker processes can train them at once, each with its
-own backbone copy (a frozen-schedule worker checks its copy is bit-identical afterwards). On CPU a head trains
-1.7× faster on two threads than on one, so `auto` gives each process two cores: one process on a 2-core machine
-(two single-threaded ones measured 560 s vs 586 s for the six default heads: no gain), several on a many-core one.
+own backbone copy (a frozen-schedule worker checks its copy is bit-identical afterwards). A head that runs the
+backbone trains 1.7x faster on two threads than on one (two single-threaded workers measured 560 s vs 586 s for the
+six heads: no gain), so without the feature cache `auto` gives each process two cores; a head reading the cache
+gains only 1.25-1.4x from a second thread, so with it `auto` runs a process per core (`worker_layout`).
 
 Under DDP (`imitation.trainer.devices` × `num_nodes` > 1) the heads train one after another, each over every
 process (the processes run this code in lockstep); rank zero alone saves them, logs them as MLflow models and
@@ -15,8 +16,6 @@ returns the stage's metrics.
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -43,6 +42,7 @@ from pipeline.models.loading import load_backbone, save_backbone
 from pipeline.training.imitation import decode_acceptance, fit_imitation
 from pipeline.training.imitation_losses import variant_weights
 from pipeline.training.launch import available_cpus, planned_processes
+from pipeline.training.worker_pool import spawned_pool
 
 MIXED_CIDER_IMAGES = 200  # test images captioned to measure what the mixed schedule costs the full model
 
@@ -198,7 +198,7 @@ def train_heads(jobs: list[HeadJob], workers: int) -> dict[str, dict[str, Any]]:
         return {job.head.name: train_head(job) for job in jobs}
     # the mixed schedule (it trains the backbone) and trainable fusions take longest: start them first
     order = sorted(jobs, key=lambda j: (not j.head.mixed, j.head.fusion == "average"))
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with spawned_pool(workers) as pool:
         futures = {job.head.name: pool.submit(train_head, job) for job in order}
         try:
             return {job.head.name: futures[job.head.name].result() for job in jobs}
