@@ -78,10 +78,10 @@ def training_plan(cfg: ImitationConfig) -> list[PlannedHead]:
 
 def worker_layout(setting: int | str, heads: int, trainer: TrainerConfig, *, cached: bool) -> tuple[int, int]:
     """(processes, torch threads each). `auto` on CPU: with `cached` features a process per core (a head's 256-wide
-    products gain 1.25x from a second thread: two one-thread heads side by side finished 400 steps each in 42 s, one
-    two-thread head in 35 s), else a process per two cores (a head that runs the backbone gains 1.7x). One process on
-    an accelerator (one model copy per device) and under DDP (a worker process would make Lightning re-launch the
-    stage from inside it)."""
+    products gain 1.25-1.4x from a second thread: two one-thread heads side by side finished 400 steps each in
+    42-57 s, one two-thread head alone in 35-43 s), else a process per two cores (a head that runs the backbone gains
+    1.7x). One process on an accelerator (one model copy per device) and under DDP (a worker process would make
+    Lightning re-launch the stage from inside it)."""
     cpus, accelerator = available_cpus(), trainer.accelerator
     if planned_processes(trainer) > 1:
         return 1, max(1, cpus)

@@ -157,7 +157,9 @@ def fit_module(
                 f"{f', {attention} attention' if attention else ''}",
                 flush=True,
             )
-        tracking.set_tags({f"precision/{type(module).__name__}": precision})  # on the stage's run, where one is active
+        # on the stage's run, where one is active: what a run trained in, to compare runs by in the MLflow UI
+        tags = {f"precision/{type(module).__name__}": precision}
+        tracking.set_tags(tags | ({f"attention/{type(module).__name__}": attention} if attention else {}))
         started = time.perf_counter()
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
         seconds = time.perf_counter() - started

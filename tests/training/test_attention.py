@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from pipeline.config import TrainerConfig, TrainingConfig
+from pipeline.training import trainer
 from pipeline.training.attention import attention_for_training
 from pipeline.training.trainer import fit_module
 from tests.conftest import make_tiny_llava
@@ -54,7 +55,9 @@ class _Data(L.LightningDataModule):
         return DataLoader(TensorDataset(torch.randn(4, 4)), batch_size=4)
 
 
-def test_a_bf16_cpu_run_trains_with_eager_attention_and_gives_the_model_sdpa_back(capsys):
+def test_a_bf16_cpu_run_trains_with_eager_attention_and_gives_the_model_sdpa_back(capsys, monkeypatch):
+    tags: dict[str, str] = {}
+    monkeypatch.setattr(trainer.tracking, "set_tags", tags.update)
     module = _RecordsAttention()
     assert implementations(module.model) == ("sdpa", "sdpa", "sdpa")
     cfg = TrainingConfig(
@@ -66,6 +69,8 @@ def test_a_bf16_cpu_run_trains_with_eager_attention_and_gives_the_model_sdpa_bac
     assert "_RecordsAttention: precision bf16-mixed (trainer.precision bf16-mixed), eager attention" in (
         capsys.readouterr().out
     )
+    # the stage's MLflow run says what the fit ran in
+    assert tags == {"precision/_RecordsAttention": "bf16-mixed", "attention/_RecordsAttention": "eager"}
 
 
 def test_a_float32_cpu_run_keeps_sdpa(capsys):
