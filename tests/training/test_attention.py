@@ -6,13 +6,13 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 
 from pipeline.config import TrainerConfig, TrainingConfig
 from pipeline.training import trainer
 from pipeline.training.attention import attention_for_training
 from pipeline.training.trainer import fit_module
 from tests.conftest import make_tiny_llava
+from tests.training.tiny_fit import FourFeatureData
 
 
 def implementations(model) -> tuple[str, str, str]:
@@ -47,14 +47,6 @@ class _RecordsAttention(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-class _Data(L.LightningDataModule):
-    def train_dataloader(self):
-        return DataLoader(TensorDataset(torch.randn(8, 4)), batch_size=4)
-
-    def val_dataloader(self):
-        return DataLoader(TensorDataset(torch.randn(4, 4)), batch_size=4)
-
-
 def test_a_bf16_cpu_run_trains_with_eager_attention_and_gives_the_model_sdpa_back(capsys, monkeypatch):
     tags: dict[str, str] = {}
     monkeypatch.setattr(trainer.tracking, "set_tags", tags.update)
@@ -63,7 +55,7 @@ def test_a_bf16_cpu_run_trains_with_eager_attention_and_gives_the_model_sdpa_bac
     cfg = TrainingConfig(
         max_steps=2, val_every_steps=2, trainer=TrainerConfig(accelerator="cpu", precision="bf16-mixed")
     )
-    fit_module(module, cfg, _Data(), progress_bar=False)
+    fit_module(module, cfg, FourFeatureData(), progress_bar=False)
     assert set(module.seen) == {("eager", "eager", "eager")}
     assert implementations(module.model) == ("sdpa", "sdpa", "sdpa")
     assert "_RecordsAttention: precision bf16-mixed (trainer.precision bf16-mixed), eager attention" in (
@@ -76,7 +68,7 @@ def test_a_bf16_cpu_run_trains_with_eager_attention_and_gives_the_model_sdpa_bac
 def test_a_float32_cpu_run_keeps_sdpa(capsys):
     module = _RecordsAttention()
     cfg = TrainingConfig(max_steps=2, val_every_steps=2, trainer=TrainerConfig(accelerator="cpu", precision="32-true"))
-    fit_module(module, cfg, _Data(), progress_bar=False)
+    fit_module(module, cfg, FourFeatureData(), progress_bar=False)
     assert set(module.seen) == {("sdpa", "sdpa", "sdpa")}
     assert "_RecordsAttention: precision 32-true (trainer.precision 32-true)\n" in capsys.readouterr().out
 

@@ -4,7 +4,6 @@ really runs in what it resolves to."""
 import lightning as L
 import pytest
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 
 from pipeline.config import FinetuneConfig, Params, TrainerConfig, TrainingConfig
 from pipeline.training import precision as precision_module
@@ -12,6 +11,7 @@ from pipeline.training import vision_pretraining
 from pipeline.training.precision import resolved_precision
 from pipeline.training.trainer import fit_module
 from tests.conftest import tiny_backbone
+from tests.training.tiny_fit import FourFeatureData
 
 
 @pytest.fixture
@@ -72,20 +72,12 @@ class _RecordsMatmulDtype(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-class _Data(L.LightningDataModule):
-    def train_dataloader(self):
-        return DataLoader(TensorDataset(torch.randn(8, 4)), batch_size=4)
-
-    def val_dataloader(self):
-        return DataLoader(TensorDataset(torch.randn(4, 4)), batch_size=4)
-
-
 @pytest.mark.parametrize("native", [True, False])
 def test_the_trainer_computes_in_the_resolved_precision(native_bf16, native):
     native_bf16(native)
     module = _RecordsMatmulDtype()
     cfg = TrainingConfig(max_steps=2, val_every_steps=2, trainer=TrainerConfig(precision="auto"))
-    run = fit_module(module, cfg, _Data(), progress_bar=False)
+    run = fit_module(module, cfg, FourFeatureData(), progress_bar=False)
     assert run.precision == ("bf16-mixed" if native else "32-true")
     assert set(module.dtypes) == {torch.bfloat16 if native else torch.float32}
     assert module.layer.weight.dtype == torch.float32  # mixed: the weights stay float32
