@@ -372,6 +372,20 @@ def _resumed(run_id: str) -> Iterator[None]:
         yield
 
 
+@contextmanager
+def resumed_run(ref: RunRef | None) -> Iterator[None]:
+    """In a worker process: the child run `ref` (from `open_child_run` in the stage's process) active for the block,
+    so `log_metrics` goes to it; nothing is logged without a ref (rank > 0, no stage run)."""
+    if ref is None:
+        yield
+        return
+    import mlflow
+
+    mlflow.set_tracking_uri(ref.uri)
+    with _resumed(ref.run_id):
+        yield
+
+
 def _requirements() -> list[str]:
     from importlib.metadata import PackageNotFoundError, version
 

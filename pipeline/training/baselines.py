@@ -4,23 +4,32 @@
   dropout (`pipeline.training.layerskip`); it drafts by early exit at the draft layer.
 - Draft & Verify (Zhang et al. 2023): the fine-tuned backbone unchanged; the layers its draft skips and the
   confidence-stop threshold come from a greedy search on validation prompts (`pipeline.search.skip_layers`).
+
+The Draft & Verify search and the separate language-only draft (`pipeline.training.language_draft`) need only the
+fine-tuned model: on a CPU with two cores or more they run in a worker process on half of them while LayerSkip trains
+on the rest (`side_layout`): the search decodes at batch 1, which a second thread barely speeds up.
 """
 
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from pipeline import tracking
-from pipeline.config import Params
-from pipeline.data.prepared import SplitData
+from pipeline.config import Params, TrainerConfig
+from pipeline.data.prepared import SplitData, load_prepared
 from pipeline.distributed import is_rank_zero
 from pipeline.evaluation.greedy_captions import caption_cider
 from pipeline.evaluation.prompts import validation_prompts
 from pipeline.models.loading import Backbone, load_backbone, save_backbone
 from pipeline.search.skip_layers import SkipSearchResult, search_skip_layers
 from pipeline.training.imitation import decode_acceptance
+from pipeline.training.language_draft import LanguageDraftResult, fit_language_draft
+from pipeline.training.launch import available_cpus, planned_processes
 from pipeline.training.layerskip import fit_layerskip
 
 
@@ -90,11 +99,15 @@ def log_layerskip_model(run_id: str, layerskip: Backbone, params: Params, draft_
     return (logged.registry_uri or "") if logged else ""
 
 
-def search_draft_verify_baseline(params: Params, finetuned: Backbone, splits: dict[str, SplitData]) -> SkipSearchResult:
-    """Draft & Verify's skipped layers and threshold, searched on validation prompts; the search trace is logged."""
+def search_draft_verify_baseline(
+    params: Params, finetuned: Backbone, splits: dict[str, SplitData], tracking_run: tracking.RunRef | None = None
+) -> SkipSearchResult:
+    """Draft & Verify's skipped layers and threshold, searched on validation prompts; the search trace is logged (into
+    `tracking_run` when given: a child run opened by the stage's process, else a new child of the active run)."""
     cfg = params.baselines.draft_verify
     print(f"train_baselines: Draft & Verify search (floor {cfg.acceptance_floor}, thresholds {cfg.thresholds})")
-    with tracking.nested_run("draft_verify", cfg.model_dump()):
+    run = tracking.resumed_run(tracking_run) if tracking_run else tracking.nested_run("draft_verify", cfg.model_dump())
+    with run:
         prompts = validation_prompts(
             splits["val"], finetuned.prompt_builder(params.data.prompts), finetuned.image_processor, cfg.prompts
         )
@@ -115,6 +128,76 @@ def search_draft_verify_baseline(params: Params, finetuned: Backbone, splits: di
     if not found.meets_floor:
         print(f"warning: no skip set reached acceptance {cfg.acceptance_floor}; kept the most accepted one")
     return found
+
+
+@dataclass(frozen=True)
+class DecodingBaselinesJob:
+    """The Draft & Verify search and the language-only draft's training, as a worker process receives them."""
+
+    params: dict[str, Any]  # Params.model_dump()
+    finetuned_dir: Path
+    threads: int  # torch threads; 0: leave the process's own
+    draft_verify_run: tracking.RunRef | None = None  # child runs the stage's process opened (None: nested here)
+    language_draft_run: tracking.RunRef | None = None
+
+
+@dataclass
+class DecodingBaselines:
+    draft_verify: SkipSearchResult
+    language_draft: LanguageDraftResult
+
+
+def side_layout(trainer: TrainerConfig) -> tuple[int, int] | None:
+    """(worker threads, LayerSkip's threads) when the decoding baselines run beside LayerSkip's training: on a CPU, one
+    training process, two cores or more; else None (an accelerator or DDP keeps them after the training)."""
+    cpus = available_cpus()
+    if trainer.accelerator != "cpu" or planned_processes(trainer) > 1 or cpus < 2:
+        return None
+    return cpus // 2, cpus - cpus // 2
+
+
+def decoding_baselines_job(params: Params, finetuned_dir: Path, threads: int) -> DecodingBaselinesJob:
+    """A job with its two child runs opened under the active stage run (closed by `close_decoding_baselines_runs`)."""
+    draft_verify = tracking.open_child_run("draft_verify", params.baselines.draft_verify.model_dump())
+    language = tracking.open_child_run(
+        "language_draft", params.baselines.language_draft.model_dump(include={"num_layers", "hidden_size", "max_steps"})
+    )
+    return DecodingBaselinesJob(
+        params.model_dump(),
+        finetuned_dir,
+        threads,
+        tracking.run_ref(draft_verify) if draft_verify else None,
+        tracking.run_ref(language) if language else None,
+    )
+
+
+def train_decoding_baselines(job: DecodingBaselinesJob) -> DecodingBaselines:
+    """Search Draft & Verify and train the language-only draft (in a worker process or not)."""
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    params = Params.model_validate(job.params)
+    splits = load_prepared(params.data.out_dir)
+    finetuned = load_backbone(job.finetuned_dir)
+    found = search_draft_verify_baseline(params, finetuned, splits, job.draft_verify_run)
+    language = fit_language_draft(
+        finetuned,
+        splits,
+        params.data.prompts,
+        params.baselines.language_draft,
+        seed=params.seed,
+        tracking_run=job.language_draft_run,
+    )
+    return DecodingBaselines(found, language)
+
+
+def close_decoding_baselines_runs(job: DecodingBaselinesJob, result: DecodingBaselines | None) -> None:
+    """End the job's child runs: finished with the language draft's metrics, or failed without a result."""
+    failed = result is None
+    for ref in (job.draft_verify_run, job.language_draft_run):
+        metrics = None
+        if result is not None and ref is job.language_draft_run:
+            metrics = {k: float(v) for k, v in result.language_draft.metrics.items() if isinstance(v, int | float)}
+        tracking.close_child_run(ref.run_id if ref else None, metrics, failed=failed)
 
 
 def summary_line(layerskip: dict[str, Any], draft_verify: dict[str, Any]) -> str:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -175,6 +177,20 @@ def fit_module(
         trainer.world_size,
         precision,
     )
+
+
+@contextmanager
+def torch_threads(num_threads: int) -> Iterator[None]:
+    """torch's CPU threads set to `num_threads` for the block (0: left as they are), restored afterwards."""
+    if not num_threads:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def set_threads(num_threads: int) -> None:

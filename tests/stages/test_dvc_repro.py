@@ -305,7 +305,13 @@ def test_mlflow_server_shows_the_finetune_run_with_params_and_loss_curve(workspa
         baseline_runs = [
             r for r in runs if tags(r).get("dvc_stage") == "train_baselines" and "mlflow.parentRunId" in tags(r)
         ]
-        assert {tags(r)["variant"] for r in baseline_runs} >= {"layerskip", "draft_verify"}
+        assert {tags(r)["variant"] for r in baseline_runs} >= {"layerskip", "draft_verify", "language_draft"}
+        # Draft & Verify and the language-only draft ran in a worker beside LayerSkip (2 cores): each logged into the
+        # child run the stage opened for it by id, and the stage closed it
+        logged = {tags(r)["variant"]: {m["key"] for m in r["data"].get("metrics", [])} for r in baseline_runs}
+        assert {"objective", "acceptance_rate"} <= logged["draft_verify"], logged
+        assert {"train/loss", "val_loss", "trained"} <= logged["language_draft"], logged
+        assert all(r["info"]["status"] == "FINISHED" for r in baseline_runs)
         # evaluate: one child run per method of the plan, under the latest evaluate run (dvc exp run made another)
         parent = max(
             (r for r in runs if tags(r).get("dvc_stage") == "evaluate" and "mlflow.parentRunId" not in tags(r)),
