@@ -26,6 +26,7 @@ from pipeline.io import atomic_write_json
 from pipeline.models.loading import load_backbone, save_backbone
 from pipeline.training.baselines import (
     close_decoding_baselines_runs,
+    decoding_baselines,
     decoding_baselines_job,
     side_layout,
     summary_line,
@@ -71,7 +72,8 @@ def main(params: Params) -> None:
                     return
                 layerskip, layerskip_metrics = trained
                 save_backbone(layerskip, LAYERSKIP)
-                decoding = pending.result() if pending else train_decoding_baselines(job)
+                # in this process: on the model and splits already loaded (no second copy on the device)
+                decoding = pending.result() if pending else decoding_baselines(params, finetuned, splits, job)
         finally:
             if job is not None:
                 close_decoding_baselines_runs(job, decoding)

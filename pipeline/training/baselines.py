@@ -102,12 +102,11 @@ def log_layerskip_model(run_id: str, layerskip: Backbone, params: Params, draft_
 def search_draft_verify_baseline(
     params: Params, finetuned: Backbone, splits: dict[str, SplitData], tracking_run: tracking.RunRef | None = None
 ) -> SkipSearchResult:
-    """Draft & Verify's skipped layers and threshold, searched on validation prompts; the search trace is logged (into
-    `tracking_run` when given: a child run opened by the stage's process, else a new child of the active run)."""
+    """Draft & Verify's skipped layers and threshold, searched on validation prompts; the search trace is logged into
+    `tracking_run` (the child run the stage's process opened for it; None: not logged)."""
     cfg = params.baselines.draft_verify
     print(f"train_baselines: Draft & Verify search (floor {cfg.acceptance_floor}, thresholds {cfg.thresholds})")
-    run = tracking.resumed_run(tracking_run) if tracking_run else tracking.nested_run("draft_verify", cfg.model_dump())
-    with run:
+    with tracking.resumed_run(tracking_run):
         prompts = validation_prompts(
             splits["val"], finetuned.prompt_builder(params.data.prompts), finetuned.image_processor, cfg.prompts
         )
@@ -172,12 +171,17 @@ def decoding_baselines_job(params: Params, finetuned_dir: Path, threads: int) ->
 
 
 def train_decoding_baselines(job: DecodingBaselinesJob) -> DecodingBaselines:
-    """Search Draft & Verify and train the language-only draft (in a worker process or not)."""
+    """A worker process's entry: load the fine-tuned model and the splits, then `decoding_baselines`."""
     if job.threads:
         torch.set_num_threads(job.threads)
     params = Params.model_validate(job.params)
-    splits = load_prepared(params.data.out_dir)
-    finetuned = load_backbone(job.finetuned_dir)
+    return decoding_baselines(params, load_backbone(job.finetuned_dir), load_prepared(params.data.out_dir), job)
+
+
+def decoding_baselines(
+    params: Params, finetuned: Backbone, splits: dict[str, SplitData], job: DecodingBaselinesJob
+) -> DecodingBaselines:
+    """Search Draft & Verify and train the language-only draft on `finetuned`, logging into the job's child runs."""
     found = search_draft_verify_baseline(params, finetuned, splits, job.draft_verify_run)
     language = fit_language_draft(
         finetuned,
@@ -193,11 +197,11 @@ def train_decoding_baselines(job: DecodingBaselinesJob) -> DecodingBaselines:
 def close_decoding_baselines_runs(job: DecodingBaselinesJob, result: DecodingBaselines | None) -> None:
     """End the job's child runs: finished with the language draft's metrics, or failed without a result."""
     failed = result is None
-    for ref in (job.draft_verify_run, job.language_draft_run):
-        metrics = None
-        if result is not None and ref is job.language_draft_run:
-            metrics = {k: float(v) for k, v in result.language_draft.metrics.items() if isinstance(v, int | float)}
-        tracking.close_child_run(ref.run_id if ref else None, metrics, failed=failed)
+    verify, language = job.draft_verify_run, job.language_draft_run
+    tracking.close_child_run(verify.run_id if verify else None, failed=failed)
+    metrics = {} if result is None else result.language_draft.metrics
+    scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+    tracking.close_child_run(language.run_id if language else None, scalars, failed=failed)
 
 
 def summary_line(layerskip: dict[str, Any], draft_verify: dict[str, Any]) -> str:
