@@ -113,6 +113,7 @@ def score_methods(
     caption_metrics: bool = True,
     meteor: Any = False,
     spice: bool = False,
+    prefill: Mapping[str, MethodTiming] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Each method's row from its decoding of the whole split (`runs`, possibly decoded by several processes) and its
     batch-1 timings on the sample (`timings`, measured in one process).
@@ -122,6 +123,11 @@ def score_methods(
     method on another backbone (LayerSkip, the mixed schedule) against that backbone's own greedy output; the others
     against `reference`), and the throughput at the split's batch size. Speed is the paper's per-token latency at
     batch 1 on the sample, every method interleaved per prompt: speed-up = the `reference`'s latency ÷ the method's.
+
+    `prefill` maps a method to the timing of the first-token-only pass that stands for its prefill (its own, or one
+    whose prefill is the same computation); with the reference's among them, those methods' rows also hold the
+    decode phase alone: latency per token after the first and its speed-up (what Leviathan et al.'s formula models),
+    and the prefill's share of the wall time.
     """
     if reference not in runs or reference not in timings:
         raise ValueError(f"reference method {reference!r} is not among {sorted(runs)}")
@@ -149,6 +155,16 @@ def score_methods(
             "identical_share": identical_share(run.outputs, runs[identity].outputs),
             "identical_share_batch_1": identical_share(timing.outputs, timings[identity].outputs),
         }
+        if prefill and name in prefill and reference in prefill:
+            decode = timing.decode_latency(prefill[name])
+            first = sum(map(sum, prefill[name].seconds))
+            row.update(
+                {
+                    "decode_ms_per_token": 1e3 * decode,
+                    "decode_speedup": base.decode_latency(prefill[reference]) / decode,
+                    "prefill_share": first / max(sum(map(sum, timing.seconds)), 1e-12),
+                }
+            )
         if timing.has_stats and timing.stats.verify_calls:
             # the rounds behind the speed-up (batch 1, the timed sample): Leviathan's expected speed-up is built on them
             rounds = timing.stats

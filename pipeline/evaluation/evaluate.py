@@ -36,7 +36,7 @@ from pipeline.evaluation.draft_choice import SWEEP_METRICS, resolve_draft_len
 from pipeline.evaluation.method_runner import DecodingResources, batch_runnables, runnables
 from pipeline.evaluation.prompts import caption_prompts, first_of_each_task, on_device, vqa_prompts
 from pipeline.evaluation.sharded import decode_sharded
-from pipeline.evaluation.speed import time_methods
+from pipeline.evaluation.speed import first_token_only, time_methods
 from pipeline.evaluation.verification_cost import GENERATED_TOKENS, verification_costs
 from pipeline.models.imitation import load_draft_head
 from pipeline.models.loading import load_backbone
@@ -159,10 +159,16 @@ def run_evaluation(params: Params, inputs: EvaluationInputs) -> Evaluation | Non
     )
     if runs is None:  # another process of a shared-out run: rank zero times and scores
         return None
+    timed = runnables(plan.methods, resources)
+    # the prefill, timed in the same passes (a first-token-only decode), splits the decode phase off each latency
+    sources = {spec.key: source.key for spec in plan.methods if (source := spec.prefill_source) is not None}
+    first_tokens = {f"{key} (first token)": first_token_only(timed[key]) for key in sorted(set(sources.values()))}
     with torch.no_grad():
         timings = time_methods(
-            runnables(plan.methods, resources), sample, repeats=speed.repeats, device=hidden.device, progress=True
+            {**timed, **first_tokens}, sample, repeats=speed.repeats, device=hidden.device, progress=True
         )
+    first_timings = {name: timings.pop(name) for name in first_tokens}
+    prefill = {key: first_timings[f"{source} (first token)"] for key, source in sources.items()}
     # every d a timed method drafts, plus the verifier's own position
     widest = max([plan.draft_len, *cfg.draft_lens, params.decoding.growing.d_max]) + 1
     verification = verification_costs(backbone.model, sample[0], range(1, widest + 1), plan.draft_layers)
@@ -177,6 +183,7 @@ def run_evaluation(params: Params, inputs: EvaluationInputs) -> Evaluation | Non
             identity_references={s.key: s.identity_reference.key for s in plan.methods},
             meteor=meteor or False,
             spice=cfg.spice,
+            prefill=prefill,
         )
     rows = {spec.key: {"label": spec.label, **results[spec.key]} for spec in plan.methods}
     summary = {

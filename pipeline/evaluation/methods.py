@@ -87,6 +87,18 @@ class MethodSpec:
         the fine-tuned model, which says how far its text strays from that model's."""
         return autoregressive(self.backbone if self.verified else FINETUNED)
 
+    @property
+    def prefill_source(self) -> MethodSpec | None:
+        """The method whose first-token-only timing prices this one's prefill: a draft alone prefills through its own
+        layers; the full model and the methods that prefill as it does (layers 0..L of the same architecture, on any
+        backbone: self-speculation, Draft & Verify) by the fine-tuned full model's. None for the others (Hugging
+        Face's generate, a separate draft model that prefills too): their decode phase is not split off."""
+        if self.kind == "draft_only":
+            return self
+        if self.kind in ("autoregressive", "ssd", "draft_verify"):
+            return autoregressive()
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "skip_layers": list(self.skip_layers)}
 

@@ -56,6 +56,22 @@ class MethodTiming:
         tokens = max(1, self.new_tokens(indices))
         return [sum(run[i] for i in indices) / tokens for run in self.seconds]
 
+    def decode_latency(self, prefill: MethodTiming) -> float:
+        """Median over repeats of seconds per token after each prompt's first: the wall time beyond `prefill`'s (the
+        same prompts decoded to their first token only, in the same passes) over the tokens beyond the first."""
+        if len(prefill.seconds) != len(self.seconds) or len(prefill.outputs) != len(self.outputs):
+            raise ValueError(f"{prefill.name} was not timed on the same prompts and repeats as {self.name}")
+        tokens = max(1, sum(max(0, len(out) - 1) for out in self.outputs))
+        return statistics.median(
+            (sum(run) - sum(first)) / tokens for run, first in zip(self.seconds, prefill.seconds, strict=True)
+        )
+
+
+def first_token_only(method: Method) -> Method:
+    """`method` stopped after each prompt's first new token: what it spends before decoding starts (the prefill and
+    the first token's pick), timed beside the full decode to split the prefill off its latency."""
+    return lambda prompt: method({**prompt, "max_new_tokens": 1})
+
 
 def time_methods(
     methods: dict[str, Method],

@@ -2,11 +2,12 @@
 
 Leviathan et al.'s expected speed-up assumes that checking `d` drafts costs one step of the full model: true where a
 step is bound by reading the weights (a large model on a GPU), not where it is bound by the work per position or by
-per-operator overhead (a small model on a CPU). `verification_costs` measures the latency of the verification pass
-the engine runs — layers n..L, the final norm and the LM head over `w` new positions, after a prompt and some
-generated tokens — against one full-model step (embedding, layers 0..L and the LM head over one position), methods
-interleaved, median of the repeats. The report prices each round's verification with it, so what is left between
-measured and expected speed-up is the engine's own per-round cost.
+per-operator overhead (a small model on a CPU). `verification_costs` measures the latency of the verification the
+engine runs after drafting w - 1 tokens — the round's last draft through layers 0..n (the one position drafting did
+not run), then layers n..L, the final norm and the LM head over all w positions, after a prompt and some generated
+tokens — against one full-model step (embedding, layers 0..L and the LM head over one position), methods interleaved,
+median of the repeats. The report prices each round's verification with it, so what is left between measured and
+expected speed-up is the engine's own per-round cost.
 """
 
 from __future__ import annotations
@@ -61,15 +62,23 @@ def verification_costs(
     base = slots.length
     tokens = token.expand(1, max(widths))
 
-    def timed(start: int, width: int) -> Callable[[], float]:
+    def timed(split: int, width: int) -> Callable[[], float]:
+        """Layers 0..L over one new position (split = L: a step), or a verification at `split` = n over `width`."""
+
         def run() -> float:
             positions = slots.positions(width)
+            if width > 1:
+                # untimed: drafting already ran the first w - 1 positions through layers 0..n
+                drafted = adapter.run_layers(
+                    adapter.embed(tokens[:, : width - 1]), 0, split, cache, positions[:, :-1], None, encoder=encoder
+                )
             began = time.perf_counter()
-            hidden = adapter.embed(tokens[:, :width])
-            if start > 0:
-                # a verification's inputs are the drafts' layer-n states, already computed: only a step embeds
-                began = time.perf_counter()
-            hidden = adapter.run_layers(hidden, start, total, cache, positions, None, encoder=encoder)
+            last = adapter.run_layers(
+                adapter.embed(tokens[:, :1]), 0, split, cache, positions[:, -1:], None, encoder=encoder
+            )
+            hidden = torch.cat([drafted, last], dim=1) if width > 1 else last
+            if split < total:
+                hidden = adapter.run_layers(hidden, split, total, cache, positions, None, encoder=encoder)
             adapter.logits(hidden)
             seconds = time.perf_counter() - began
             crop_to(cache, base)
@@ -77,7 +86,7 @@ def verification_costs(
 
         return run
 
-    step = timed(0, 1)
+    step = timed(total, 1)
     passes = {width: timed(draft_layers, width) for width in widths}
     for run in [step, *passes.values()]:  # warm-up
         run()

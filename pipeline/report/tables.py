@@ -230,10 +230,12 @@ def expected_rows(
 ) -> list[dict[str, Any]]:
     """Measured vs expected speed-up of the self-speculative rows whose draft has a draft-alone row to price it: ours
     (every loss variant and d, growing d) by the main head's draft alone, each fusion's by its own, the early-exit SSD
-    rows (no imitation, LayerSkip) by the draft without imitation. c = 1 / the draft alone's speed-up, both timed at
-    batch 1; the mixed schedule's draft runs on another backbone and has no such row. With `verification` (evaluate's
-    measured cost of a verification pass by its width, in full-model steps), each row is also priced with the
-    verification its rounds ran: d̄ + 1 positions on average."""
+    rows (no imitation, LayerSkip) by the draft without imitation; the mixed schedule's draft runs on another backbone
+    and has no such row. Leviathan's formula models the decode phase, so where evaluate split the prefill off (the
+    rows' `decode_speedup`), the measured speed-up and the draft's cost c (its latency per token ÷ the full model's)
+    are the decode phase's; otherwise both are end to end (c = 1 / the draft alone's speed-up), all timed at batch 1.
+    With `verification` (evaluate's measured cost of a verification by its width, in full-model steps), each row is
+    also priced with the verification its rounds ran: d̄ + 1 positions on average."""
     drafts = {spec.head: spec for spec in plan.methods if spec.kind == "draft_only" and spec.backbone == FINETUNED}
     rows = []
     for spec in plan.methods:
@@ -244,39 +246,50 @@ def expected_rows(
         draft = drafts.get(plan.main_head if spec.head in plan.variants else spec.head)
         if draft is None or draft.key not in results:
             continue
-        cost = 1 / results[draft.key]["speedup"]
+        alone = results[draft.key]
+        decode_phase = "decode_speedup" in r and "decode_speedup" in alone
+        cost = 1 / alone["decode_speedup" if decode_phase else "speedup"]
+        measured = r["decode_speedup" if decode_phase else "speedup"]
         tau, depth = r["timed_mean_accepted_length"], r["timed_mean_draft_length"]
         expected = expected_speedup(tau, depth, cost)
         row = {
             "method": spec.label,
             "d": spec.draft_len,
+            "decode_phase": decode_phase,
             "drafted_per_round": depth,
             "accepted_per_round": tau,
             "cost_ratio": cost,
             "expected": expected,
-            "measured": r["speedup"],
-            "ratio": r["speedup"] / expected,
+            "measured": measured,
+            "measured_end_to_end": r["speedup"],
+            "ratio": measured / expected,
         }
         if verification:
             row["verification"] = interpolated_cost(verification, depth + 1)
             row["expected_verified"] = expected_speedup(tau, depth, cost, row["verification"])
-            row["ratio_verified"] = r["speedup"] / row["expected_verified"]
+            row["ratio_verified"] = measured / row["expected_verified"]
         rows.append(row)
     return rows
 
 
 def table_expected(rows: Sequence[Mapping[str, Any]]) -> str:
     verified = all("expected_verified" in r for r in rows)
-    headers = ["method", "d", "drafted / round", "accepted / round (τ)", "draft cost c", "expected", "measured"]
+    decode = all(r.get("decode_phase") for r in rows)
+    measured = "measured, decode phase" if decode else "measured"
+    headers = ["method", "d", "drafted / round", "accepted / round (τ)", "draft cost c", "expected", measured]
     headers += ["measured ÷ expected"]
     if verified:
         headers += ["verification (steps)", "expected, measured verification", "measured ÷ that"]
+    if decode:
+        headers += ["measured end to end"]
     body = []
     for r in rows:
         line = [r["method"], r["d"], r["drafted_per_round"], r["accepted_per_round"], r["cost_ratio"]]
         line += [f"{r['expected']:.2f}×", f"{r['measured']:.2f}×", r["ratio"]]
         if verified:
             line += [r["verification"], f"{r['expected_verified']:.2f}×", r["ratio_verified"]]
+        if decode:
+            line += [f"{r['measured_end_to_end']:.2f}×"]
         body.append(line)
     return markdown_table(headers, body)
 

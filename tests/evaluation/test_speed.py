@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from pipeline.decoding.stats import DecodingStats
-from pipeline.evaluation.speed import MethodTiming, expected_speedup, identical_share, time_methods
+from pipeline.evaluation.speed import (
+    MethodTiming,
+    expected_speedup,
+    first_token_only,
+    identical_share,
+    time_methods,
+)
 
 
 def test_expected_speedup_known_values():
@@ -35,6 +41,28 @@ def test_latency_per_repeat_and_its_median_from_known_seconds():
     assert timing.latency() == pytest.approx(0.1)
     assert timing.latency_by_repeat([1]) == pytest.approx([0.1, 0.225, 0.125])
     assert timing.latency([1]) == pytest.approx(0.125)
+
+
+def test_decode_latency_is_the_time_beyond_the_first_token_pass_over_the_tokens_beyond_the_first():
+    timing = MethodTiming("m", outputs=[[1, 2, 3], [4]], seconds=[[1.0, 0.5], [1.2, 0.6], [1.1, 0.4]])
+    first = MethodTiming("m (first token)", outputs=[[1], [4]], seconds=[[0.4, 0.5], [0.4, 0.6], [0.3, 0.4]])
+    # per pass: (1.5 - 0.9) / 2, (1.8 - 1.0) / 2, (1.5 - 0.7) / 2 tokens after the first; a one-token answer adds none
+    assert timing.decode_latency(first) == pytest.approx(0.4)
+    assert timing.latency() == pytest.approx(1.5 / 4)  # end to end, the prefill included
+    with pytest.raises(ValueError, match="same prompts and repeats"):
+        timing.decode_latency(MethodTiming("short", outputs=[[1], [4]], seconds=[[0.4, 0.5]]))
+
+
+def test_first_token_only_decodes_each_prompt_to_one_token_and_leaves_the_prompt_alone():
+    seen = []
+
+    def method(prompt):
+        seen.append(prompt["max_new_tokens"])
+        return torch.arange(prompt["max_new_tokens"]), None
+
+    prompt = {"input_ids": torch.ones(1, 3), "max_new_tokens": 32}
+    tokens, _ = first_token_only(method)(prompt)
+    assert tokens.tolist() == [0] and seen == [1] and prompt["max_new_tokens"] == 32
 
 
 def test_time_methods_times_every_method_on_every_prompt_and_keeps_first_outputs():

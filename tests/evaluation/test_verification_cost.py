@@ -1,4 +1,5 @@
-"""The verification cost evaluate measures: a pass over layers n..L at width w against one full step (0..L, width 1)."""
+"""The verification cost evaluate measures: the round's last draft through layers 0..n, then layers n..L over all w
+positions, against one full step (0..L, width 1)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from tests.conftest import make_tiny_blip2, make_tiny_llava, make_vlm_inputs
 
 
 @pytest.mark.parametrize("family", ["llava", "blip2-t5"])
-def test_verification_cost_times_layers_n_to_l_over_w_positions_against_one_full_step(monkeypatch, family):
+def test_verification_cost_times_the_last_draft_to_n_and_layers_n_to_l_over_w_positions_against_one_full_step(
+    monkeypatch, family
+):
     # an encoder–decoder's passes attend to the encoder states its prefill computed
     model = make_tiny_llava(num_layers=4) if family == "llava" else make_tiny_blip2("t5", num_layers=4)
     ids, pixels = make_vlm_inputs(batch=1)
@@ -28,7 +31,9 @@ def test_verification_cost_times_layers_n_to_l_over_w_positions_against_one_full
     costs = verification_cost.verification_costs(
         model, {"input_ids": ids, "pixel_values": pixels}, [1, 2, 5], draft_layers=1, generated=3, repeats=2
     )
-    assert costs == {1: pytest.approx(3 / 4), 2: pytest.approx(6 / 4), 5: pytest.approx(15 / 4)}
+    # the other w - 1 drafts went through layers 0..1 while drafting (untimed); the last one's 0..1 pass is timed:
+    # 1 + 3w units against the step's 4
+    assert costs == {1: pytest.approx(4 / 4), 2: pytest.approx(7 / 4), 5: pytest.approx(16 / 4)}
 
 
 def test_verification_cost_refuses_empty_widths_or_repeats():

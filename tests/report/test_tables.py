@@ -235,6 +235,32 @@ def test_expected_speedup_is_leviathans_from_the_timed_rounds_and_prices_each_dr
     assert priced["expected"] == main["expected"]  # Leviathan's own figure stays beside it
 
 
+def test_expected_speedup_compares_the_decode_phase_where_evaluate_split_the_prefill_off():
+    from pipeline.report.tables import expected_rows, table_expected
+
+    plan = _plan()
+    results = _results(plan)
+    for spec in plan.methods:
+        if spec.kind == "ssd":
+            results[spec.key].update(timed_mean_accepted_length=1.0, timed_mean_draft_length=3.0)
+    main_draft = next(s for s in plan.methods if s.kind == "draft_only" and s.head == plan.main_head)
+    results[plan.main.key].update(speedup=1.5, decode_speedup=1.8)
+    results[main_draft.key].update(speedup=5.0, decode_speedup=8.0)  # c = 1/8 after the first token
+    main = {r["method"]: r for r in expected_rows(plan, results)}[plan.main.label]
+    assert main["decode_phase"] and main["cost_ratio"] == pytest.approx(1 / 8)
+    assert main["expected"] == pytest.approx(2 / (1 + 3 / 8))
+    assert main["measured"] == 1.8 and main["measured_end_to_end"] == 1.5
+    assert main["ratio"] == pytest.approx(1.8 / (2 / 1.375))
+    table = table_expected([main])
+    assert "measured, decode phase" in table and "| 1.50× |" in table
+    # a draft timed without its prefill split off prices the row end to end, measured end to end
+    del results[main_draft.key]["decode_speedup"]
+    fallback = {r["method"]: r for r in expected_rows(plan, results)}[plan.main.label]
+    assert not fallback["decode_phase"] and fallback["cost_ratio"] == pytest.approx(0.2)
+    assert fallback["measured"] == 1.5
+    assert "measured, decode phase" not in table_expected([fallback])
+
+
 def test_interpolated_verification_cost_is_linear_between_measured_widths_and_flat_outside():
     from pipeline.report.tables import interpolated_cost
 

@@ -23,7 +23,7 @@ import torch
 import yaml
 
 from pipeline.config import load_params
-from pipeline.evaluation.methods import EvaluationPlan
+from pipeline.evaluation.methods import EvaluationPlan, hf_generate
 from pipeline.report import series
 from tests.stages.dvc_workspace import BIN, DVC, make_workspace, run
 from tests.stages.import_closure import dvc_stages, stage_code
@@ -177,6 +177,13 @@ def test_evaluate_and_report_agree_with_each_other(workspace):
         f"| {plan.main.label} |" in table1
         and f"| {main['speedup']:.2f}× |" in table1.split(f"| {plan.main.label} |")[1].splitlines()[0]
     )
+    # the prefill, timed as a first-token-only decode, is split off the rows that share it: not off model.generate's
+    assert results[plan.reference.key]["decode_speedup"] == 1.0
+    assert all("decode_speedup" in results[s.key] for s in plan.ours())
+    assert "decode_speedup" not in results[hf_generate().key]
+    expected = report.split("## Measured vs expected")[1].split("\n## ")[0]
+    main_row = next(line for line in expected.splitlines() if line.startswith(f"| {plan.main.label} |"))
+    assert "measured, decode phase" in expected and f"| {main['decode_speedup']:.2f}× |" in main_row
     assert "## VQA" in report and "## Draft layers n" in report
     fusion_table = report.split("## Fusion strategies")[1]
     assert all(f"| {kind} |" in fusion_table for kind in ("average", "concat", "attention"))
