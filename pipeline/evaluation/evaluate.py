@@ -162,13 +162,14 @@ def run_evaluation(params: Params, inputs: EvaluationInputs) -> Evaluation | Non
     timed = runnables(plan.methods, resources)
     # the prefill, timed in the same passes (a first-token-only decode), splits the decode phase off each latency
     sources = {spec.key: source.key for spec in plan.methods if (source := spec.prefill_source) is not None}
-    first_tokens = {f"{key} (first token)": first_token_only(timed[key]) for key in sorted(set(sources.values()))}
+    first_names = {source: f"{source} (first token)" for source in sorted(set(sources.values()))}
+    first_tokens = {name: first_token_only(timed[source]) for source, name in first_names.items()}
     with torch.no_grad():
         timings = time_methods(
             {**timed, **first_tokens}, sample, repeats=speed.repeats, device=hidden.device, progress=True
         )
-    first_timings = {name: timings.pop(name) for name in first_tokens}
-    prefill = {key: first_timings[f"{source} (first token)"] for key, source in sources.items()}
+    first_timings = {source: timings.pop(name) for source, name in first_names.items()}
+    prefill = {key: first_timings[source] for key, source in sources.items()}
     # every d a timed method drafts, plus the verifier's own position
     widest = max([plan.draft_len, *cfg.draft_lens, params.decoding.growing.d_max]) + 1
     verification = verification_costs(backbone.model, sample[0], range(1, widest + 1), plan.draft_layers)

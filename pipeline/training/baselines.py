@@ -136,7 +136,7 @@ class DecodingBaselinesJob:
     params: dict[str, Any]  # Params.model_dump()
     finetuned_dir: Path
     threads: int  # torch threads; 0: leave the process's own
-    draft_verify_run: tracking.RunRef | None = None  # child runs the stage's process opened (None: nested here)
+    draft_verify_run: tracking.RunRef | None = None  # child runs the stage's process opened (None: not logged)
     language_draft_run: tracking.RunRef | None = None
 
 
