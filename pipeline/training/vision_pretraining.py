@@ -212,6 +212,23 @@ def text_encoder_config(
     )
 
 
+def length_groups(lengths: torch.Tensor) -> list[torch.Tensor]:
+    """The rows of a batch in at most two groups by length, split where padding each group only to its own longest
+    text costs the fewest positions. Half the pre-training texts are 30–80-word descriptions and half are captions of
+    a dozen tokens: one padded batch was half padding, and the text encoder was 70 % of a step. The causal encoder's
+    pooled state (the last real token) never reads the padding, so the groups change nothing but the work. A split that
+    saves less than a quarter of the positions is not made."""
+    order = torch.argsort(lengths, stable=True)
+    ordered = lengths[order]
+    rows = len(order)
+    first = torch.arange(1, rows + 1, device=lengths.device)  # rows in the short group; `rows`: a single group
+    cost = first * ordered + (rows - first) * ordered[-1]
+    split = int(torch.argmin(cost)) + 1
+    if cost[split - 1] > 0.75 * cost[-1]:
+        split = rows  # a second pass of the encoder for less than a quarter of the positions is not worth its call
+    return [group for group in (order[:split], order[split:]) if len(group)]
+
+
 class ContrastiveVisionModule(L.LightningModule):
     """The backbone's own vision tower (trained in place) + a CLIP text encoder, each with a linear projection into a
     shared space, and CLIP's learned temperature."""
@@ -238,10 +255,16 @@ class ContrastiveVisionModule(L.LightningModule):
         self.region_head = nn.Linear(tower_width(vision), region_classes) if region_weight > 0 else None
 
     def _texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        states = self.text(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        # the causal text encoder's last real token (the appended EOS) has read the whole text
-        last = attention_mask.sum(1) - 1
-        text = self.text_projection(states[torch.arange(len(last)), last])
+        lengths = attention_mask.sum(1)
+        groups = length_groups(lengths)
+        pooled = []
+        for rows in groups:
+            # right-padded, so a group's texts fit in its own longest: captions are not run at description length
+            width = int(lengths[rows].max())
+            states = self.text(input_ids=input_ids[rows, :width], attention_mask=attention_mask[rows, :width])
+            # the causal text encoder's last real token (the appended EOS) has read the whole text
+            pooled.append(states.last_hidden_state[torch.arange(len(rows)), lengths[rows] - 1])
+        text = self.text_projection(torch.cat(pooled)[torch.argsort(torch.cat(groups))])
         return text / text.norm(dim=-1, keepdim=True)
 
     def similarities(

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from pipeline.config import FinetuneConfig, PromptConfig
+from pipeline.config import FinetuneConfig, PromptConfig, TrainingConfig
 from pipeline.errors import ConfigError
 from pipeline.training.finetune import fit_finetune
 from pipeline.training.vision_pretraining import (
@@ -13,8 +13,10 @@ from pipeline.training.vision_pretraining import (
     ImageTextDataset,
     collate_image_text,
     image_texts,
+    length_groups,
     pretrain_vision_tower,
     scene_word_classes,
+    text_encoder_config,
 )
 from tests.conftest import tiny_backbone
 
@@ -165,3 +167,35 @@ def test_region_supervision_without_boxes_says_which_split_lacks_them_and_how_to
     cfg = FinetuneConfig(vision_pretraining={**PRETRAINING, "region_weight": 0.5})
     with pytest.raises(ConfigError, match=r"needs object boxes for the train split.*region_weight: 0"):
         pretrain(tiny_backbone(tokenizer, "tiny-llava", num_layers=2), bare, cfg)
+
+
+def test_texts_are_encoded_in_two_length_groups_split_where_padding_costs_least():
+    # captions of ~12 tokens beside descriptions of ~80: two groups, split at the gap, in any batch order
+    lengths = torch.tensor([80, 12, 11, 75, 13, 12, 70, 9])
+    groups = length_groups(lengths)
+    assert [sorted(lengths[g].tolist()) for g in groups] == [[9, 11, 12, 12, 13], [70, 75, 80]]
+    assert sorted(torch.cat(groups).tolist()) == list(range(8))
+    # equal lengths (or a long text among short ones that costs less padded than split off) stay one group
+    assert [len(g) for g in length_groups(torch.tensor([5, 5, 5]))] == [3]
+    assert [len(g) for g in length_groups(torch.tensor([10, 10, 10, 11]))] == [4]
+
+
+def test_grouped_text_embeddings_equal_one_padded_pass(tiny_data):
+    # the pooled state (last real token of a causal encoder) never reads padding: the groups change only the work
+    _, tokenizer = tiny_data
+    backbone = tiny_backbone(tokenizer, "tiny-llava", num_layers=2)
+    torch.manual_seed(0)
+    module = ContrastiveVisionModule(
+        backbone.adapter.vision_encoder,
+        text_encoder_config(tokenizer, hidden_size=32, layers=2, max_length=64),
+        TrainingConfig(),
+        embed_dim=16,
+    ).double()
+    texts = [[5, 6, 7, 2], [*range(4, 40), 2], [8, 2], [*range(5, 33), 2], [9, 9, 9, 2]]
+    batch = collate_image_text([{"pixel_values": torch.zeros(1), "input_ids": ids} for ids in texts], pad_id=0)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    grouped = module._texts(ids, mask)
+    assert len(length_groups(mask.sum(1))) == 2
+    states = module.text(input_ids=ids, attention_mask=mask).last_hidden_state
+    single = module.text_projection(states[torch.arange(len(texts)), mask.sum(1) - 1])
+    assert torch.allclose(grouped, single / single.norm(dim=-1, keepdim=True), atol=1e-12)
