@@ -240,7 +240,7 @@ class VisionPretrainingConfig(StrictModel):
     """Contrastive (CLIP) pre-training of a vision tower built from scratch, before the fine-tune reads it
     (`pipeline.training.vision_pretraining`); presets loaded from a checkpoint bring their own pretrained tower."""
 
-    max_steps: int = Field(600, ge=0)  # 0: the tower stays at its random initialisation
+    max_steps: int = Field(300, ge=0)  # 0: the tower stays at its random initialisation
     batch_size: int = Field(128, ge=2)  # images per step: each one's negatives are the others
     description_share: float = Field(0.5, ge=0, le=1)  # chance an image is paired with its description, not a caption
     text_layers: int = Field(2, ge=1)  # the throw-away text encoder's depth (its width is the tower's)
@@ -261,13 +261,13 @@ class VisionPretrainingConfig(StrictModel):
 
 class FinetuneConfig(TrainingConfig):
     # 0: keep a pretrained checkpoint's weights as they are (the stage still checks that it sees and saves it)
-    max_steps: int = Field(600, ge=0)
+    max_steps: int = Field(400, ge=0)
     trainer: TrainerConfig = TrainerConfig(precision="auto")  # bf16 autocast where native: 1.25x faster steps here
     # LLaVA-1.5 keeps its CLIP tower frozen in every training stage; from scratch, a frozen random tower
     # still carries the pixels (random features), whereas a trainable one collapses (see README)
     train_vision_tower: bool = False
     vision_pretraining: VisionPretrainingConfig = VisionPretrainingConfig()
-    eval_samples: int = Field(500, ge=1)  # test images captioned for the end-of-stage CIDEr check
+    eval_samples: int = Field(300, ge=1)  # test images captioned for the end-of-stage CIDEr check
     eval_batch_size: int = Field(100, ge=1)
     eval_max_new_tokens: int = Field(32, ge=1)
 
@@ -307,7 +307,7 @@ class MixedSchedule(StrictModel):
     backbone_lr: float = Field(2e-4, gt=0)
     # optimizer steps of the mixed schedule, which runs the backbone every step (it trains it); null: max_steps. The
     # frozen heads train from the feature cache, where many more steps cost little
-    max_steps: int | None = Field(150, ge=1)
+    max_steps: int | None = Field(100, ge=1)
     # it trains the whole backbone, as the fine-tune does, so in the fine-tune's precision (`imitation.trainer`'s
     # float32 suits the frozen heads' narrow products); auto: bf16-mixed where the hardware computes it natively
     precision: Precision = "auto"
@@ -317,7 +317,7 @@ class FeaturesConfig(StrictModel):
     """The `features` stage: the frozen backbone's states cached once for every draft trainer."""
 
     enabled: bool = True  # false: frozen heads, NAS trials and sweep heads run the backbone on every step
-    train_examples: int | None = Field(2000, ge=1)  # training examples cached (imitation.task_weights); null: all
+    train_examples: int | None = Field(1200, ge=1)  # training examples cached (imitation.task_weights); null: all
     val_examples: int = Field(192, ge=1)
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"  # storage of the hidden states
     top_k: int = Field(0, ge=0)  # teacher log-probabilities kept per scored token for KD; 0: the whole vocabulary
@@ -336,9 +336,9 @@ class ImitationConfig(TrainingConfig):
     weights: LossWeights = LossWeights()  # λ of each term where its variant uses it
     temperature: float = Field(2.0, gt=0)
     mixed: MixedSchedule = MixedSchedule()
-    max_steps: int = Field(1250, ge=1)  # 20 epochs of the cached examples (the frozen heads)
+    max_steps: int = Field(750, ge=1)  # 20 epochs of the cached examples (the frozen heads)
     task_weights: TaskWeights = TaskWeights(caption=0.6, description=0.3, vqa=0.1)  # drafting is long-form text
-    val_every_steps: int = Field(625, ge=1)
+    val_every_steps: int = Field(375, ge=1)
     val_batches: int = Field(2, ge=1)
     val_decode_prompts: int = Field(8, ge=0)  # validation prompts decoded by SSD to log acceptance
     optimizer: OptimizerConfig = OptimizerConfig(lr=2e-3, weight_decay=0.0, warmup_steps=10)
@@ -402,8 +402,8 @@ class LayerSkipConfig(TrainingConfig):
     draft_layers: int | Literal["auto"] = "auto"  # auto: the select_layer stage's choice (metrics/layer_choice.json)
     p_max: float = Field(0.1, ge=0, lt=1)  # layer-dropout rate of the last layer; 0 for the first, linear between
     early_exit_scale: float = Field(1.0, ge=0)  # total weight of the early-exit terms relative to the final layer's CE
-    max_steps: int = Field(100, ge=1)
-    val_every_steps: int = Field(50, ge=1)
+    max_steps: int = Field(60, ge=1)
+    val_every_steps: int = Field(30, ge=1)
     val_batches: int = Field(2, ge=1)
     optimizer: OptimizerConfig = OptimizerConfig(lr=1e-4, warmup_steps=10)
     trainer: TrainerConfig = TrainerConfig(precision="auto")  # the whole backbone trains, as in the fine-tune
@@ -415,7 +415,7 @@ class DraftVerifyConfig(StrictModel):
     """Draft & Verify (Zhang et al. 2023): greedy forward search of the skipped layers
     (pipeline/search/skip_layers.py)."""
 
-    prompts: int = Field(8, ge=1)  # validation prompts (half captions, half descriptions) decoded per evaluation
+    prompts: int = Field(6, ge=1)  # validation prompts (half captions, half descriptions) decoded per evaluation
     acceptance_floor: float = Field(0.6, ge=0, le=1)  # a skip set whose measured acceptance is lower is not chosen
     thresholds: list[float] = [0.4, 0.6, 0.8]  # confidence-stop thresholds tried for every skip set
     max_skipped: int = Field(6, ge=1)  # at most this many layers (of 1..L-1) skipped
@@ -481,8 +481,8 @@ class NASConfig(StrictModel):
     per token (n layers + network + LM head) over the full model's."""
 
     search_space: str = "experiments/search_spaces/nas.yaml"
-    num_samples: int = Field(6, ge=1)  # architectures sampled (random search, seeded)
-    max_steps: int = Field(300, ge=1)  # training steps of a trial that ASHA never stops (from the feature cache)
+    num_samples: int = Field(4, ge=1)  # architectures sampled (random search, seeded)
+    max_steps: int = Field(200, ge=1)  # training steps of a trial that ASHA never stops (from the feature cache)
     report_every_steps: int = Field(100, ge=1)  # one ASHA rung unit: validation + report every this many steps
     grace_reports: int = Field(1, ge=1)  # ASHA stops no trial before this many reports
     reduction_factor: float = Field(2.0, gt=1)
@@ -504,7 +504,7 @@ class SweepConfig(StrictModel):
     reuses) the imitation network for its n/λ and measures speed and caption quality on validation images."""
 
     search_space: str = "experiments/search_spaces/sweep.yaml"
-    train_steps: int = Field(1250, ge=1)  # = imitation.max_steps: the train_imitation heads are reused for its n
+    train_steps: int = Field(750, ge=1)  # = imitation.max_steps: the train_imitation heads are reused for its n
     captions: int = Field(12, ge=1)  # validation images captioned per trial (CIDEr / BLEU-4)
     descriptions: int = Field(4, ge=0)  # long descriptions per trial (speed on long outputs)
     repeats: int = Field(1, ge=1)  # timing repeats per trial
@@ -557,9 +557,9 @@ class SpeedSampleConfig(StrictModel):
     """The prompts `evaluate` times every method on, at batch 1, interleaved (the paper's per-token latency): the
     first of each task of the split."""
 
-    captions: int = Field(16, ge=1)
-    descriptions: int = Field(4, ge=0)
-    vqa: int = Field(16, ge=0)
+    captions: int = Field(12, ge=1)
+    descriptions: int = Field(3, ge=0)
+    vqa: int = Field(12, ge=0)
     repeats: int = Field(2, ge=1)  # timing repeats (median per-token latency); one repeat moved ratios by up to 0.2
 
 
@@ -572,11 +572,11 @@ class EvaluateConfig(StrictModel):
     # The sample sizes bound the stage's longest part, every method decoding the split (236 s of the default's 516 s
     # with 500 / 100 / 300): 300 / 64 / 200 decode ~40 % fewer tokens per method. The fine-tune's sees check scores the
     # full model on every test image; here the rows are compared with each other on the same prompts
-    captions: int | None = Field(300, ge=1)  # test images captioned (None: every one)
+    captions: int | None = Field(128, ge=1)  # test images captioned (None: every one)
     # described test images (None: every one). Descriptions are ~65 tokens against a caption's ~13: 64 (one batch)
     # are about half the sample's tokens
-    descriptions: int | None = Field(64, ge=0)
-    vqa: int | None = Field(200, ge=0)  # test questions (None: every one)
+    descriptions: int | None = Field(48, ge=0)
+    vqa: int | None = Field(128, ge=0)  # test questions (None: every one)
     speed: SpeedSampleConfig = SpeedSampleConfig()
     draft_lens: list[int] = [1, 2, 5]  # speed-up by d (with decoding.draft_len) (paper Fig. 9), ours (ce+cs+kd)
     # Hugging Face's assistant_model with the language-only draft as a Table 1 row: HF refuses batches, so it decodes

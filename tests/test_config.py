@@ -139,3 +139,10 @@ def test_every_training_stage_shares_one_trainer_and_optimizer_type_with_its_own
     weights = parse_params({"imitation": {"task_weights": {"caption": 1.0}}}).imitation.task_weights
     assert (weights.caption, weights.description, weights.vqa) == (1.0, 0.3, 0.1)
     assert (params.finetune.optimizer.lr, params.baselines.layerskip.optimizer.lr) == (1e-3, 1e-4)
+
+
+def test_the_default_heads_train_the_papers_20_epochs_and_the_sweep_reuses_them():
+    params = load_params(ROOT / "params.yaml")
+    epoch = params.features.train_examples / params.imitation.batch_size
+    assert params.imitation.max_steps == round(20 * epoch)
+    assert params.sweep.train_steps == params.imitation.max_steps

@@ -30,6 +30,18 @@ def test_the_tiny_and_cluster_configs_merge_into_valid_params(tmp_path):
     assert merged.model.tiny.num_layers == 2 and merged.evaluate.trainer.devices == 2
 
 
+def test_the_long_config_restores_the_larger_default_sizes_and_nothing_else(tmp_path):
+    params = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", params)
+    apply_config(ROOT / "experiments/configs/long.yaml", params)
+    merged, default = load_params(params), load_params(ROOT / "params.yaml")
+    # 20 epochs of the cached examples either way, and the sweep still reuses train_imitation's heads
+    assert merged.imitation.max_steps == 20 * merged.features.train_examples // merged.imitation.batch_size
+    assert merged.sweep.train_steps == merged.imitation.max_steps > default.imitation.max_steps
+    assert merged.finetune.max_steps > default.finetune.max_steps and merged.evaluate.captions > default.evaluate.captions
+    assert merged.model == default.model and merged.data == default.data and merged.decoding == default.decoding
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.stem)
 def test_each_config_applies_to_the_repository_params(tmp_path, config):
     params = tmp_path / "params.yaml"
