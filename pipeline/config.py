@@ -240,7 +240,7 @@ class VisionPretrainingConfig(StrictModel):
     """Contrastive (CLIP) pre-training of a vision tower built from scratch, before the fine-tune reads it
     (`pipeline.training.vision_pretraining`); presets loaded from a checkpoint bring their own pretrained tower."""
 
-    max_steps: int = Field(300, ge=0)  # 0: the tower stays at its random initialisation
+    max_steps: int = Field(400, ge=0)  # 0: the tower stays at its random initialisation
     batch_size: int = Field(128, ge=2)  # images per step: each one's negatives are the others
     description_share: float = Field(0.5, ge=0, le=1)  # chance an image is paired with its description, not a caption
     text_layers: int = Field(2, ge=1)  # the throw-away text encoder's depth (its width is the tower's)
