@@ -261,7 +261,7 @@ class VisionPretrainingConfig(StrictModel):
 
 class FinetuneConfig(TrainingConfig):
     # 0: keep a pretrained checkpoint's weights as they are (the stage still checks that it sees and saves it)
-    max_steps: int = Field(400, ge=0)
+    max_steps: int = Field(300, ge=0)
     trainer: TrainerConfig = TrainerConfig(precision="auto")  # bf16 autocast where native: 1.25x faster steps here
     # LLaVA-1.5 keeps its CLIP tower frozen in every training stage; from scratch, a frozen random tower
     # still carries the pixels (random features), whereas a trainable one collapses (see README)
@@ -317,7 +317,7 @@ class FeaturesConfig(StrictModel):
     """The `features` stage: the frozen backbone's states cached once for every draft trainer."""
 
     enabled: bool = True  # false: frozen heads, NAS trials and sweep heads run the backbone on every step
-    train_examples: int | None = Field(1200, ge=1)  # training examples cached (imitation.task_weights); null: all
+    train_examples: int | None = Field(1000, ge=1)  # training examples cached (imitation.task_weights); null: all
     val_examples: int = Field(192, ge=1)
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"  # storage of the hidden states
     top_k: int = Field(0, ge=0)  # teacher log-probabilities kept per scored token for KD; 0: the whole vocabulary
@@ -336,9 +336,9 @@ class ImitationConfig(TrainingConfig):
     weights: LossWeights = LossWeights()  # λ of each term where its variant uses it
     temperature: float = Field(2.0, gt=0)
     mixed: MixedSchedule = MixedSchedule()
-    max_steps: int = Field(750, ge=1)  # 20 epochs of the cached examples (the frozen heads)
+    max_steps: int = Field(625, ge=1)  # 20 epochs of the cached examples (the frozen heads)
     task_weights: TaskWeights = TaskWeights(caption=0.6, description=0.3, vqa=0.1)  # drafting is long-form text
-    val_every_steps: int = Field(375, ge=1)
+    val_every_steps: int = Field(625, ge=1)
     val_batches: int = Field(2, ge=1)
     val_decode_prompts: int = Field(8, ge=0)  # validation prompts decoded by SSD to log acceptance
     optimizer: OptimizerConfig = OptimizerConfig(lr=2e-3, weight_decay=0.0, warmup_steps=10)
@@ -504,7 +504,7 @@ class SweepConfig(StrictModel):
     reuses) the imitation network for its n/λ and measures speed and caption quality on validation images."""
 
     search_space: str = "experiments/search_spaces/sweep.yaml"
-    train_steps: int = Field(750, ge=1)  # = imitation.max_steps: the train_imitation heads are reused for its n
+    train_steps: int = Field(625, ge=1)  # = imitation.max_steps: the train_imitation heads are reused for its n
     captions: int = Field(12, ge=1)  # validation images captioned per trial (CIDEr / BLEU-4)
     descriptions: int = Field(4, ge=0)  # long descriptions per trial (speed on long outputs)
     repeats: int = Field(1, ge=1)  # timing repeats per trial
@@ -557,9 +557,9 @@ class SpeedSampleConfig(StrictModel):
     """The prompts `evaluate` times every method on, at batch 1, interleaved (the paper's per-token latency): the
     first of each task of the split."""
 
-    captions: int = Field(12, ge=1)
-    descriptions: int = Field(3, ge=0)
-    vqa: int = Field(12, ge=0)
+    captions: int = Field(8, ge=1)
+    descriptions: int = Field(2, ge=0)
+    vqa: int = Field(8, ge=0)
     repeats: int = Field(2, ge=1)  # timing repeats (median per-token latency); one repeat moved ratios by up to 0.2
 
 

@@ -38,7 +38,8 @@ def test_the_long_config_restores_the_larger_default_sizes_and_nothing_else(tmp_
     # 20 epochs of the cached examples either way, and the sweep still reuses train_imitation's heads
     assert merged.imitation.max_steps == 20 * merged.features.train_examples // merged.imitation.batch_size
     assert merged.sweep.train_steps == merged.imitation.max_steps > default.imitation.max_steps
-    assert merged.finetune.max_steps > default.finetune.max_steps and merged.evaluate.captions > default.evaluate.captions
+    assert merged.finetune.max_steps > default.finetune.max_steps
+    assert merged.evaluate.captions > default.evaluate.captions
     assert merged.model == default.model and merged.data == default.data and merged.decoding == default.decoding
 
 
