@@ -557,9 +557,9 @@ class SpeedSampleConfig(StrictModel):
     """The prompts `evaluate` times every method on, at batch 1, interleaved (the paper's per-token latency): the
     first of each task of the split."""
 
-    captions: int = Field(8, ge=1)
-    descriptions: int = Field(2, ge=0)
-    vqa: int = Field(8, ge=0)
+    captions: int = Field(16, ge=1)
+    descriptions: int = Field(4, ge=0)
+    vqa: int = Field(16, ge=0)
     repeats: int = Field(2, ge=1)  # timing repeats (median per-token latency); one repeat moved ratios by up to 0.2
 
 
