@@ -569,12 +569,13 @@ class EvaluateConfig(StrictModel):
     batch 1 on `speed`'s sample of it, timed in one process (speed-ups are ratios of one run)."""
 
     batch_size: int = Field(64, ge=1)  # rows decoded together for the quality pass (throughput is reported at it)
-    # The sample sizes bound the stage's longest part, every method decoding the split (236 s of the default's 516 s
-    # with 500 / 100 / 300): 300 / 64 / 200 decode ~40 % fewer tokens per method. The fine-tune's sees check scores the
-    # full model on every test image; here the rows are compared with each other on the same prompts
+    # The sample sizes bound the stage's longest part, every method decoding the split. A batch costs as many steps as
+    # its longest output, so the defaults are whole batches of 64: 2 of captions, 1 of descriptions, 2 of questions
+    # (300 / 64 / 200, 8 batches, before `make repro` had to fit 25 minutes). The fine-tune's sees check scores the full
+    # model on its own `eval_samples`; here the rows are compared with each other on the same prompts
     captions: int | None = Field(128, ge=1)  # test images captioned (None: every one)
-    # described test images (None: every one). Descriptions are ~65 tokens against a caption's ~13: 64 (one batch)
-    # are about half the sample's tokens
+    # described test images (None: every one). Descriptions are ~65 tokens against a caption's ~13: their one batch is
+    # the split's longest
     descriptions: int | None = Field(48, ge=0)
     vqa: int | None = Field(128, ge=0)  # test questions (None: every one)
     speed: SpeedSampleConfig = SpeedSampleConfig()
