@@ -476,9 +476,11 @@ class RayConfig(StrictModel):
 class NASConfig(StrictModel):
     """Imitation-network architecture search (paper Appendix B): Ray Tune + ASHA over the search space file.
 
-    score = accuracy − flops_weight · draft_cost_ratio, where accuracy is the draft's top-1 agreement with the
-    full model on validation tokens (or the decoded acceptance rate) and draft_cost_ratio the draft's FLOPs
-    per token (n layers + network + LM head) over the full model's."""
+    score = accuracy − cost_weight · draft_cost_ratio, where accuracy is the draft's top-1 agreement with the
+    full model on validation tokens (or the decoded acceptance rate) and draft_cost_ratio the price of one draft
+    token (n layers + network + LM head) over one full-model token: by `cost`, its measured latency at batch 1 on
+    the machine the trial runs on (what decoding pays there) or its FLOPs (hardware independent: what a weight-bound
+    GPU pays, roughly)."""
 
     search_space: str = "experiments/search_spaces/nas.yaml"
     num_samples: int = Field(4, ge=1)  # architectures sampled (random search, seeded)
@@ -487,7 +489,9 @@ class NASConfig(StrictModel):
     grace_reports: int = Field(1, ge=1)  # ASHA stops no trial before this many reports
     reduction_factor: float = Field(2.0, gt=1)
     accuracy: Literal["agreement", "acceptance_rate"] = "agreement"
-    flops_weight: float = Field(1.0, ge=0)
+    cost: Literal["latency", "flops"] = "latency"
+    cost_weight: float = Field(1.0, ge=0)
+    latency_repeats: int = Field(30, ge=1)  # timed draft and full-model steps per trial (interleaved, median)
     val_batches: int = Field(2, ge=1)
     val_decode_prompts: int = Field(2, ge=0)  # decoded at each report for the acceptance rate
     max_concurrent_trials: int | None = Field(None, ge=1)  # null: as many as the resources allow

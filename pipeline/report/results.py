@@ -238,14 +238,18 @@ def render(
 
 def architecture_search(nas: Mapping[str, Any]) -> str:
     best, paper = nas["best"], nas.get("paper_choice")
-    versus = (
-        f"agreement {paper['agreement']:.3f}, cost ratio {paper['draft_cost_ratio']:.3f}"
-        if paper
-        else "not among the trials"
-    )
+    cost = nas.get("cost", "flops")  # results from before latency pricing were priced by FLOPs
+
+    def costs(row: Mapping[str, Any]) -> str:
+        both = [
+            f"{kind} {row[f'{kind}_cost_ratio']:.3f}" for kind in ("latency", "flops") if f"{kind}_cost_ratio" in row
+        ]
+        return f"draft cost ratio {row['draft_cost_ratio']:.3f}" + (f" ({', '.join(both)})" if both else "")
+
+    versus = f"agreement {paper['agreement']:.3f}, {costs(paper)}" if paper else "not among the trials"
     return (
-        f"## Architecture search\n\nBest: {best['architecture']} "
-        f"(score {best['score']:.3f}, agreement {best['agreement']:.3f}, "
-        f"draft cost ratio {best['draft_cost_ratio']:.3f}); the paper's choice (two linear layers): {versus}. "
-        "All trials: `reports/nas_trials.csv`."
+        f"## Architecture search\n\nScore = agreement − {nas.get('cost_weight', 1.0):g} · draft cost ratio, the draft "
+        f"priced by {cost}. "
+        f"Best: {best['architecture']} (score {best['score']:.3f}, agreement {best['agreement']:.3f}, {costs(best)}); "
+        f"the paper's choice (two linear layers): {versus}. All trials: `reports/nas_trials.csv`."
     )

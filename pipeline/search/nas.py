@@ -3,12 +3,15 @@
 A trial builds the sampled architecture, trains it briefly on the frozen backbone at the chosen `n` with the
 same `fit_imitation` the `train_imitation` stage calls (ce+cs+kd, params' λ), and reports at every
 validation: the draft's top-1 agreement with the full model on validation tokens, the decoded acceptance
-rate, the FLOPs per token (torch's FlopCounterMode) and
+rate, the draft's price per token and
 
-    score = accuracy − flops_weight · draft_cost_ratio,
+    score = accuracy − cost_weight · draft_cost_ratio.
 
-where draft_cost_ratio = FLOPs(n layers + network + LM head) / FLOPs(full model) per token. ASHA stops the
-trials whose score trails at a rung.
+draft_cost_ratio is one draft token (n layers + network + LM head) over one full-model token, by `nas.cost`:
+measured latency at batch 1 (`draft_step_cost`, the default: what decoding pays on the machine that runs it) or
+FLOPs (torch's FlopCounterMode). Both are reported. FLOPs alone misprice a small model on a CPU, which pays per
+operator: there a second linear layer costs several times its FLOPs share (`pipeline.evaluation.draft_latency`).
+ASHA stops the trials whose score trails at a rung.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ import torch
 
 from pipeline import tracking
 from pipeline.config import ImitationArchitecture, NASConfig, Params
+from pipeline.evaluation.draft_latency import draft_step_cost
 from pipeline.evaluation.flops import per_token_flops
 from pipeline.evaluation.layer_choice import resolve_draft_layers
-from pipeline.models.imitation import ImitationNetwork
+from pipeline.models.imitation import ImitationNetwork, as_draft_head
 from pipeline.models.loading import load_backbone
 from pipeline.search.space import load_search_space
 from pipeline.search.stage_search import run_stage_search
@@ -42,6 +46,8 @@ REPORTED = [
     "mean_accepted_length",
     "agreement_early_exit",
     "draft_cost_ratio",
+    "latency_cost_ratio",
+    "flops_cost_ratio",
     "flops_imitation",
     "flops_draft",
     "parameters",
@@ -57,8 +63,8 @@ def architecture(base: ImitationArchitecture, sampled: dict[str, Any]) -> Imitat
     )
 
 
-def score(accuracy: float, draft_cost_ratio: float, flops_weight: float) -> float:
-    return accuracy - flops_weight * draft_cost_ratio
+def score(accuracy: float, draft_cost_ratio: float, cost_weight: float) -> float:
+    return accuracy - cost_weight * draft_cost_ratio
 
 
 def nas_trial(config: dict[str, Any], context: TrialContext) -> None:
@@ -73,10 +79,14 @@ def nas_trial(config: dict[str, Any], context: TrialContext) -> None:
     torch.manual_seed(params.seed)
     head = ImitationNetwork(adapter.hidden_size, arch)
     flops = per_token_flops(adapter, n, head)
+    latency = draft_step_cost(adapter, n, as_draft_head(head.eval()), repeats=nas.latency_repeats)
+    head.train()
+    costs = {"latency_cost_ratio": latency, "flops_cost_ratio": flops["draft_cost_ratio"]}
     fixed = {
         "flops_imitation": flops["imitation"],
         "flops_draft": flops["draft"],
-        "draft_cost_ratio": flops["draft_cost_ratio"],
+        **costs,
+        "draft_cost_ratio": costs[f"{nas.cost}_cost_ratio"],
         "parameters": float(sum(p.numel() for p in head.parameters())),
     }
 
@@ -91,7 +101,7 @@ def nas_trial(config: dict[str, Any], context: TrialContext) -> None:
                 },
                 **fixed,
                 "step": step,
-                "score": score(accuracy, fixed["draft_cost_ratio"], nas.flops_weight),
+                "score": score(accuracy, fixed["draft_cost_ratio"], nas.cost_weight),
             }
         )
 
@@ -146,7 +156,8 @@ class NASOutcome:
         agreement = best["agreement"] if best.get("agreement") is not None else float("nan")
         return (
             f"nas: best of {len(self.rows)} trials at n = {self.draft_layers}: {self.best['architecture']} score "
-            f"{best['score']:.3f} (agreement {agreement:.3f}, cost ratio {best['draft_cost_ratio']:.3f})"
+            f"{best['score']:.3f} (agreement {agreement:.3f}, {self.summary['cost']} cost ratio "
+            f"{best['draft_cost_ratio']:.3f})"
         )
 
 
@@ -162,6 +173,8 @@ def summarise(results: Any, cfg: NASConfig, base: ImitationArchitecture, draft_l
     ]
     summary = {
         "draft_layers": draft_layers,
+        "cost": cfg.cost,
+        "cost_weight": cfg.cost_weight,
         "trials": len(rows),
         "failed_trials": sum(bool(r["error"]) for r in rows),
         "stopped_early": sum(r["reports"] < max_reports(cfg) for r in rows if not r["error"]),

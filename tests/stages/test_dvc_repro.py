@@ -112,7 +112,13 @@ def test_baselines_and_searches_report_what_they_found(workspace):
     assert baselines["draft_verify"] == {k: v for k, v in draft_verify.items() if k != "trace"}
     layerskip = baselines["layerskip"]
     assert layerskip["draft_layers"] == 1 and layerskip["steps"] == 4 and layerskip["layers_dropped"] >= 0
-    assert json.loads((work / "metrics/nas.json").read_text())["trials"] == 2
+    nas = json.loads((work / "metrics/nas.json").read_text())
+    assert nas["trials"] == 2 and nas["cost"] == "latency"
+    # each trial is priced by its measured draft step (params' default), and scored with that price
+    for trial in csv.DictReader((work / "reports/nas_trials.csv").open()):
+        assert float(trial["draft_cost_ratio"]) == float(trial["latency_cost_ratio"])
+        assert float(trial["latency_cost_ratio"]) != float(trial["flops_cost_ratio"])
+        assert float(trial["score"]) == pytest.approx(float(trial["agreement"]) - float(trial["latency_cost_ratio"]))
     sweep = json.loads((work / "metrics/sweep.json").read_text())
     assert sweep["trials"] == sweep["settings"] == 2 and sweep["all_lossless"] is True and sweep["failed_trials"] == 0
     pareto = list(csv.DictReader((work / "plots/sweep_pareto.csv").open()))
