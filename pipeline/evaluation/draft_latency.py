@@ -21,6 +21,7 @@ from torch import nn
 
 from pipeline.decoding.cache import crop_to, new_cache
 from pipeline.decoding.head_protocol import is_stateful
+from pipeline.evaluation.speed import synchronize
 from pipeline.models.adapters import BackboneAdapter, EncoderStates
 
 
@@ -59,11 +60,13 @@ def draft_step_cost(
 
     def step(layers: int, with_head: bool) -> Callable[[], float]:
         def run() -> float:
+            synchronize(device)
             began = time.perf_counter()
             hidden = adapter.run_layers(adapter.embed(token), 0, layers, cache, position, None, encoder=encoder)
             if with_head and head is not None:
                 hidden = head(hidden, attention_mask=None, position_ids=position) if stateful else head(hidden)
             adapter.logits(hidden[:, -1]).argmax(dim=-1)
+            synchronize(device)  # a GPU runs the kernels after the clock would otherwise have been read
             seconds = time.perf_counter() - began
             crop_to(cache, context)
             if stateful:

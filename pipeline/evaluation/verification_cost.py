@@ -21,10 +21,11 @@ from torch import nn
 
 from pipeline.decoding.cache import crop_to, new_cache
 from pipeline.decoding.engine import prefill
-from pipeline.decoding.inputs import prepare_request
+from pipeline.decoding.inputs import model_device, prepare_request
 from pipeline.decoding.sampling import SamplingConfig
 from pipeline.decoding.slots import SlotTable
 from pipeline.evaluation.prompts import Prompt
+from pipeline.evaluation.speed import synchronize
 from pipeline.models.adapters import adapter_for
 
 GENERATED_TOKENS = 16  # the context a pass is timed at: the prompt plus this many generated tokens
@@ -46,7 +47,7 @@ def verification_costs(
         raise ValueError(f"widths must be positive position counts, got {list(widths)}")
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
-    adapter = adapter_for(model)
+    adapter, device = adapter_for(model), model_device(model)
     total = adapter.num_layers
     inputs = {k: v for k, v in prompt.items() if k == "pixel_values"}
     request = prepare_request(adapter, prompt["input_ids"], generated + max(widths), [], SamplingConfig(), None, inputs)
@@ -72,6 +73,7 @@ def verification_costs(
                 drafted = adapter.run_layers(
                     adapter.embed(tokens[:, : width - 1]), 0, split, cache, positions[:, :-1], None, encoder=encoder
                 )
+            synchronize(device)
             began = time.perf_counter()
             last = adapter.run_layers(
                 adapter.embed(tokens[:, :1]), 0, split, cache, positions[:, -1:], None, encoder=encoder
@@ -80,6 +82,7 @@ def verification_costs(
             if split < total:
                 hidden = adapter.run_layers(hidden, split, total, cache, positions, None, encoder=encoder)
             adapter.logits(hidden)
+            synchronize(device)  # a GPU runs the kernels after the clock would otherwise have been read
             seconds = time.perf_counter() - began
             crop_to(cache, base)
             return seconds

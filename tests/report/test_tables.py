@@ -312,3 +312,22 @@ def test_backbone_table_sets_each_score_beside_its_blank_image_control():
         "| VQA: what shape is | 0.600 | 0.100 |",
     ]
     assert table_backbone({"steps": 600.0}) is None
+
+
+def test_architecture_search_names_the_price_it_scored_by_and_both_ratios():
+    from pipeline.report.results import architecture_search
+
+    trial = {"score": 0.70, "agreement": 0.85, "draft_cost_ratio": 0.15, "latency_cost_ratio": 0.15}
+    nas = {
+        "cost": "latency",
+        "cost_weight": 1.0,
+        "best": {**trial, "flops_cost_ratio": 0.13, "architecture": {"num_linear": 2, "attention": True}},
+        "paper_choice": {**trial, "agreement": 0.69, "flops_cost_ratio": 0.10, "architecture": {"num_linear": 2}},
+    }
+    text = architecture_search(nas)
+    assert "priced by latency" in text
+    assert "draft cost ratio 0.150 (latency 0.150, flops 0.130)" in text
+    assert "agreement 0.690, draft cost ratio 0.150 (latency 0.150, flops 0.100)" in text
+    # a nas.json from before latency pricing: FLOPs priced it and only one ratio exists
+    old = {"best": {"score": 0.7, "agreement": 0.8, "draft_cost_ratio": 0.1, "architecture": {}}}
+    assert "priced by flops" in architecture_search(old) and "draft cost ratio 0.100)" in architecture_search(old)
