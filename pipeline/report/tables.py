@@ -144,7 +144,7 @@ def table_n(sweep_rows: Sequence[Mapping[str, Any]]) -> str:
             "CIDEr draft alone",
             "CIDEr SSD",
             "CIDEr full",
-            "draft cost ratio",
+            "draft cost ratio (FLOPs)",
         ],
         rows,
     )
