@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
@@ -26,19 +26,22 @@ from pipeline.models.adapters import BackboneAdapter, EncoderStates
 
 
 @torch.inference_mode()
-def draft_step_cost(
+def draft_step_costs(
     adapter: BackboneAdapter,
     draft_layers: int,
-    head: nn.Module | None = None,
+    heads: Mapping[str, nn.Module | None],
     *,
     context: int = 64,
     repeats: int = 30,
-) -> float:
-    """Median latency of a draft step (layers 0..`draft_layers`, `head` as the decoder calls it, final norm and LM
-    head) ÷ median latency of a full-model step, one position each at a context of `context` positions.
+) -> dict[str, float]:
+    """{name: median latency of a draft step with `heads[name]` (layers 0..`draft_layers`, the head as the decoder
+    calls it, final norm and LM head) ÷ median latency of a full-model step}, one position each at a context of
+    `context` positions. Each repeat times a full step and then every head's draft step, so a machine that slows down
+    part-way slows every ratio's terms alike.
 
-    `head` is an imitation network as the decoder takes it (`pipeline.models.imitation.as_draft_head`): a stateful
-    one (its own attention cache) is timed on a copy holding the context, so the caller's head is left as it was."""
+    A head is an imitation network as the decoder takes it (`pipeline.models.imitation.as_draft_head`), or None (the
+    early exit); a stateful one (its own attention cache) is timed on a copy holding the context, so the caller's
+    head is left as it was."""
     if not 1 <= draft_layers < adapter.num_layers:
         raise ValueError(f"draft_layers must be in 1..{adapter.num_layers - 1}, got {draft_layers}")
     if context < 1 or repeats < 1:
@@ -49,21 +52,23 @@ def draft_step_cost(
     states = torch.randn(1, context, adapter.hidden_size, generator=generator).to(device=device, dtype=dtype)
     encoder = EncoderStates(states.clone()) if adapter.is_encoder_decoder else None
     cache = new_cache(adapter)
-    adapter.run_layers(states, 0, total, cache, torch.arange(context, device=device).view(1, -1), encoder=encoder)
-    stateful = is_stateful(head)
-    if stateful:
-        head = copy.deepcopy(head)
-        head.reset()  # type: ignore[union-attr, operator]  # the StatefulHead protocol, checked above
-        head(states, attention_mask=None, position_ids=torch.arange(context, device=device).view(1, -1))  # type: ignore[misc]
+    prompt_positions = torch.arange(context, device=device).view(1, -1)
+    adapter.run_layers(states, 0, total, cache, prompt_positions, encoder=encoder)
     token = torch.zeros(1, 1, dtype=torch.long, device=device)
     position = torch.full((1, 1), context, dtype=torch.long, device=device)
 
-    def step(layers: int, with_head: bool) -> Callable[[], float]:
+    def step(layers: int, head: nn.Module | None) -> Callable[[], float]:
+        stateful = is_stateful(head)
+        if stateful:
+            head = copy.deepcopy(head)
+            head.reset()  # type: ignore[union-attr, operator]  # the StatefulHead protocol, checked above
+            head(states, attention_mask=None, position_ids=prompt_positions)  # type: ignore[misc]
+
         def run() -> float:
             synchronize(device)
             began = time.perf_counter()
             hidden = adapter.run_layers(adapter.embed(token), 0, layers, cache, position, None, encoder=encoder)
-            if with_head and head is not None:
+            if head is not None:
                 hidden = head(hidden, attention_mask=None, position_ids=position) if stateful else head(hidden)
             adapter.logits(hidden[:, -1]).argmax(dim=-1)
             synchronize(device)  # a GPU runs the kernels after the clock would otherwise have been read
@@ -75,10 +80,27 @@ def draft_step_cost(
 
         return run
 
-    full, draft = step(total, False), step(draft_layers, True)
-    full(), draft()  # warm-up
-    full_times, draft_times = [], []
+    full = step(total, None)
+    drafts = {name: step(draft_layers, head) for name, head in heads.items()}
+    for run in [full, *drafts.values()]:  # warm-up
+        run()
+    full_times: list[float] = []
+    draft_times: dict[str, list[float]] = {name: [] for name in drafts}
     for _ in range(repeats):
         full_times.append(full())
-        draft_times.append(draft())
-    return statistics.median(draft_times) / statistics.median(full_times)
+        for name, run in drafts.items():
+            draft_times[name].append(run())
+    reference = statistics.median(full_times)
+    return {name: statistics.median(times) / reference for name, times in draft_times.items()}
+
+
+def draft_step_cost(
+    adapter: BackboneAdapter,
+    draft_layers: int,
+    head: nn.Module | None = None,
+    *,
+    context: int = 64,
+    repeats: int = 30,
+) -> float:
+    """`draft_step_costs` of one head."""
+    return draft_step_costs(adapter, draft_layers, {"head": head}, context=context, repeats=repeats)["head"]

@@ -16,6 +16,8 @@ ASHA stops the trials whose score trails at a rung.
 
 from __future__ import annotations
 
+import itertools
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +27,14 @@ import torch
 
 from pipeline import tracking
 from pipeline.config import ImitationArchitecture, NASConfig, Params
-from pipeline.evaluation.draft_latency import draft_step_cost
+from pipeline.evaluation.draft_latency import draft_step_cost, draft_step_costs
 from pipeline.evaluation.flops import per_token_flops
 from pipeline.evaluation.layer_choice import resolve_draft_layers
+from pipeline.models.adapters import BackboneAdapter
 from pipeline.models.imitation import ImitationNetwork, as_draft_head
 from pipeline.models.loading import load_backbone
-from pipeline.search.space import load_search_space
+from pipeline.search.ray_runtime import resolve_address
+from pipeline.search.space import SearchSpace, load_search_space
 from pipeline.search.stage_search import run_stage_search
 from pipeline.search.trial_setup import TrialContext, load_for_trial, train_trial_head
 from pipeline.search.tuning import SearchSpec, inputs_fingerprint, result_rows
@@ -67,6 +71,43 @@ def score(accuracy: float, draft_cost_ratio: float, cost_weight: float) -> float
     return accuracy - cost_weight * draft_cost_ratio
 
 
+# Fields that change no work at inference: architectures differing only in them cost the same
+LATENCY_FREE_KEYS = {"dropout"}
+
+
+def latency_key(arch: ImitationArchitecture) -> str:
+    return json.dumps({k: v for k, v in arch.model_dump().items() if k not in LATENCY_FREE_KEYS}, sort_keys=True)
+
+
+def space_architectures(space: SearchSpace, base: ImitationArchitecture) -> list[ImitationArchitecture] | None:
+    """Every architecture of `space` that costs differently at inference (one per `latency_key`), or None when a field
+    that does is sampled from a continuous range."""
+    keys = sorted(k for k in space.space if k not in LATENCY_FREE_KEYS)
+    try:
+        options = [space.values(k) for k in keys]
+    except ValueError:
+        return None
+    found: dict[str, ImitationArchitecture] = {}
+    for values in itertools.product(*options):
+        arch = architecture(base, dict(zip(keys, values, strict=True)))
+        found.setdefault(latency_key(arch), arch)
+    return list(found.values())
+
+
+def price_architectures(
+    adapter: BackboneAdapter, n: int, architectures: list[ImitationArchitecture], cfg: NASConfig, threads: int
+) -> dict[str, float]:
+    """Each architecture's draft step over a full step, timed here in one interleaved run on a trial's thread count
+    (`draft_step_costs`): trials timing themselves would each be timed beside another trial's training, whose load on
+    the shared caches and memory moved the prices of the same architectures by more than they differ (two runs on a
+    bit-identical backbone: 0.146 / 0.162 for two linear layers + attention, 0.135 / 0.141 for one)."""
+    from pipeline.training.trainer import torch_threads
+
+    heads = {latency_key(a): as_draft_head(ImitationNetwork(adapter.hidden_size, a).eval()) for a in architectures}
+    with torch_threads(threads):
+        return draft_step_costs(adapter, n, heads, repeats=cfg.latency_repeats)
+
+
 def nas_trial(config: dict[str, Any], context: TrialContext) -> None:
     from ray import tune
 
@@ -79,8 +120,10 @@ def nas_trial(config: dict[str, Any], context: TrialContext) -> None:
     torch.manual_seed(params.seed)
     head = ImitationNetwork(adapter.hidden_size, arch)
     flops = per_token_flops(adapter, n, head)
-    latency = draft_step_cost(adapter, n, as_draft_head(head.eval()), repeats=nas.latency_repeats)
-    head.train()
+    latency = context.latency_prices.get(latency_key(arch))
+    if latency is None:  # a continuous space, or trials on a cluster's machines: priced where the draft would run
+        latency = draft_step_cost(adapter, n, as_draft_head(head.eval()), repeats=nas.latency_repeats)
+        head.train()
     costs = {"latency_cost_ratio": latency, "flops_cost_ratio": flops["draft_cost_ratio"]}
     fixed = {
         "flops_imitation": flops["imitation"],
@@ -161,7 +204,13 @@ class NASOutcome:
         )
 
 
-def summarise(results: Any, cfg: NASConfig, base: ImitationArchitecture, draft_layers: int) -> NASOutcome:
+def summarise(
+    results: Any,
+    cfg: NASConfig,
+    base: ImitationArchitecture,
+    draft_layers: int,
+    latency_prices: dict[str, float] | None = None,
+) -> NASOutcome:
     """The trial table, the winner (last reported score) and the paper's choice among the trials, if it was one."""
     rows = sorted(
         result_rows(results, REPORTED), key=lambda r: -(r["score"] if r["score"] is not None else float("-inf"))
@@ -175,6 +224,9 @@ def summarise(results: Any, cfg: NASConfig, base: ImitationArchitecture, draft_l
         "draft_layers": draft_layers,
         "cost": cfg.cost,
         "cost_weight": cfg.cost_weight,
+        # stage: every architecture timed in one run before the search (`latency_prices`); trial: each its own draft
+        "latency_timed_by": "stage" if latency_prices else "trial",
+        "latency_prices": latency_prices or {},
         "trials": len(rows),
         "failed_trials": sum(bool(r["error"]) for r in rows),
         "stopped_early": sum(r["reports"] < max_reports(cfg) for r in rows if not r["error"]),
@@ -203,16 +255,28 @@ def run_nas(
     root = tracking.repo_root()
     model_dir, data_dir = (root / model_dir).resolve(), (root / params.data.out_dir).resolve()
     space = load_search_space(root / params.nas.search_space, allowed_keys=ARCHITECTURE_KEYS)
-    num_layers = load_backbone(model_dir).adapter.num_layers
-    n = resolve_draft_layers(params.imitation.draft_layers, num_layers, root / layer_choice, "imitation.draft_layers")
+    adapter = load_backbone(model_dir).adapter
+    n = resolve_draft_layers(
+        params.imitation.draft_layers, adapter.num_layers, root / layer_choice, "imitation.draft_layers"
+    )
+    threads = max(1, int(params.ray.cpus_per_trial))
+    architectures = space_architectures(space, params.imitation.architecture)
+    # The stage's machine is the trials' only on the local instance, and on its CPUs only without GPUs per trial
+    local = resolve_address(params.ray)[0] is None and not params.ray.gpus_per_trial
+    prices = (
+        price_architectures(adapter, n, architectures, cfg, threads)
+        if cfg.cost == "latency" and local and architectures is not None
+        else {}
+    )
     features = (root / features_dir).resolve() if features_dir else None
     context = TrialContext(
         str(model_dir),
         str(data_dir),
         params.model_dump(),
         n,
-        threads=max(1, int(params.ray.cpus_per_trial)),
+        threads=threads,
         features_dir=str(features or ""),
+        latency_prices=prices,
     )
     settings = params.model_dump(include={"seed", "nas", "imitation"}) | {
         "space": space.space,
@@ -239,6 +303,6 @@ def run_nas(
         space,
         spec,
         {"draft_layers": str(n)},
-        lambda results: summarise(results, cfg, params.imitation.architecture, n),
+        lambda results: summarise(results, cfg, params.imitation.architecture, n, prices),
         write,
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,9 @@ class TrialContext:
     draft_layers: int  # the select_layer stage's n (NAS); the sweep names its own
     threads: int = 1  # torch threads per trial = CPUs per trial
     features_dir: str = ""  # absolute: the features stage's cache the heads train from ("" : none, run the backbone)
+    # NAS: draft latency ÷ full-step latency the stage measured for every architecture of the space, by
+    # `latency_key` (empty: each trial times its own draft)
+    latency_prices: dict[str, float] = field(default_factory=dict)
 
     @property
     def config(self) -> Params:

@@ -96,3 +96,30 @@ def test_bad_arguments_are_refused():
         draft_latency.draft_step_cost(adapter, 2)
     with pytest.raises(ValueError, match="repeats"):
         draft_latency.draft_step_cost(adapter, 1, repeats=0)
+
+
+def test_several_heads_are_priced_in_one_interleaved_run(monkeypatch):
+    adapter = adapter_for(make_tiny_llava(num_layers=4))
+    heads = {
+        "early exit": None,
+        "linear": as_draft_head(ImitationNetwork(adapter.hidden_size, ImitationArchitecture(num_linear=1)).eval()),
+        "attention": as_draft_head(ImitationNetwork(adapter.hidden_size, ImitationArchitecture(attention=True)).eval()),
+    }
+    fake_clock(monkeypatch, adapter, heads["attention"])
+    ranges: list[int] = []
+    real_run_layers = type(adapter).run_layers  # the fake clock's, which counts units
+
+    def recorded(self, hidden, start, end, *args, **kwargs):
+        ranges.append(end - start)
+        return real_run_layers(self, hidden, start, end, *args, **kwargs)
+
+    monkeypatch.setattr(type(adapter), "run_layers", recorded)
+    costs = draft_latency.draft_step_costs(adapter, 1, heads, context=3, repeats=2)
+    with_head = (1 + HEAD_UNITS + LM_HEAD_UNITS) / (4 + LM_HEAD_UNITS)
+    assert costs == {
+        "early exit": pytest.approx((1 + LM_HEAD_UNITS) / (4 + LM_HEAD_UNITS)),
+        "linear": pytest.approx(with_head),
+        "attention": pytest.approx(with_head),
+    }
+    # the context pass, then warm-up and each repeat: a full step, then every head's draft step
+    assert ranges == [4] + [4, 1, 1, 1] * 3

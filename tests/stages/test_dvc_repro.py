@@ -114,9 +114,22 @@ def test_baselines_and_searches_report_what_they_found(workspace):
     assert layerskip["draft_layers"] == 1 and layerskip["steps"] == 4 and layerskip["layers_dropped"] >= 0
     nas = json.loads((work / "metrics/nas.json").read_text())
     assert nas["trials"] == 2 and nas["cost"] == "latency"
-    # each trial is priced by its measured draft step (params' default), and scored with that price
+    # on the local instance the stage timed every architecture of the space that runs differently (dropout does not)
+    # before the search; each trial is priced by its architecture's measured draft step (params' default) and scored
+    # with that price
+    from pipeline.config import ImitationArchitecture
+    from pipeline.search.nas import latency_key, space_architectures
+    from pipeline.search.space import load_search_space
+
+    params = load_params(work / "params.yaml")
+    base = params.imitation.architecture
+    space = space_architectures(load_search_space(work / params.nas.search_space), base)
+    assert space is not None and len(space) > 2
+    assert nas["latency_timed_by"] == "stage" and set(nas["latency_prices"]) == {latency_key(a) for a in space}
     for trial in csv.DictReader((work / "reports/nas_trials.csv").open()):
-        assert float(trial["draft_cost_ratio"]) == float(trial["latency_cost_ratio"])
+        sampled = {k.removeprefix("config."): yaml.safe_load(v) for k, v in trial.items() if k.startswith("config.")}
+        key = latency_key(ImitationArchitecture.model_validate(base.model_dump() | sampled))
+        assert float(trial["draft_cost_ratio"]) == float(trial["latency_cost_ratio"]) == nas["latency_prices"][key]
         assert float(trial["latency_cost_ratio"]) != float(trial["flops_cost_ratio"])
         assert float(trial["score"]) == pytest.approx(float(trial["agreement"]) - float(trial["latency_cost_ratio"]))
     sweep = json.loads((work / "metrics/sweep.json").read_text())
