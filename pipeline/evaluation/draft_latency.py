@@ -36,8 +36,8 @@ def draft_step_costs(
 ) -> dict[str, float]:
     """{name: median latency of a draft step with `heads[name]` (layers 0..`draft_layers`, the head as the decoder
     calls it, final norm and LM head) ÷ median latency of a full-model step}, one position each at a context of
-    `context` positions. Each repeat times a full step and then every head's draft step, so a machine that slows down
-    part-way slows every ratio's terms alike.
+    `context` positions. Each repeat times, for every head, a full step and then that head's draft step, so a machine
+    that slows down part-way slows every ratio's terms alike.
 
     A head is an imitation network as the decoder takes it (`pipeline.models.imitation.as_draft_head`), or None (the
     early exit); a stateful one (its own attention cache) is timed on a copy holding the context, so the caller's
@@ -87,8 +87,10 @@ def draft_step_costs(
     full_times: list[float] = []
     draft_times: dict[str, list[float]] = {name: [] for name in drafts}
     for _ in range(repeats):
-        full_times.append(full())
         for name, run in drafts.items():
+            # every draft step right after a full step: a draft step after another finds layers 0..n and the LM head
+            # in the CPU's caches, one after the full model's L layers does not, and the order must not price a head
+            full_times.append(full())
             draft_times[name].append(run())
     reference = statistics.median(full_times)
     return {name: statistics.median(times) / reference for name, times in draft_times.items()}

@@ -100,7 +100,8 @@ def price_architectures(
     """Each architecture's draft step over a full step, timed here in one interleaved run on a trial's thread count
     (`draft_step_costs`): trials timing themselves would each be timed beside another trial's training, whose load on
     the shared caches and memory moved the prices of the same architectures by more than they differ (two runs on a
-    bit-identical backbone: 0.146 / 0.162 for two linear layers + attention, 0.135 / 0.141 for one)."""
+    bit-identical backbone: 0.146 / 0.162 for two linear layers + attention, 0.135 / 0.141 for one, and the winner
+    flipped; timed here, 0.177 / 0.186 and 0.158 / 0.168, the same winner)."""
     from pipeline.training.trainer import torch_threads
 
     heads = {latency_key(a): as_draft_head(ImitationNetwork(adapter.hidden_size, a).eval()) for a in architectures}

@@ -87,7 +87,7 @@ def test_the_steps_leave_the_backbone_cache_at_the_context():
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(draft_latency, "crop_to", crop_to)
         draft_latency.draft_step_cost(adapter, 1, None, context=5, repeats=3)
-    assert crops == [5] * 8  # warm-up + 3 repeats, full and draft
+    assert crops == [5] * 8  # warm-up + 3 repeats, a full step and a draft step each
 
 
 def test_bad_arguments_are_refused():
@@ -121,5 +121,6 @@ def test_several_heads_are_priced_in_one_interleaved_run(monkeypatch):
         "linear": pytest.approx(with_head),
         "attention": pytest.approx(with_head),
     }
-    # the context pass, then warm-up and each repeat: a full step, then every head's draft step
-    assert ranges == [4] + [4, 1, 1, 1] * 3
+    # the context pass, the warm-up (a full step, then every head's draft step), then in each repeat every head's
+    # draft step right after a full step
+    assert ranges == [4] + [4, 1, 1, 1] + [4, 1] * 3 * 2
