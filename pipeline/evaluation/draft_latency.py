@@ -3,10 +3,10 @@
 FLOPs price a draft as a large model on a GPU pays for it. A small model decoding one token at a time on a CPU pays
 per operator as well as per multiply: at the default model (12 layers of width 256, one thread) FLOPs put the draft
 at n = 1 with one linear layer at 0.092 of a full step and with one linear layer + attention at 0.122; measured, they
-take 0.124 and 0.155. `draft_step_cost` measures it: one draft step
-(embedding, layers 0..n, the head as the decoder calls it, final norm and LM head, over one new position) against one
-full-model step (layers 0..L), after a context of `context` positions held in the caches, interleaved, median of the
-repeats. The context is synthetic: the latency of a step does not depend on what the cached states say.
+take 0.12-0.13 and 0.16-0.17. `draft_step_costs` measures it: one draft step (embedding, layers 0..n, the head as the
+decoder calls it, final norm and LM head, over one new position) against one full-model step (layers 0..L), after a
+context of `context` positions held in the caches, interleaved, median of the repeats. The context is synthetic: the
+latency of a step does not depend on what the cached states say.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ rate, the draft's price per token and
 draft_cost_ratio is one draft token (n layers + network + LM head) over one full-model token, by `nas.cost`:
 measured latency at batch 1 (`draft_step_cost`, the default: what decoding pays on the machine that runs it) or
 FLOPs (torch's FlopCounterMode). Both are reported. FLOPs alone misprice a small model on a CPU, which pays per
-operator: there a second linear layer costs several times its FLOPs share (`pipeline.evaluation.draft_latency`).
+operator: there a second linear layer costs two to three times its FLOPs share (`pipeline.evaluation.draft_latency`).
 ASHA stops the trials whose score trails at a rung.
 """
 
@@ -40,6 +40,7 @@ from pipeline.search.trial_setup import TrialContext, load_for_trial, train_tria
 from pipeline.search.tuning import SearchSpec, inputs_fingerprint, result_rows
 from pipeline.training.imitation import ValidationReporter
 from pipeline.training.imitation_losses import variant_weights
+from pipeline.training.trainer import torch_threads
 
 # Keys a NAS search space may name: the architecture's fields
 ARCHITECTURE_KEYS = set(ImitationArchitecture.model_fields)
@@ -102,8 +103,6 @@ def price_architectures(
     the shared caches and memory moved the prices of the same architectures by more than they differ (two runs on a
     bit-identical backbone: 0.146 / 0.162 for two linear layers + attention, 0.135 / 0.141 for one, and the winner
     flipped; timed here, 0.177 / 0.186 and 0.158 / 0.168, the same winner)."""
-    from pipeline.training.trainer import torch_threads
-
     heads = {latency_key(a): as_draft_head(ImitationNetwork(adapter.hidden_size, a).eval()) for a in architectures}
     with torch_threads(threads):
         return draft_step_costs(adapter, n, heads, repeats=cfg.latency_repeats)
