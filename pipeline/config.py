@@ -317,11 +317,14 @@ class FeaturesConfig(StrictModel):
     """The `features` stage: the frozen backbone's states cached once for every draft trainer."""
 
     enabled: bool = True  # false: frozen heads, NAS trials and sweep heads run the backbone on every step
-    train_examples: int | None = Field(1000, ge=1)  # training examples cached (imitation.task_weights); null: all
+    # generated: each cached example's text is the full model's own greedy continuation of its prompt (the text the
+    # draft meets while decoding: self-distillation); reference: the data set's caption / description / answer
+    targets: Literal["generated", "reference"] = "generated"
+    train_examples: int | None = Field(2000, ge=1)  # training examples cached (imitation.task_weights); null: all
     val_examples: int = Field(192, ge=1)
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"  # storage of the hidden states
     top_k: int = Field(0, ge=0)  # teacher log-probabilities kept per scored token for KD; 0: the whole vocabulary
-    batch_size: int = Field(32, ge=1)  # backbone batch while caching
+    batch_size: int = Field(64, ge=1)  # backbone batch while generating the targets and caching
 
 
 class ImitationConfig(TrainingConfig):
@@ -336,9 +339,9 @@ class ImitationConfig(TrainingConfig):
     weights: LossWeights = LossWeights()  # λ of each term where its variant uses it
     temperature: float = Field(2.0, gt=0)
     mixed: MixedSchedule = MixedSchedule()
-    max_steps: int = Field(625, ge=1)  # 20 epochs of the cached examples (the frozen heads)
+    max_steps: int = Field(1250, ge=1)  # 20 epochs of the cached examples (the frozen heads)
     task_weights: TaskWeights = TaskWeights(caption=0.6, description=0.3, vqa=0.1)  # drafting is long-form text
-    val_every_steps: int = Field(625, ge=1)
+    val_every_steps: int = Field(1250, ge=1)
     val_batches: int = Field(2, ge=1)
     val_decode_prompts: int = Field(8, ge=0)  # validation prompts decoded by SSD to log acceptance
     optimizer: OptimizerConfig = OptimizerConfig(lr=2e-3, weight_decay=0.0, warmup_steps=10)
@@ -508,7 +511,7 @@ class SweepConfig(StrictModel):
     reuses) the imitation network for its n/λ and measures speed and caption quality on validation images."""
 
     search_space: str = "experiments/search_spaces/sweep.yaml"
-    train_steps: int = Field(625, ge=1)  # = imitation.max_steps: the train_imitation heads are reused for its n
+    train_steps: int = Field(1250, ge=1)  # = imitation.max_steps: the train_imitation heads are reused for its n
     captions: int = Field(12, ge=1)  # validation images captioned per trial (CIDEr / BLEU-4)
     descriptions: int = Field(4, ge=0)  # long descriptions per trial (speed on long outputs)
     repeats: int = Field(1, ge=1)  # timing repeats per trial

@@ -1,7 +1,9 @@
 """DVC stage `features`: the fine-tuned (frozen) backbone run once over a sample of the training split and a
 validation slice, storing what the draft trainers need (`pipeline.training.feature_cache`): layer-n outputs for every
 n the imitation heads, NAS and the sweep train at, the last `imitation.fusion_layers` layers' outputs (the cosine
-target's inputs) and the full model's distributions at the distillation temperature.
+target's inputs) and the full model's distributions at the distillation temperature. With `features.targets:
+generated` (the default) each example's text is first replaced by the full model's own greedy continuation of its
+prompt (`pipeline.training.self_distillation`).
 
 Outputs: `data/features/{train,val}/` (memory-mapped `.npy` + `index.json`; with `features.enabled: false` only a
 marker saying so), `metrics/features.json` (examples, tokens, bytes, seconds).
@@ -14,18 +16,38 @@ from pathlib import Path
 
 from pipeline import tracking
 from pipeline.config import Params
-from pipeline.data.prepared import load_prepared
+from pipeline.data.pixels import PixelStore
+from pipeline.data.prepared import Example, SplitData, load_prepared
+from pipeline.data.prompts import PromptBuilder
 from pipeline.evaluation.layer_choice import resolve_draft_layers
+from pipeline.evaluation.prompts import MAX_NEW_TOKENS
 from pipeline.io import atomic_directory, atomic_write_json
-from pipeline.models.loading import load_backbone
+from pipeline.models.loading import Backbone, load_backbone
 from pipeline.search.space import load_search_space
 from pipeline.training.feature_cache import FeatureLayout, bytes_per_token, cache_splits, cached_examples
+from pipeline.training.self_distillation import model_written
 from stages._common import run_stage
 
 FINETUNED = Path("models/finetuned")
 LAYER_CHOICE = Path("metrics/layer_choice.json")
 FEATURES = Path("data/features")
 METRICS = Path("metrics/features.json")
+
+
+def generated_targets(
+    backbone: Backbone, builder: PromptBuilder, split: SplitData, examples: list[Example], batch_size: int
+) -> tuple[list[Example], dict[str, float]]:
+    """The examples with the full model's greedy text as targets, and how that text compares with the references."""
+    pixels = PixelStore([record.image_path for record in split.images], backbone.image_processor)
+    written = model_written(backbone.model, builder, pixels, examples, MAX_NEW_TOKENS, batch_size)
+    eos = builder.tokenizer.eos_token_id
+    lengths = [len(e.target_ids or ()) for e in written]
+    return written, {
+        "generated_tokens_per_example": sum(lengths) / len(lengths),
+        "reference_tokens_per_example": sum(len(builder.target_ids(e.text)) for e in examples) / len(examples),
+        "generated_ending_in_eos": sum(e.target_ids is not None and e.target_ids[-1:] == (eos,) for e in written)
+        / len(written),
+    }
 
 
 def main(params: Params) -> None:
@@ -49,17 +71,32 @@ def main(params: Params) -> None:
         )
         splits = load_prepared(params.data.out_dir)
         weights = params.imitation.task_weights.model_dump()
-        chosen_examples = {
-            "train": (splits["train"], cached_examples(splits["train"], weights, cfg.train_examples, params.seed)),
-            "val": (splits["val"], cached_examples(splits["val"], weights, cfg.val_examples, params.seed)),
-        }
         builder = backbone.prompt_builder(params.data.prompts)
+        counts = {"train": cfg.train_examples, "val": cfg.val_examples}
+        chosen_examples = {}
+        written: dict[str, float] = {}
+        generating = time.perf_counter()
+        for name, count in counts.items():
+            examples = cached_examples(splits[name], weights, count, params.seed)
+            if cfg.targets == "generated":
+                examples, text = generated_targets(backbone, builder, splits[name], examples, cfg.batch_size)
+                written |= {f"{name}_{key}": value for key, value in text.items()}
+            chosen_examples[name] = (splits[name], examples)
+        generation_seconds = time.perf_counter() - generating
         summary = cache_splits(
-            adapter, builder, backbone.image_processor, chosen_examples, layout, FEATURES, cfg.batch_size
+            adapter,
+            builder,
+            backbone.image_processor,
+            chosen_examples,
+            layout,
+            FEATURES,
+            cfg.batch_size,
+            {"targets": cfg.targets},
         )
         disk = sum(f.stat().st_size for f in FEATURES.rglob("*") if f.is_file())
         metrics = {
             "enabled": True,
+            "targets": cfg.targets,
             "draft_layers": list(layers),
             "train_examples": summary["train"]["examples"],
             "train_tokens": summary["train"]["tokens"],
@@ -67,12 +104,15 @@ def main(params: Params) -> None:
             "val_examples": summary["val"]["examples"],
             "bytes": disk,
             "bytes_per_token_per_layer": bytes_per_token(adapter.hidden_size, cfg.dtype),
+            **written,
+            "generation_seconds": generation_seconds if cfg.targets == "generated" else 0.0,
             "seconds": time.perf_counter() - started,
         }
         tracking.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, int | float)})
         atomic_write_json(METRICS, metrics)
     print(
-        f"features: {metrics['train_examples']} train examples ({metrics['train_tokens']} tokens), layers {layers}, "
+        f"features: {metrics['train_examples']} train examples ({metrics['train_tokens']} tokens, {cfg.targets} "
+        f"targets), layers {layers}, "
         f"{disk / 2**20:.0f} MiB in {metrics['seconds']:.0f} s"
     )
 

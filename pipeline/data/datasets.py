@@ -28,7 +28,9 @@ class ExampleDataset(Dataset):
         return {
             "pixel_values": self.pixels[example.image_index],
             "prompt": self.builder.prompt_ids(example.task, example.question),
-            "target": self.builder.target_ids(example.text),
+            "target": (
+                list(example.target_ids) if example.target_ids is not None else self.builder.target_ids(example.text)
+            ),
             "index": index,
         }
 

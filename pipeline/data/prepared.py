@@ -27,6 +27,9 @@ class Example:
     task: str
     text: str  # the target text (a caption, a description or an answer)
     question: str | None = None
+    # the target as token ids, when a model wrote it (its own greedy continuation: the features stage's
+    # self-distillation) and re-tokenising its text might not give back the tokens it chose; None: tokenise `text`
+    target_ids: tuple[int, ...] | None = None
 
 
 @dataclass

@@ -16,6 +16,7 @@ from pipeline.data.datasets import ExampleDataset, collate_prompts
 from pipeline.data.pixels import PixelStore
 from pipeline.data.prepared import Example, SplitData
 from pipeline.data.prompts import PromptBuilder
+from pipeline.evaluation.batching import new_token_rows
 from pipeline.evaluation.caption_metrics import caption_scores, caption_scores_of_sets
 from pipeline.evaluation.prompts import MAX_NEW_TOKENS
 from pipeline.evaluation.vqa_accuracy import vqa_scores
@@ -24,7 +25,7 @@ from pipeline.models.loading import Backbone
 
 
 @torch.no_grad()
-def greedy_generate(
+def greedy_token_ids(
     model: torch.nn.Module,
     builder: PromptBuilder,
     pixels: PixelStore,
@@ -34,8 +35,9 @@ def greedy_generate(
     max_new_tokens: int = 32,
     blank_images: bool = False,
     progress: bool = False,
-) -> list[str]:
-    """Greedy continuations of each example's prompt, decoded without special tokens.
+) -> list[list[int]]:
+    """`model.generate`'s greedy continuation of each example's prompt: its new tokens up to and including its first
+    EOS (all `max_new_tokens` of them when it never ends), without the padding of the batch's finished rows.
 
     `blank_images=True` swaps every image for a uniform grey one: the control that shows whether
     the captions come from the pixels or only from the language prior.
@@ -46,9 +48,10 @@ def greedy_generate(
     adapter = adapter_for(model)
     device = adapter.embed_weight.device
     blank = pixels.blank_like(0) if blank_images else None
+    eos = {tokenizer.eos_token_id}
     was_training = model.training
     model.eval()
-    texts: list[str] = []
+    rows: list[list[int]] = []
     for batch in tqdm(loader, disable=not progress, desc="generate"):
         if blank is not None:
             batch["pixel_values"] = blank.expand_as(batch["pixel_values"]).clone()
@@ -61,10 +64,34 @@ def greedy_generate(
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         )
-        new_tokens = adapter.new_tokens(out, batch["input_ids"])
-        texts += [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        rows += new_token_rows(adapter.new_tokens(out, batch["input_ids"]), eos)
     model.train(was_training)
-    return texts
+    return rows
+
+
+def greedy_generate(
+    model: torch.nn.Module,
+    builder: PromptBuilder,
+    pixels: PixelStore,
+    examples: Sequence[Example],
+    *,
+    batch_size: int = 64,
+    max_new_tokens: int = 32,
+    blank_images: bool = False,
+    progress: bool = False,
+) -> list[str]:
+    """`greedy_token_ids`' continuations as text, decoded without special tokens."""
+    rows = greedy_token_ids(
+        model,
+        builder,
+        pixels,
+        examples,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        blank_images=blank_images,
+        progress=progress,
+    )
+    return [t.strip() for t in builder.tokenizer.batch_decode(rows, skip_special_tokens=True)]
 
 
 def caption_cider(
