@@ -16,6 +16,7 @@ from pipeline.report.results import ReportInputs, draw_figures, render
 from stages._common import run_stage
 
 EVALUATE = Path("metrics/evaluate.json")
+FEATURES = Path("metrics/features.json")
 FINETUNE = Path("metrics/finetune.json")
 IMITATION = Path("metrics/imitation.json")
 NAS = Path("metrics/nas.json")
@@ -32,6 +33,7 @@ def main(params: Params) -> None:
         json.loads(NAS.read_text()) if NAS.exists() else None,
         list(csv.DictReader(SWEEP_TABLE.open())) if SWEEP_TABLE.exists() else [],
         json.loads(FINETUNE.read_text()) if FINETUNE.exists() else {},
+        json.loads(FEATURES.read_text()) if FEATURES.exists() else {},
     )
     figures = draw_figures(inputs, FIGURES)
     text, checks = render(inputs, params.imitation, figures, [LAYER_FIGURE] if LAYER_FIGURE.exists() else [])

@@ -266,3 +266,19 @@ def _run_in(root: Path, stage: str) -> None:
             importlib.import_module(stage).main(tiny_params())
     finally:
         os.chdir(previous)
+
+
+def teacher_top1_agreement(folder: Any, draft_layers: int) -> float:
+    """Share of a feature cache's scored positions whose next label is the teacher's top-1 token: 1 when the cached
+    text is the full model's own greedy output."""
+    from pipeline.training.feature_cache import CachedFeatures
+
+    cache = CachedFeatures(folder, draft_layers)
+    agree = total = 0
+    for i in range(len(cache)):
+        item = cache[i]
+        labels = item["labels"]
+        targets = labels[1:][labels[1:] != -100]  # row-major, the order the scored positions are stored in
+        agree += int((item["teacher_ids"][:, 0] == targets).sum())
+        total += targets.numel()
+    return agree / total

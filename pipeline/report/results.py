@@ -37,6 +37,7 @@ class ReportInputs:
     nas: dict[str, Any] | None = None  # metrics/nas.json
     sweep_rows: list[dict[str, Any]] = field(default_factory=list)  # reports/sweep.csv
     finetune: dict[str, Any] = field(default_factory=dict)  # metrics/finetune.json
+    features: dict[str, Any] = field(default_factory=dict)  # metrics/features.json
 
     @property
     def plan(self) -> EvaluationPlan:
@@ -137,6 +138,21 @@ def expected_text(
     )
 
 
+def training_text(features: dict[str, Any]) -> str:
+    """What the frozen heads trained and were validated on (the features stage's examples and their text)."""
+    if not features.get("enabled"):
+        return "The frozen heads trained end to end on the data set's text (no feature cache)."
+    examples = f"{features['train_examples']} cached training examples"
+    if features.get("targets") != "generated":
+        return f"The frozen heads trained on {examples} with the data set's text; validation agreement is on that text."
+    return (
+        f"The frozen heads trained on {examples} whose text is the full model's own greedy continuation of each "
+        f"prompt ({features['train_generated_tokens_per_example']:.1f} tokens per example, against "
+        f"{features['train_reference_tokens_per_example']:.1f} in the references; self-distillation), and validation "
+        "agreement is measured on the full model's own text too: every target there is the full model's choice."
+    )
+
+
 def render(
     inputs: ReportInputs, imitation_cfg: ImitationConfig, figures: Sequence[Path], extra_figures: Sequence[Path] = ()
 ) -> tuple[str, list[tuple[str, bool, str]]]:
@@ -190,7 +206,8 @@ def render(
     if any(v in inputs.imitation for v in ("ce", "ce+cs", "ce+cs+kd", "mixed")):
         parts += [
             "## Loss variants (validation, train_imitation)",
-            f"Cosine target: `{imitation_cfg.fusion}` fusion of the last {imitation_cfg.fusion_layers} layers.",
+            f"Cosine target: `{imitation_cfg.fusion}` fusion of the last {imitation_cfg.fusion_layers} layers. "
+            + training_text(inputs.features),
             table_variants(inputs.imitation),
         ]
     fusions = fusion_rows(plan, results, inputs.imitation)

@@ -12,7 +12,7 @@ from pipeline.evaluation.methods import EvaluationPlan, evaluation_plan
 from pipeline.report import series
 from pipeline.report.claims import claims
 from pipeline.report.markdown import markdown_table
-from pipeline.report.results import ReportInputs, draw_figures
+from pipeline.report.results import ReportInputs, draw_figures, training_text
 from pipeline.report.tables import (
     fusion_rows,
     table1,
@@ -331,3 +331,19 @@ def test_architecture_search_names_the_price_it_scored_by_and_both_ratios():
     # a nas.json from before latency pricing: FLOPs priced it and only one ratio exists
     old = {"best": {"score": 0.7, "agreement": 0.8, "draft_cost_ratio": 0.1, "architecture": {}}}
     assert "priced by flops" in architecture_search(old) and "draft cost ratio 0.100)" in architecture_search(old)
+
+
+def test_loss_variant_section_says_which_text_the_heads_learned():
+    generated = {
+        "enabled": True,
+        "targets": "generated",
+        "train_examples": 2000,
+        "train_generated_tokens_per_example": 31.26,
+        "train_reference_tokens_per_example": 29.5,
+    }
+    text = training_text(generated)
+    assert "2000 cached training examples" in text and "full model's own greedy continuation" in text
+    assert "31.3 tokens per example, against 29.5 in the references" in text
+    reference = training_text({**generated, "targets": "reference"})
+    assert "data set's text" in reference and "greedy" not in reference
+    assert "end to end" in training_text({"enabled": False})

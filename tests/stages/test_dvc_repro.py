@@ -25,6 +25,7 @@ import yaml
 from pipeline.config import load_params
 from pipeline.evaluation.methods import EvaluationPlan, hf_generate
 from pipeline.report import series
+from tests.conftest import teacher_top1_agreement
 from tests.stages.dvc_workspace import BIN, DVC, make_workspace, run
 from tests.stages.import_closure import dvc_stages, stage_code
 
@@ -91,7 +92,9 @@ def test_trained_heads_are_the_ones_measured_and_the_frozen_backbone_stays_froze
     # the frozen heads trained from the features stage's cache (n = 1), the mixed schedule end to end
     features = json.loads((work / "metrics/features.json").read_text())
     assert features["draft_layers"] == [1] and 20 <= features["train_examples"] <= 24
-    assert (work / "data/features/train/layer_1.npy").exists()
+    # ... on the fine-tuned model's own greedy text: every cached target is the teacher's top choice
+    assert features["targets"] == "generated"
+    assert teacher_top1_agreement(work / "data/features/train", 1) == 1.0
     assert {k: imitation[k]["from_feature_cache"] for k in ("ce", "ce+cs+kd", "fusion-concat", "mixed")} == {
         "ce": 1.0,
         "ce+cs+kd": 1.0,
