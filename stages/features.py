@@ -17,14 +17,20 @@ from pathlib import Path
 from pipeline import tracking
 from pipeline.config import Params
 from pipeline.data.pixels import PixelStore
-from pipeline.data.prepared import Example, SplitData, load_prepared
+from pipeline.data.prepared import Example, load_prepared
 from pipeline.data.prompts import PromptBuilder
 from pipeline.evaluation.layer_choice import resolve_draft_layers
 from pipeline.evaluation.prompts import MAX_NEW_TOKENS
 from pipeline.io import atomic_directory, atomic_write_json
 from pipeline.models.loading import Backbone, load_backbone
 from pipeline.search.space import load_search_space
-from pipeline.training.feature_cache import FeatureLayout, bytes_per_token, cache_splits, cached_examples
+from pipeline.training.feature_cache import (
+    FeatureLayout,
+    bytes_per_token,
+    cache_splits,
+    cached_examples,
+    split_pixels,
+)
 from pipeline.training.self_distillation import model_written
 from stages._common import run_stage
 
@@ -35,10 +41,9 @@ METRICS = Path("metrics/features.json")
 
 
 def generated_targets(
-    backbone: Backbone, builder: PromptBuilder, split: SplitData, examples: list[Example], batch_size: int
+    backbone: Backbone, builder: PromptBuilder, pixels: PixelStore, examples: list[Example], batch_size: int
 ) -> tuple[list[Example], dict[str, float]]:
     """The examples with the full model's greedy text as targets, and how that text compares with the references."""
-    pixels = PixelStore([record.image_path for record in split.images], backbone.image_processor)
     written = model_written(backbone.model, builder, pixels, examples, MAX_NEW_TOKENS, batch_size)
     eos = builder.tokenizer.eos_token_id
     lengths = [len(e.target_ids or ()) for e in written]
@@ -78,15 +83,16 @@ def main(params: Params) -> None:
         generating = time.perf_counter()
         for name, count in counts.items():
             examples = cached_examples(splits[name], weights, count, params.seed)
+            # decoded once: the generation and the caching read the same images
+            pixels = split_pixels(splits[name], backbone.image_processor)
             if cfg.targets == "generated":
-                examples, text = generated_targets(backbone, builder, splits[name], examples, cfg.batch_size)
+                examples, text = generated_targets(backbone, builder, pixels, examples, cfg.batch_size)
                 written |= {f"{name}_{key}": value for key, value in text.items()}
-            chosen_examples[name] = (splits[name], examples)
+            chosen_examples[name] = (pixels, examples)
         generation_seconds = time.perf_counter() - generating
         summary = cache_splits(
             adapter,
             builder,
-            backbone.image_processor,
             chosen_examples,
             layout,
             FEATURES,

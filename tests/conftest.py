@@ -18,6 +18,7 @@ from pipeline.data.tokenizer import train_word_tokenizer
 from pipeline.io import atomic_write_json
 from pipeline.models.loading import Backbone, build_backbone, save_backbone
 from pipeline.models.tiny_llava import build_tiny_llava, tiny_llava_config
+from pipeline.training.feature_cache import CachedFeatures
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE_TOKEN_ID = 4
@@ -271,8 +272,6 @@ def _run_in(root: Path, stage: str) -> None:
 def teacher_top1_agreement(folder: Any, draft_layers: int) -> float:
     """Share of a feature cache's scored positions whose next label is the teacher's top-1 token: 1 when the cached
     text is the full model's own greedy output."""
-    from pipeline.training.feature_cache import CachedFeatures
-
     cache = CachedFeatures(folder, draft_layers)
     agree = total = 0
     for i in range(len(cache)):

@@ -70,27 +70,10 @@ def greedy_token_ids(
 
 
 def greedy_generate(
-    model: torch.nn.Module,
-    builder: PromptBuilder,
-    pixels: PixelStore,
-    examples: Sequence[Example],
-    *,
-    batch_size: int = 64,
-    max_new_tokens: int = 32,
-    blank_images: bool = False,
-    progress: bool = False,
+    model: torch.nn.Module, builder: PromptBuilder, pixels: PixelStore, examples: Sequence[Example], **options: Any
 ) -> list[str]:
-    """`greedy_token_ids`' continuations as text, decoded without special tokens."""
-    rows = greedy_token_ids(
-        model,
-        builder,
-        pixels,
-        examples,
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-        blank_images=blank_images,
-        progress=progress,
-    )
+    """`greedy_token_ids`' continuations (same `options`) as text, decoded without special tokens."""
+    rows = greedy_token_ids(model, builder, pixels, examples, **options)
     return [t.strip() for t in builder.tokenizer.batch_decode(rows, skip_special_tokens=True)]
 
 

@@ -304,22 +304,26 @@ def cached_examples(split: SplitData, weights: Mapping[str, float], count: int |
     return chosen
 
 
+def split_pixels(split: SplitData, image_processor: Any) -> PixelStore:
+    """The images of `split` in the order its examples index them: what `cache_splits` reads pixels from."""
+    return PixelStore([record.image_path for record in split.images], image_processor)
+
+
 def cache_splits(
     adapter: BackboneAdapter,
     builder: PromptBuilder,
-    image_processor: Any,
-    splits: Mapping[str, tuple[SplitData, list[Example]]],
+    splits: Mapping[str, tuple[PixelStore, list[Example]]],
     layout: FeatureLayout,
     out_dir: Path,
     batch_size: int,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Cache each named split's chosen examples into `out_dir/<name>`; `out_dir` is replaced only once all are written.
-    Returns each split's index without its per-example lists."""
+    """Cache each named split's chosen examples (with the split's images, `split_pixels(split, ...)`) into
+    `out_dir/<name>`; `out_dir` is replaced only once all are written. Returns each split's index without its
+    per-example lists."""
     summary: dict[str, dict[str, Any]] = {}
     with atomic_directory(out_dir) as staging:
-        for name, (split, examples) in splits.items():
-            pixels = PixelStore([r.image_path for r in split.images], image_processor)
+        for name, (pixels, examples) in splits.items():
             dataset = ExampleDataset(examples, pixels, builder)
             loader = DataLoader(
                 dataset,

@@ -22,6 +22,7 @@ from pipeline.training.feature_cache import (
     cache_splits,
     cached_examples,
     collate_cached,
+    split_pixels,
     write_feature_cache,
 )
 from pipeline.training.imitation import ImitationModule, draft_pass, fit_imitation
@@ -121,11 +122,11 @@ def test_a_head_trained_from_the_cache_learns_and_leaves_the_backbone_alone(tiny
     builder = backbone.prompt_builder(PromptConfig())
     weights = {"caption": 0.6, "description": 0.3, "vqa": 0.1}
     chosen = {
-        "train": (splits["train"], cached_examples(splits["train"], weights, None, seed=0)),
-        "val": (splits["val"], cached_examples(splits["val"], weights, 16, seed=0)),
+        name: (split_pixels(splits[name], backbone.image_processor), cached_examples(splits[name], weights, n, seed=0))
+        for name, n in (("train", None), ("val", 16))
     }
     layout = FeatureLayout(draft_layers=(2,), deep_layers=2, top_k=0, temperature=1.0, dtype="float32")
-    summary = cache_splits(backbone.adapter, builder, backbone.image_processor, chosen, layout, tmp_path / "f", 16)
+    summary = cache_splits(backbone.adapter, builder, chosen, layout, tmp_path / "f", 16)
     assert summary["train"]["examples"] == len(chosen["train"][1]) and json.loads(
         (tmp_path / "f" / "val" / "index.json").read_text()
     )["examples"] == len(chosen["val"][1])

@@ -9,8 +9,7 @@ import pytest
 
 from pipeline.config import PromptConfig
 from pipeline.data.datasets import ExampleDataset, collate_for_training, collate_prompts
-from pipeline.data.pixels import PixelStore
-from pipeline.training.feature_cache import FeatureLayout, cache_splits, cached_examples
+from pipeline.training.feature_cache import FeatureLayout, cache_splits, cached_examples, split_pixels
 from pipeline.training.self_distillation import model_written
 from tests.conftest import TINY_PRESETS, teacher_top1_agreement, tiny_backbone
 
@@ -40,7 +39,7 @@ def _setup(tiny_data, preset: str, count: int = 8):
     backbone = tiny_backbone(tokenizer, preset)
     backbone.model.eval()
     split = splits["train"]
-    pixels = PixelStore([r.image_path for r in split.images], backbone.image_processor)
+    pixels = split_pixels(split, backbone.image_processor)
     examples = cached_examples(split, WEIGHTS, count, seed=0)
     assert {e.task for e in examples} == {"caption", "description"}  # two budgets (the tiny set has no VQA)
     return backbone, backbone.prompt_builder(PromptConfig()), split, pixels, examples
@@ -76,11 +75,11 @@ def test_unknown_task_budget_is_refused(tiny_data, one_thread):
 
 @pytest.mark.parametrize("preset", ["tiny-llava", "tiny-blip2-t5"])
 def test_on_generated_targets_every_ce_target_is_the_teachers_top_choice(tiny_data, tmp_path, preset, one_thread):
-    backbone, builder, split, pixels, examples = _setup(tiny_data, preset)
+    backbone, builder, _, pixels, examples = _setup(tiny_data, preset)
     written = model_written(backbone.model, builder, pixels, examples, BUDGETS, batch_size=4)
     layout = FeatureLayout(draft_layers=(1,), deep_layers=2, top_k=3, temperature=2.0, dtype="float32")
-    args = (backbone.adapter, builder, backbone.image_processor)
-    cache_splits(*args, {"generated": (split, written), "reference": (split, examples)}, layout, tmp_path, 4)
+    chosen = {"generated": (pixels, written), "reference": (pixels, examples)}
+    cache_splits(backbone.adapter, builder, chosen, layout, tmp_path, 4)
 
     # teacher forcing over the model's own greedy text reproduces every choice it made while generating
     assert teacher_top1_agreement(tmp_path / "generated", 1) == 1.0
